@@ -1,0 +1,66 @@
+# Two commands on a fresh machine: `make dev` (install everything, start the stack) and
+# `make test` (install everything, run every check). Both are idempotent and quick when re-run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := redis-server slapd ldap-utils
+PYTEST_WORKERS ?= 4
+
+.PHONY: help dev test check lint typecheck pytest system-deps install lock bench clean
+
+help:
+	@echo "make dev    install everything and start the stack (broker :8000, MCP server :8001)"
+	@echo "make test   install everything and run ruff, mypy and the whole test suite"
+
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	[ -x /usr/sbin/slapd ] || command -v slapd >/dev/null 2>&1 || missing="$$missing slapd ldap-utils"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing; run: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: system-deps $(STAMP)
+
+dev: install
+	$(BIN)/mcp-broker dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
+
+check: lint typecheck
+
+test: install check pytest
+
+# Refresh the constraints file after changing dependencies in pyproject.toml.
+lock:
+	rm -rf /tmp/mcp-broker-lock && $(PYTHON) -m venv /tmp/mcp-broker-lock
+	/tmp/mcp-broker-lock/bin/pip install -q --upgrade pip && /tmp/mcp-broker-lock/bin/pip install -q '.[dev]'
+	/tmp/mcp-broker-lock/bin/pip freeze --exclude-editable | grep -v '^mcp-broker' > constraints.txt
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .state .mypy_cache .ruff_cache

@@ -1,0 +1,215 @@
+"""Load the YAML configuration: ``${ENV}`` interpolation, validation, every problem at once.
+
+A bad file never raises a traceback at the admin. :class:`ConfigError` carries a list of
+:class:`Problem`, each with the path of the offending key written as in the file
+(``providers[1].url``), so ``mcp-broker check-config`` can print them all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from broker.config.models import BrokerConfig
+
+ENV_VAR = "MCP_BROKER_CONFIG"
+_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)")
+
+    def render(self) -> str:
+        count = len(self.problems)
+        lines = [f"{self.source}: {count} problem{'s' if count != 1 else ''}"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def format_path(parts: Iterable[str | int]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def interpolate(node: Any, env: Mapping[str, str], path: tuple[str | int, ...] = ()) -> tuple[Any, list[Problem]]:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
+    problems: list[Problem] = []
+    if isinstance(node, str):
+
+        def sub(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(Problem(format_path(path), f"environment variable {name} is not set"))
+            return ""
+
+        return _REF.sub(sub, node), problems
+    if isinstance(node, dict):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            out[key], sub_problems = interpolate(value, env, (*path, str(key)))
+            problems += sub_problems
+        return out, problems
+    if isinstance(node, list):
+        items = []
+        for index, value in enumerate(node):
+            item, sub_problems = interpolate(value, env, (*path, index))
+            items.append(item)
+            problems += sub_problems
+        return items, problems
+    return node, problems
+
+
+def _pydantic_path(raw: Any, loc: tuple[str | int, ...]) -> str:
+    """A pydantic error location written as in the file, without discriminator tags."""
+    parts: list[str | int] = []
+    node = raw
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(part)
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        elif isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue  # the tag pydantic adds for a discriminated union member
+        else:
+            parts.append(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return format_path(parts)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see docs/configuration.md)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown provider type {error['input'].get('type')!r}; expected ldap, entra or oidc"
+    if kind == "union_tag_not_found":
+        return "a provider needs a 'type': ldap, entra or oidc"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _duplicates(values: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    dup: set[str] = set()
+    for value in values:
+        (dup if value in seen else seen).add(value)
+    return dup
+
+
+def semantic_problems(config: BrokerConfig) -> list[Problem]:
+    """Cross-references pydantic cannot see: ids unique, mappings pointing at what exists."""
+    problems: list[Problem] = []
+
+    def unique(section: str, values: list[str], field: str) -> None:
+        dup = _duplicates(values)
+        for index, value in enumerate(values):
+            if value in dup:
+                problems.append(Problem(f"{section}[{index}].{field}", f"{value!r} is used more than once"))
+
+    unique("providers", [p.id for p in config.providers], "id")
+    unique("resources", [r.id for r in config.resources], "id")
+    unique("resources", [r.uri for r in config.resources], "uri")
+    unique("mappings", [m.id for m in config.mappings], "id")
+    unique("registration.static_clients", [c.client_id for c in config.registration.static_clients], "client_id")
+
+    providers = {p.id for p in config.providers}
+    resources = {r.id: r for r in config.resources}
+    for r_index, resource in enumerate(config.resources):
+        names = [s.name for s in resource.scopes]
+        unique(f"resources[{r_index}].scopes", names, "name")
+        for s_index, scope in enumerate(resource.scopes):
+            for implied in scope.implies:
+                if implied not in names:
+                    problems.append(
+                        Problem(
+                            f"resources[{r_index}].scopes[{s_index}].implies",
+                            f"{implied!r} is not a scope of resource {resource.id!r}",
+                        )
+                    )
+    for m_index, rule in enumerate(config.mappings):
+        where = f"mappings[{m_index}]"
+        if rule.provider not in providers:
+            problems.append(Problem(f"{where}.provider", f"no provider has id {rule.provider!r}"))
+        target = resources.get(rule.resource)
+        if target is None:
+            problems.append(Problem(f"{where}.resource", f"no resource has id {rule.resource!r}"))
+        else:
+            known = {s.name for s in target.scopes}
+            for name in rule.scopes:
+                if name not in known:
+                    problems.append(Problem(f"{where}.scopes", f"{name!r} is not a scope of resource {target.id!r}"))
+        if not rule.groups and not rule.users:
+            problems.append(Problem(where, "a rule needs at least one of 'groups' or 'users'"))
+    return problems
+
+
+def parse_config(text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None) -> BrokerConfig:
+    """Validate configuration text; raise :class:`ConfigError` listing every problem found."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [Problem(where, f"not valid YAML: {reason}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [Problem("", "the file must be a mapping of sections (issuer:, redis:, ...)")])
+
+    data, problems = interpolate(raw, os.environ if env is None else env)
+    try:
+        config = BrokerConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += [Problem(_pydantic_path(data, tuple(e["loc"])), _message(e)) for e in exc.errors()]
+        raise ConfigError(source, problems) from None
+    problems += semantic_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def config_path(explicit: str | None = None) -> Path | None:
+    chosen = explicit or os.environ.get(ENV_VAR)
+    return Path(chosen) if chosen else None
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> BrokerConfig:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(file), [Problem("", "the file is not UTF-8 text")]) from None
+    return parse_config(text, source=str(file), env=env)

@@ -1,0 +1,157 @@
+"""The shape of the broker's configuration file.
+
+Every key is documented in ``docs/configuration.md``; keep the two in step. Models forbid
+unknown keys, so a typo is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from broker.config.types import Duration, check_public_url
+from providers.entra.config import EntraProviderConfig
+from providers.ldap.config import LdapProviderConfig
+from providers.oidc.config import OidcProviderConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = Field(default="127.0.0.1", description="Address the broker listens on.")
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Proxy addresses whose X-Forwarded-* headers are trusted."
+    )
+
+
+class RedisConfig(_Section):
+    url: str | None = Field(
+        default=None,
+        description="redis://, rediss://, redis+sentinel:// or redis+cluster:// URL. "
+        "Unset: only `mcp-broker dev` works, with a private redis-server.",
+    )
+    password: SecretStr | None = Field(default=None, description="Overrides any password in the URL.")
+    sentinel_password: SecretStr | None = Field(default=None, description="Password of the sentinels.")
+    key_prefix: str = Field(default="mcpb", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    ca_file: str | None = Field(default=None, description="CA bundle for rediss:// connections.")
+    socket_timeout: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        from broker.store.client import parse_redis_url
+
+        if url is not None:
+            parse_redis_url(url)
+        return url
+
+
+class TokensConfig(_Section):
+    access_token_ttl: Duration = Field(default=300, le=3600, description="Access token lifetime.")
+    authorization_code_ttl: Duration = Field(default=60, le=600)
+    refresh_token_idle_ttl: Duration = Field(default=7 * 86400, description="Refresh token unused for this long dies.")
+    refresh_token_absolute_ttl: Duration = Field(default=30 * 86400, description="No grant outlives this.")
+    refresh_reuse_grace: Duration = Field(
+        default=5, le=60, description="A rotated refresh token replayed within this window gets the same answer."
+    )
+
+
+class SigningConfig(_Section):
+    algorithm: Literal["ES256", "RS256"] = "ES256"
+    rotation_interval: Duration = Field(default=30 * 86400, description="A new signing key this often.")
+    key_overlap: Duration = Field(default=86400, description="Old keys stay in the JWKS this long.")
+    key_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Encrypts private keys held in Redis (32+ random bytes, base64). Set from the environment.",
+    )
+    keys_dir: str | None = Field(
+        default=None, description="Read PEM keys from this folder (a mounted secret) instead of Redis."
+    )
+
+
+class ScopeConfig(_Section):
+    name: str = Field(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$", description="Scope token (RFC 6749 §3.3).")
+    description: str = Field(min_length=1, max_length=200, description="Shown to users on the consent page.")
+    implies: list[str] = Field(default_factory=list, description="Scopes this one includes.")
+
+
+class ResourceConfig(_Section):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    uri: str = Field(description="Canonical URI of the MCP server (RFC 8707 resource, the token audience).")
+    name: str = Field(min_length=1, max_length=80, description="Shown to users.")
+    scopes: list[ScopeConfig] = Field(min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _canonical(cls, uri: str) -> str:
+        return check_public_url(uri, what="uri")
+
+
+class MappingRule(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Named in audit events.")
+    resource: str = Field(description="Resource id.")
+    provider: str = Field(description="Provider id.")
+    effect: Literal["grant", "deny"] = "grant"
+    groups: list[str] = Field(default_factory=list, description="Group ids, DNs or names.")
+    users: list[str] = Field(default_factory=list, description="Usernames or subjects.")
+    scopes: list[str] = Field(min_length=1)
+
+
+class StaticClientConfig(_Section):
+    client_id: str = Field(min_length=1, max_length=200)
+    client_name: str = Field(min_length=1, max_length=100)
+    client_secret: SecretStr | None = Field(default=None, description="Omit for a public client.")
+    redirect_uris: list[str] = Field(min_length=1)
+    application_type: Literal["native", "web"] = "native"
+
+
+class RegistrationConfig(_Section):
+    dynamic_registration: bool = Field(default=True, description="Accept RFC 7591 registrations.")
+    dynamic_registration_allowed_redirect_hosts: list[str] = Field(
+        default_factory=list, description="If set, only these redirect hosts may register."
+    )
+    registration_idle_ttl: Duration = Field(default=30 * 86400, description="Unused registrations expire.")
+    client_metadata_documents: bool = Field(default=True, description="Accept URL client_ids (CIMD).")
+    cimd_trusted_domains: list[str] = Field(
+        default_factory=list, description="If set, only client_id URLs on these domains are accepted."
+    )
+    cimd_allow_private_addresses: list[str] = Field(
+        default_factory=list, description="CIDRs a client_id URL may resolve to despite being private."
+    )
+    static_clients: list[StaticClientConfig] = Field(default_factory=list)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        default="json", description="json (default), console, or auto (console on a TTY)."
+    )
+
+
+ProviderConfigUnion = Annotated[
+    LdapProviderConfig | EntraProviderConfig | OidcProviderConfig,
+    Field(discriminator="type"),
+]
+
+
+class BrokerConfig(_Section):
+    issuer: str = Field(description="Public issuer URL, identical in every metadata document and token.")
+    server: ServerConfig = ServerConfig()
+    redis: RedisConfig = RedisConfig()
+    tokens: TokensConfig = TokensConfig()
+    signing: SigningConfig = SigningConfig()
+    registration: RegistrationConfig = RegistrationConfig()
+    logging: LoggingConfig = LoggingConfig()
+    providers: list[ProviderConfigUnion] = Field(default_factory=list)
+    resources: list[ResourceConfig] = Field(default_factory=list)
+    mappings: list[MappingRule] = Field(default_factory=list)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, issuer: str) -> str:
+        return check_public_url(issuer, what="issuer")

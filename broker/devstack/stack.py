@@ -1,0 +1,153 @@
+"""``mcp-broker dev``: the whole stack on one machine, on embedded defaults.
+
+A private redis-server and a throwaway demo slapd (children that die with this process),
+the broker and the protected MCP server, in one process. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import uvicorn
+
+from broker.app import create_app
+from broker.config.loader import parse_config
+from broker.devstack.redis_server import RedisServer
+from broker.devstack.slapd import DemoDirectory, Slapd
+from broker.log import configure_logging
+from broker.oauth.signing import new_kek
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    state_dir: Path
+    broker_port: int = 8000
+    mcp_port: int = 8001
+    log_format: str = "auto"
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the dev supervisor."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _kek(state_dir: Path) -> str:
+    path = state_dir / "key-encryption-key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(new_kek())
+    return path.read_text().strip()
+
+
+def banner(opts: DevOptions, redis_url: str, ldap_url: str) -> str:
+    demo = DemoDirectory()
+    users = "\n".join(
+        f"    {u.uid:<6} password {u.password:<11} groups: {', '.join(u.groups) or '(none)'}" for u in demo.users
+    )
+    return f"""
+mcp-broker dev stack is running (Ctrl-C stops everything)
+
+  Broker (authorization server)  http://127.0.0.1:{opts.broker_port}
+    metadata                     http://127.0.0.1:{opts.broker_port}/.well-known/oauth-authorization-server
+  MCP server (protected)         http://127.0.0.1:{opts.mcp_port}/mcp
+  Redis (private, append-only)   {redis_url}   data in {opts.state_dir / "redis"}
+  Demo directory (slapd)         {ldap_url}   base dc=demo,dc=local
+  Demo users:
+{users}
+
+Point an MCP client at http://127.0.0.1:{opts.mcp_port}/mcp, for example:
+  npx @modelcontextprotocol/inspector   (transport "Streamable HTTP", URL above)
+  claude mcp add --transport http notes http://127.0.0.1:{opts.mcp_port}/mcp
+The client discovers the broker from the server's 401 and opens the login page.
+"""
+
+
+async def _serve(servers: list[uvicorn.Server], on_started: str) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    waiter = asyncio.create_task(stop.wait())
+    # uvicorn exposes `started` only as a flag, so poll it.
+    while not all(s.started for s in servers) and not any(t.done() for t in tasks) and not stop.is_set():  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    if all(s.started for s in servers):
+        print(on_started, file=sys.stderr, flush=True)
+    done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    waiter.cancel()
+    for task in done:
+        error = None if task is waiter else task.exception()
+        if error is not None:
+            raise error
+
+
+def run_dev(opts: DevOptions) -> int:
+    from mcp_app.app import create_app as create_mcp_app
+    from mcp_app.settings import McpAppSettings
+
+    configure_logging("info", opts.log_format)
+    opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    redis_server = RedisServer(opts.state_dir, persist=True)
+    slapd = Slapd(opts.state_dir)
+    started: list[RedisServer | Slapd] = []
+    try:
+        for service in (redis_server, slapd):
+            service.start()
+            started.append(service)
+        env = {
+            **os.environ,
+            "MCPB_DEV_BROKER_PORT": str(opts.broker_port),
+            "MCPB_DEV_MCP_PORT": str(opts.mcp_port),
+            "MCPB_DEV_REDIS_URL": redis_server.url,
+            "MCPB_DEV_KEK": _kek(opts.state_dir),
+            "MCPB_DEV_LDAP_URL": slapd.url,
+            "MCPB_DEV_LDAP_BIND_DN": slapd.service_dn,
+            "MCPB_DEV_LDAP_BIND_PASSWORD": slapd.service_password,
+        }
+        template = resources.files("broker.devstack").joinpath("dev-config.yaml").read_text()
+        config = parse_config(template, source="dev-config.yaml", env=env)
+        broker_app = create_app(config)
+        mcp_settings = McpAppSettings(
+            resource_url=f"http://127.0.0.1:{opts.mcp_port}/mcp",
+            issuer=config.issuer,
+            redis_url=redis_server.url,
+            port=opts.mcp_port,
+        )
+        mcp_asgi = create_mcp_app(mcp_settings)
+        servers: list[uvicorn.Server] = [
+            _Server(
+                uvicorn.Config(
+                    broker_app,
+                    host="127.0.0.1",
+                    port=opts.broker_port,
+                    log_config=None,
+                    access_log=False,
+                    lifespan="on",
+                )
+            ),
+            _Server(
+                uvicorn.Config(
+                    mcp_asgi, host="127.0.0.1", port=opts.mcp_port, log_config=None, access_log=False, lifespan="on"
+                )
+            ),
+        ]
+        asyncio.run(_serve(servers, banner(opts, redis_server.display_url, slapd.url)))
+        return 0
+    finally:
+        for service in reversed(started):
+            service.stop()

@@ -1,0 +1,124 @@
+"""Structured logging: JSON lines to stdout, one event per security-relevant action.
+
+Every event passes through :func:`redact`, which blanks values under secret-looking keys and
+anything shaped like a bearer token or a JWT, wherever it sits in the event. Audit events
+are ordinary events with ``audit=True`` and an ``event`` name from :mod:`broker.audit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+REDACTED = "[redacted]"
+
+_SECRET_KEYS = re.compile(
+    r"(^|[_-])(password|passwd|pwd|secret|token|code|code_verifier|assertion|authorization|cookie|"
+    r"private_key|key_encryption_key|api_key|credential|credentials|session)$",
+    re.IGNORECASE,
+)
+_NOT_SECRET = frozenset(
+    {
+        "status_code",
+        "error_code",
+        "token_type",
+        "grant_type",
+        "response_type",
+        "code_challenge_method",
+        "token_endpoint_auth_method",
+        "http_status_code",
+    }
+)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_QUERY_SECRET = re.compile(
+    r"(?i)\b(code|access_token|refresh_token|id_token|client_secret|password|code_verifier|token)=[^&\s\"']+"
+)
+
+
+def _is_secret_key(key: str) -> bool:
+    return key.lower() not in _NOT_SECRET and bool(_SECRET_KEYS.search(key))
+
+
+def _scrub_text(text: str) -> str:
+    text = _JWT.sub(REDACTED, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if isinstance(value, MutableMapping | dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and _is_secret_key(k) and v not in (None, "") else redact_value(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_value(v) for v in value]
+    if type(value).__name__ in ("SecretStr", "SecretBytes"):
+        return REDACTED
+    return value
+
+
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: nothing secret leaves the process in a log line."""
+    for key in list(event):
+        value = event[key]
+        if key != "event" and _is_secret_key(key) and value not in (None, ""):
+            event[key] = REDACTED
+        else:
+            event[key] = redact_value(value)
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Route structlog and the standard library (uvicorn, httpx, ...) through one pipeline."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.processors.format_exc_info] if not use_console else shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([] if use_console else [structlog.processors.format_exc_info]),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    # Request lines come from our middleware (path only, never the query string with codes).
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def get_logger(name: str = "mcp_broker") -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,63 @@
+"""ASGI middleware shared by the broker and mcp_app: request ids, request log lines, and
+security headers. Pure ASGI (no BaseHTTPMiddleware) so it adds microseconds, not a task."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_log = structlog.get_logger("mcp_broker.http")
+
+
+class RequestContextMiddleware:
+    """Give every request an id (the caller's X-Request-ID when well-formed), bind it to every
+    log line of the request, echo it in the response, and log one line per request with the
+    path only (never the query string, which can hold codes)."""
+
+    def __init__(self, app: ASGIApp, *, quiet_paths: frozenset[str] = frozenset({"/healthz", "/readyz"})):
+        self.app = app
+        self.quiet_paths = quiet_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        request_id = incoming if incoming and _VALID_ID.match(incoming) else secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status: dict[str, Any] = {"code": 500}
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = scope.get("path", "")
+            if path not in self.quiet_paths or status["code"] >= 400:
+                _log.info(
+                    "http_request",
+                    method=scope.get("method"),
+                    path=path,
+                    status=status["code"],
+                    duration_ms=round((time.perf_counter() - start) * 1000, 2),
+                )
+            structlog.contextvars.unbind_contextvars("request_id")

@@ -1,0 +1,223 @@
+"""Signing keys for access tokens (RFC 9068), shared by every broker replica through Redis.
+
+The ring is a Redis hash of key records. Each key has an ``activate_at``: the newest key
+whose time has come signs, the next key is published in the JWKS a full rotation interval
+before it signs, and a superseded key stays published for ``key_overlap`` so tokens it
+signed keep verifying. Private keys are stored encrypted (AES-256-GCM under the key
+encryption key, with the kid as associated data); keys are parsed once, never per request.
+Alternatively keys are read from PEM files in ``keys_dir`` (a mounted Kubernetes secret).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from jose import jwk
+from jose.backends.base import Key
+
+from broker.store.client import RedisClient
+from broker.store.keys import Keys
+
+Algorithm = Literal["ES256", "RS256"]
+
+
+class KeyConfigError(Exception):
+    """The key encryption key or a mounted key is unusable."""
+
+
+def decode_kek(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip() + "=" * (-len(text.strip()) % 4), altchars=b"-_", validate=False)
+    except (binascii.Error, ValueError):
+        raise KeyConfigError("signing.key_encryption_key is not base64") from None
+    if len(raw) < 32:
+        raise KeyConfigError("signing.key_encryption_key must decode to at least 32 bytes")
+    return raw[:32]
+
+
+def new_kek() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    alg: Algorithm
+    activate_at: float
+    private: Key
+    public_jwk: dict[str, Any]
+
+
+def _generate_pem(alg: Algorithm) -> bytes:
+    private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if alg == "ES256":
+        private = ec.generate_private_key(ec.SECP256R1())
+    else:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    return private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load(kid: str, alg: Algorithm, activate_at: float, pem: bytes) -> SigningKey:
+    private = jwk.construct(pem.decode(), alg)
+    public = private.public_key().to_dict()
+    public.update({"kid": kid, "use": "sig", "alg": alg})
+    return SigningKey(kid=kid, alg=alg, activate_at=activate_at, private=private, public_jwk=public)
+
+
+class KeyRing:
+    """The set of signing keys; ``current`` signs, ``jwks()`` publishes."""
+
+    def __init__(
+        self,
+        redis: RedisClient | None,
+        keys: Keys,
+        *,
+        algorithm: Algorithm = "ES256",
+        kek: str | None = None,
+        keys_dir: str | None = None,
+        rotation_interval: int = 30 * 86400,
+        overlap: int = 86400,
+    ) -> None:
+        if keys_dir is None and kek is None:
+            raise KeyConfigError("set signing.key_encryption_key (or signing.keys_dir) to sign tokens")
+        self._redis = redis
+        self._keys = keys
+        self._alg = algorithm
+        self._kek = AESGCM(decode_kek(kek)) if kek else None
+        self._keys_dir = keys_dir
+        self._rotation = rotation_interval
+        self._overlap = overlap
+        self._ring: list[SigningKey] = []
+        self._jwks: dict[str, Any] = {"keys": []}
+        self.loaded_at = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self._current_or_none() is not None
+
+    def _current_or_none(self, now: float | None = None) -> SigningKey | None:
+        return self._current_or_none_of(self._ring, time.time() if now is None else now)
+
+    @property
+    def current(self) -> SigningKey:
+        key = self._current_or_none()
+        if key is None:
+            raise KeyConfigError("no signing key is loaded")
+        return key
+
+    def jwks(self) -> dict[str, Any]:
+        return self._jwks
+
+    def _encrypt(self, kid: str, pem: bytes) -> str:
+        assert self._kek is not None
+        nonce = secrets.token_bytes(12)
+        return base64.b64encode(nonce + self._kek.encrypt(nonce, pem, kid.encode())).decode()
+
+    def _decrypt(self, kid: str, blob: str) -> bytes:
+        assert self._kek is not None
+        raw = base64.b64decode(blob)
+        try:
+            return self._kek.decrypt(raw[:12], raw[12:], kid.encode())
+        except Exception:
+            raise KeyConfigError(
+                f"signing key {kid} cannot be decrypted: signing.key_encryption_key differs from the one that stored it"
+            ) from None
+
+    async def refresh(self) -> None:
+        """Load the ring, creating or rotating keys when due. Safe to call from every replica."""
+        if self._keys_dir is not None:
+            self._ring = self._from_dir(Path(self._keys_dir))
+        else:
+            self._ring = await self._from_redis()
+        now = time.time()
+        current = self._current_or_none(now)
+        published = [
+            k
+            for k in self._ring
+            if current is None
+            or k.activate_at >= current.activate_at
+            or k.activate_at + self._rotation + self._overlap > now
+        ]
+        self._jwks = {"keys": [k.public_jwk for k in sorted(published, key=lambda k: -k.activate_at)]}
+        self.loaded_at = now
+
+    def _from_dir(self, folder: Path) -> list[SigningKey]:
+        ring = []
+        for pem_file in sorted(folder.glob("*.pem")):
+            try:
+                ring.append(_load(pem_file.stem, self._alg, pem_file.stat().st_mtime, pem_file.read_bytes()))
+            except Exception as exc:
+                raise KeyConfigError(f"{pem_file}: not a usable {self._alg} private key ({exc})") from None
+        if not ring:
+            raise KeyConfigError(f"signing.keys_dir {folder} holds no *.pem key")
+        return ring
+
+    async def _from_redis(self) -> list[SigningKey]:
+        assert self._redis is not None
+        ring_key = self._keys.signing_keys()
+        records = await self._redis.hgetall(ring_key)
+        ring = [self._record_to_key(json.loads(v)) for v in records.values()]
+        ring = [k for k in ring if k.alg == self._alg]
+        now = time.time()
+        current = self._current_or_none_of(ring, now)
+        upcoming = [k for k in ring if k.activate_at > now]
+        due_current = current is None
+        due_next = not upcoming
+        if not (due_current or due_next):
+            return ring
+        # One replica creates keys; the others wait for the lock and read what it wrote.
+        if await self._redis.set(self._keys.signing_lock(), "1", nx=True, ex=30):
+            try:
+                records = await self._redis.hgetall(ring_key)
+                ring = [k for k in (self._record_to_key(json.loads(v)) for v in records.values()) if k.alg == self._alg]
+                current = self._current_or_none_of(ring, now)
+                if current is None:
+                    current = await self._create(ring_key, now)
+                    ring.append(current)
+                if not [k for k in ring if k.activate_at > now]:
+                    ring.append(await self._create(ring_key, current.activate_at + self._rotation))
+                # Forget keys whose tokens have all expired.
+                cutoff = now - self._rotation - self._overlap
+                stale = [k.kid for k in ring if k.activate_at < cutoff and k is not current]
+                if stale:
+                    await self._redis.hdel(ring_key, *stale)
+                    ring = [k for k in ring if k.kid not in stale]
+            finally:
+                await self._redis.delete(self._keys.signing_lock())
+            return ring
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if not await self._redis.exists(self._keys.signing_lock()):
+                break
+        records = await self._redis.hgetall(ring_key)
+        return [k for k in (self._record_to_key(json.loads(v)) for v in records.values()) if k.alg == self._alg]
+
+    @staticmethod
+    def _current_or_none_of(ring: list[SigningKey], now: float) -> SigningKey | None:
+        live = [k for k in ring if k.activate_at <= now]
+        return max(live, key=lambda k: k.activate_at) if live else None
+
+    async def _create(self, ring_key: str, activate_at: float) -> SigningKey:
+        assert self._redis is not None
+        kid = f"{time.strftime('%Y%m%d', time.gmtime(activate_at))}-{secrets.token_hex(4)}"
+        pem = _generate_pem(self._alg)
+        record = {"kid": kid, "alg": self._alg, "activate_at": activate_at, "key": self._encrypt(kid, pem)}
+        await self._redis.hset(ring_key, kid, json.dumps(record))
+        return _load(kid, self._alg, activate_at, pem)
+
+    def _record_to_key(self, record: dict[str, Any]) -> SigningKey:
+        kid = str(record["kid"])
+        return _load(kid, record["alg"], float(record["activate_at"]), self._decrypt(kid, record["key"]))

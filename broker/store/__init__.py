@@ -1,0 +1,1 @@
+"""Everything the broker keeps, kept in Redis."""

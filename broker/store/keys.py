@@ -1,0 +1,67 @@
+"""Redis key names, designed for Redis Cluster from the start.
+
+Every key that one Lua script reads or writes carries the same hash tag (the part in
+braces), so all of them live in one slot and the script runs unchanged on Cluster:
+
+* ``{prefix}:{g:<grant_id>}:…``   a grant (a refresh-token family) and all its tokens;
+* ``{prefix}:{u:<subject>}:…``    per-user indexes (grants, consents);
+* ``{prefix}:{c:<client_id>}``    a registered client;
+* ``{prefix}:{keys}:…``           the signing key ring;
+* ``{prefix}:{revoked}``          revoked grant ids (sorted set scored by expiry) and its channel.
+
+Tokens handed to clients embed the grant id, so the broker derives the slot from the token
+itself and never needs a cross-slot lookup on the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+def digest(value: str) -> str:
+    """What the store keeps instead of a secret: its SHA-256, hex."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _tag_safe(value: str) -> str:
+    # A brace inside a tag would move the tag; subjects and ids are hashed when they could hold one.
+    return digest(value)[:32] if any(c in value for c in "{}") or len(value) > 128 else value
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "mcpb"
+
+    def grant(self, grant_id: str) -> str:
+        return f"{self.prefix}:{{g:{grant_id}}}:grant"
+
+    def refresh(self, grant_id: str, token_hash: str) -> str:
+        return f"{self.prefix}:{{g:{grant_id}}}:rt:{token_hash}"
+
+    def code(self, grant_id: str) -> str:
+        return f"{self.prefix}:{{g:{grant_id}}}:code"
+
+    def user_grants(self, subject: str) -> str:
+        return f"{self.prefix}:{{u:{_tag_safe(subject)}}}:grants"
+
+    def user_consents(self, subject: str) -> str:
+        return f"{self.prefix}:{{u:{_tag_safe(subject)}}}:consents"
+
+    def client(self, client_id: str) -> str:
+        return f"{self.prefix}:{{c:{_tag_safe(client_id)}}}"
+
+    def signing_keys(self) -> str:
+        return f"{self.prefix}:{{keys}}:ring"
+
+    def signing_lock(self) -> str:
+        return f"{self.prefix}:{{keys}}:lock"
+
+    def revoked(self) -> str:
+        return f"{self.prefix}:{{revoked}}"
+
+    def revocation_channel(self) -> str:
+        return f"{self.prefix}:revocations"
+
+    def flow(self, flow_id: str) -> str:
+        return f"{self.prefix}:{{f:{flow_id}}}"

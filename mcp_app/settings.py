@@ -1,0 +1,28 @@
+"""Settings of the protected MCP server, from ``MCP_APP_*`` environment variables or flags."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class McpAppSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MCP_APP_", extra="forbid", frozen=True)
+
+    resource_url: str = Field(
+        default="http://127.0.0.1:8001/mcp",
+        description="Canonical URI of this MCP server: the audience its tokens must carry.",
+    )
+    issuer: str = Field(default="http://127.0.0.1:8000", description="The broker's issuer URL.")
+    jwks_url: str | None = Field(default=None, description="Defaults to <issuer>/jwks.json.")
+    redis_url: str | None = Field(default=None, description="Redis shared with the broker (revocations, notes).")
+    redis_password: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=1, le=65535)
+    allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header values accepted.")
+    allowed_origins: list[str] = Field(default_factory=list, description="Extra Origin values accepted.")
+    log_format: str = "json"
+
+    @property
+    def effective_jwks_url(self) -> str:
+        return self.jwks_url or f"{self.issuer}/jwks.json"

@@ -1,0 +1,142 @@
+"""Verify the broker's access tokens locally: the MCP SDK ``TokenVerifier`` any MCP server reuses.
+
+RFC 9068 JWTs checked against the broker's JWKS (fetched once, cached, refetched on an
+unknown ``kid`` at most every ``min_refetch_interval`` seconds), with explicit algorithms,
+``typ: at+jwt``, ``iss``, ``aud`` equal to this server's canonical URI (RFC 8707), and
+``exp``/``nbf`` with a small leeway. Verified tokens are cached by hash until they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from jose import jwk, jwt
+from jose.backends.base import Key
+from jose.exceptions import JOSEError
+from mcp.server.auth.provider import AccessToken
+
+ALLOWED_ALGORITHMS = ("ES256", "RS256")
+
+
+class JwksCache:
+    def __init__(self, url: str, http: httpx.AsyncClient, *, min_refetch_interval: float = 30.0) -> None:
+        self.url = url
+        self._http = http
+        self._keys: dict[str, Key] = {}
+        self._fetched_at = 0.0
+        self._min_interval = min_refetch_interval
+        self._lock = asyncio.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._keys)
+
+    async def refresh(self) -> None:
+        response = await self._http.get(self.url, timeout=5.0)
+        response.raise_for_status()
+        keys: dict[str, Key] = {}
+        for entry in response.json().get("keys", []):
+            alg, kid = entry.get("alg"), entry.get("kid")
+            if alg in ALLOWED_ALGORITHMS and isinstance(kid, str) and entry.get("use", "sig") == "sig":
+                keys[kid] = jwk.construct(entry, alg)
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    async def get(self, kid: str) -> Key | None:
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        async with self._lock:
+            if kid not in self._keys and time.monotonic() - self._fetched_at >= self._min_interval:
+                try:
+                    await self.refresh()
+                except (httpx.HTTPError, ValueError):
+                    return None
+        return self._keys.get(kid)
+
+
+class BrokerTokenVerifier:
+    """``mcp.server.auth.provider.TokenVerifier`` for tokens minted by mcp-broker."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        resource: str,
+        jwks: JwksCache,
+        algorithms: Sequence[str] = ALLOWED_ALGORITHMS,
+        leeway: int = 30,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.issuer = issuer
+        self.resource = resource
+        self.jwks = jwks
+        self.algorithms = tuple(a for a in algorithms if a in ALLOWED_ALGORITHMS)
+        self.leeway = leeway
+        self._cache: dict[bytes, AccessToken] = {}
+        self._cache_size = cache_size
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest)
+        now = time.time()
+        if cached is not None:
+            if cached.expires_at is not None and cached.expires_at + self.leeway > now:
+                return cached
+            del self._cache[digest]
+        claims = await self._verify(token)
+        if claims is None:
+            return None
+        scope = claims.get("scope", "")
+        access = AccessToken(
+            token=token,
+            client_id=str(claims["client_id"]),
+            scopes=scope.split() if isinstance(scope, str) else [],
+            expires_at=int(claims["exp"]),
+            resource=self.resource,
+            subject=str(claims["sub"]),
+            claims=claims,
+        )
+        if len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[digest] = access
+        return access
+
+    async def _verify(self, token: str) -> dict[str, Any] | None:
+        try:
+            header = jwt.get_unverified_header(token)
+        except JOSEError:
+            return None
+        alg, kid = header.get("alg"), header.get("kid")
+        if (
+            alg not in self.algorithms
+            or not isinstance(kid, str)
+            or header.get("typ", "").lower()
+            not in (
+                "at+jwt",
+                "application/at+jwt",
+            )
+        ):
+            return None
+        key = await self.jwks.get(kid)
+        if key is None:
+            return None
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.resource,
+                issuer=self.issuer,
+                options={"leeway": self.leeway, "require_exp": True, "require_iat": True, "require_sub": True},
+            )
+        except JOSEError:
+            return None
+        if not isinstance(claims.get("client_id"), str) or "exp" not in claims:
+            return None
+        return claims

@@ -1,0 +1,122 @@
+"""What every upstream identity provider shares: the normalised identity, the capability
+protocols a provider may implement, and the outcomes a login can have.
+
+In the spirit of Dex's connectors (``connector/connector.go``): small optional capabilities
+instead of one large base class. A provider says which ones it implements simply by having
+the methods; the broker checks with ``isinstance`` against these runtime protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A user as an upstream provider vouches for them, normalised across providers.
+
+    ``subject`` is stable for the life of the account (an LDAP entryUUID or DN, an Entra
+    ``oid``, an OIDC ``sub``). ``groups`` are the provider's group identifiers (DNs, GUIDs,
+    claim values); ``group_names`` maps an identifier to a human or short name where the
+    provider knows one, so mappings may use either. ``private`` is provider-only state (for
+    example what a refresh-time re-check needs) and is never shown to clients.
+    """
+
+    provider_id: str
+    subject: str
+    username: str
+    email: str | None = None
+    display_name: str | None = None
+    groups: frozenset[str] = frozenset()
+    group_names: Mapping[str, str] = field(default_factory=dict)
+    private: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    """Base of every provider failure. ``public`` is safe to show a user; ``str(exc)`` is for logs."""
+
+    public = "Sign-in failed."
+
+
+class InvalidCredentials(ProviderError):
+    """Wrong password or unknown user: the user is told the same thing for both."""
+
+    public = "The username or password is incorrect."
+
+
+class AccountDisabled(ProviderError):
+    """The account exists and the password may be right, but the account may not sign in."""
+
+    public = "This account is disabled or locked. Contact your IT help desk."
+
+
+class UpstreamUnavailable(ProviderError):
+    """The directory or identity provider could not be reached or answered with an error."""
+
+    public = "The sign-in service is temporarily unavailable. Please try again in a few minutes."
+
+
+class UpstreamRejected(ProviderError):
+    """The upstream answered, but what it answered cannot be trusted or used."""
+
+    public = "The identity provider returned an answer that could not be accepted."
+
+
+@runtime_checkable
+class PasswordProvider(Protocol):
+    """Checks a username and password (an LDAP directory, for example)."""
+
+    id: str
+    display_name: str
+
+    async def login(self, username: str, password: str) -> Identity:
+        """Return the identity, or raise InvalidCredentials / AccountDisabled / UpstreamUnavailable."""
+        ...
+
+
+@runtime_checkable
+class RedirectProvider(Protocol):
+    """Sends the browser upstream and turns the callback into an identity (OIDC, Entra ID)."""
+
+    id: str
+    display_name: str
+
+    async def login_url(self, callback_url: str, state: str) -> tuple[str, Mapping[str, Any]]:
+        """Return the upstream URL and the flow data to hand back to ``handle_callback``."""
+        ...
+
+    async def handle_callback(self, callback_url: str, params: Mapping[str, str], flow: Mapping[str, Any]) -> Identity:
+        """Check the callback against the stored flow and return the identity."""
+        ...
+
+
+@runtime_checkable
+class RefreshProvider(Protocol):
+    """Looks a user up again at refresh time, so group changes upstream take effect."""
+
+    async def refresh(self, identity: Identity) -> Identity:
+        """Return fresh data, or raise InvalidCredentials / AccountDisabled if the user is gone."""
+        ...
+
+
+class ProviderConfig(BaseModel):
+    """Fields every provider configuration has. Subclasses add a ``type`` literal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="Stable identifier used in mappings, callback URLs and audit events.",
+    )
+    display_name: str = Field(min_length=1, max_length=80, description="Shown on the login page.")
+    email_domains: list[str] = Field(
+        default_factory=list,
+        description="Email domains routed straight to this provider from the login page.",
+    )
+
+
+ProviderKind = Literal["ldap", "entra", "oidc"]

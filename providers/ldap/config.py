@@ -1,0 +1,55 @@
+"""Configuration model of the LDAP / Active Directory provider."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from providers.base import ProviderConfig
+
+
+class LdapProviderConfig(ProviderConfig):
+    type: Literal["ldap"] = "ldap"
+    urls: list[str] = Field(
+        min_length=1,
+        description="Directory servers tried in order (failover): ldap://, ldaps:// URLs.",
+    )
+    start_tls: bool = Field(default=False, description="Upgrade ldap:// connections with StartTLS.")
+    ca_file: str | None = Field(default=None, description="PEM bundle of CAs trusted for TLS.")
+    verify_tls: bool = Field(default=True, description="Verify the server certificate (keep on).")
+    bind_dn: str | None = Field(default=None, description="Service account that searches for users.")
+    bind_password: SecretStr | None = Field(default=None, description="Service account password.")
+    user_base_dn: str = Field(description="Where users are searched.")
+    user_filter: str = Field(
+        default="(&(objectClass=inetOrgPerson)(uid={username}))",
+        description="Search filter; {username} is replaced by the RFC 4515-escaped login name.",
+    )
+    username_attribute: str = "uid"
+    subject_attribute: str = Field(
+        default="entryUUID", description="Attribute giving a stable subject (objectGUID on AD)."
+    )
+    email_attribute: str = "mail"
+    display_name_attribute: str = "cn"
+    group_base_dn: str | None = Field(default=None, description="Where groups are searched.")
+    group_filter: str = Field(
+        default="(|(member={dn})(uniqueMember={dn}))",
+        description="Group search filter; {dn} is the escaped user DN.",
+    )
+    group_name_attribute: str = Field(default="cn", description="Short group name usable in mappings.")
+    use_member_of: bool = Field(default=True, description="Read groups from memberOf when present.")
+    nested_groups: bool = Field(default=True, description="Resolve groups of groups.")
+    nested_depth: int = Field(default=5, ge=0, le=20)
+    active_directory_in_chain: bool = Field(
+        default=False, description="Use LDAP_MATCHING_RULE_IN_CHAIN (Active Directory only)."
+    )
+    connect_timeout: float = Field(default=5.0, gt=0, le=60)
+    operation_timeout: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls_are_ldap(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("ldap://", "ldaps://")):
+                raise ValueError(f"{url!r} is not an ldap:// or ldaps:// URL")
+        return urls
