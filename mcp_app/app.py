@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from broker.middleware import RequestContextMiddleware
 from broker.store.client import RedisClient, create_redis
+from mcp_app.guard import HostOriginGuard
 from mcp_app.settings import McpAppSettings
 from mcp_app.verifier import BrokerTokenVerifier, JwksCache
 
@@ -100,5 +101,6 @@ def create_app(settings: McpAppSettings) -> Starlette:
     )
     app.add_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+    app.add_middleware(HostOriginGuard, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -21,7 +21,15 @@ class MissingBinary(RuntimeError):
 
 
 def find_binary(name: str, package: str, extra_dirs: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin")) -> str:
-    found = shutil.which(name) or next((str(Path(d) / name) for d in extra_dirs if (Path(d) / name).is_file()), None)
+    """The program's path; ``MCP_BROKER_<NAME>`` (e.g. ``MCP_BROKER_REDIS_SERVER``) overrides the search."""
+    override = os.environ.get("MCP_BROKER_" + name.upper().replace("-", "_"))
+    found: str | None
+    if override is not None:
+        found = override if os.access(override, os.X_OK) else None
+    else:
+        found = shutil.which(name) or next(
+            (str(Path(d) / name) for d in extra_dirs if (Path(d) / name).is_file()), None
+        )
     if found is None:
         raise MissingBinary(
             f"{name} is not installed: run `sudo apt-get install {package}` (or `make dev`, which installs it)"

@@ -12,10 +12,20 @@ from broker.devstack.process import ChildProcess, find_binary, free_port, wait_u
 
 
 class RedisServer:
-    def __init__(self, state_dir: Path, *, port: int | None = None, persist: bool = True) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        port: int | None = None,
+        persist: bool = True,
+        extra_config: tuple[str, ...] = (),
+        name: str = "redis",
+    ) -> None:
         self.state_dir = state_dir
         self.port = port or free_port()
         self.persist = persist
+        self.extra_config = extra_config
+        self.name = name
         self.password = secrets.token_urlsafe(24)
         self._child: ChildProcess | None = None
 
@@ -29,7 +39,7 @@ class RedisServer:
 
     def start(self, timeout: float = 15.0) -> RedisServer:
         binary = find_binary("redis-server", "redis-server")
-        data = self.state_dir / "redis"
+        data = self.state_dir / self.name
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = data / "redis.conf"
         conf.touch(mode=0o600)
@@ -45,6 +55,7 @@ class RedisServer:
                     'save ""',
                     "daemonize no",
                     "loglevel warning",
+                    *self.extra_config,
                     "",
                 ]
             )

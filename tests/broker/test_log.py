@@ -1,0 +1,68 @@
+"""Nothing secret leaves the process in a log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import structlog
+
+from broker.log import REDACTED, configure_logging, redact
+
+JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+
+
+def run(**event: object) -> dict[str, object]:
+    return dict(redact(None, "info", {"event": "x", **event}))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "password",
+        "client_secret",
+        "refresh_token",
+        "access_token",
+        "code",
+        "code_verifier",
+        "authorization",
+        "bind_password",
+        "Cookie",
+        "key_encryption_key",
+        "id_token",
+        "assertion",
+    ],
+)
+def test_secret_keys_are_blanked(key: str) -> None:
+    assert run(**{key: "hunter2"})[key] == REDACTED
+
+
+@pytest.mark.parametrize("key", ["status_code", "token_type", "grant_type", "client_id", "scope", "kid", "error_code"])
+def test_ordinary_keys_are_kept(key: str) -> None:
+    assert run(**{key: "value"})[key] == "value"
+
+
+def test_tokens_inside_text_and_nested_values() -> None:
+    event = run(
+        detail=f"got {JWT} from client",
+        header="Bearer abcdefghijklmnop",
+        url="/callback?code=SplxlOBeZQQYbYS6WxSbIA&state=xyz",
+        nested={"form": {"password": "p", "username": "alice"}, "list": [JWT]},
+    )
+    assert JWT not in json.dumps(event)
+    assert event["header"] == f"Bearer {REDACTED}"
+    assert event["url"] == f"/callback?code={REDACTED}&state=xyz"
+    assert event["nested"] == {"form": {"password": REDACTED, "username": "alice"}, "list": [REDACTED]}
+
+
+def test_json_lines_to_stdout_with_stdlib_loggers_too(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json")
+    structlog.get_logger("t").info("token_issued", client_id="c1", refresh_token="secret-rt")
+    logging.getLogger("uvicorn.error").warning("upstream said password=hunter2")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["event"] == "token_issued"
+    assert lines[0]["refresh_token"] == REDACTED
+    assert lines[0]["level"] == "info"
+    assert "timestamp" in lines[0]
+    assert lines[1]["event"] == f"upstream said password={REDACTED}"

@@ -1,0 +1,115 @@
+"""The reusable token verifier against keys from a real key ring: what passes and what never does."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from jose import jwt
+
+from broker.oauth.signing import KeyRing, new_kek
+from broker.store.keys import Keys
+from mcp_app.verifier import BrokerTokenVerifier, JwksCache
+
+ISSUER = "https://auth.example.com"
+RESOURCE = "https://mcp.example.com/mcp"
+
+
+@pytest.fixture
+async def ring(redis_client: aioredis.Redis) -> KeyRing:
+    keyring = KeyRing(redis_client, Keys(), kek=new_kek())
+    await keyring.refresh()
+    return keyring
+
+
+@pytest.fixture
+async def verifier(ring: KeyRing) -> AsyncIterator[BrokerTokenVerifier]:
+    jwks = ring.jwks()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=jwks))
+    async with httpx.AsyncClient(transport=transport) as http:
+        yield BrokerTokenVerifier(issuer=ISSUER, resource=RESOURCE, jwks=JwksCache(f"{ISSUER}/jwks.json", http))
+
+
+def claims(**over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {
+        "iss": ISSUER,
+        "sub": "alice",
+        "aud": RESOURCE,
+        "client_id": "c1",
+        "scope": "notes:read",
+        "iat": now,
+        "exp": now + 300,
+        "jti": "j1",
+    }
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def sign(ring: KeyRing, body: dict[str, Any], **headers: Any) -> str:
+    key = ring.current
+    return jwt.encode(body, key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt", **headers})
+
+
+async def test_a_good_token(ring: KeyRing, verifier: BrokerTokenVerifier) -> None:
+    token = await verifier.verify_token(sign(ring, claims()))
+    assert token is not None
+    assert (token.subject, token.client_id, token.scopes, token.resource) == ("alice", "c1", ["notes:read"], RESOURCE)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"aud": "https://other.example.com/mcp"},
+        {"iss": "https://evil.example.com"},
+        {"exp": int(time.time()) - 120},
+        {"nbf": int(time.time()) + 600},
+        {"client_id": None},
+        {"sub": None},
+    ],
+)
+async def test_refused_claims(ring: KeyRing, verifier: BrokerTokenVerifier, bad: dict[str, Any]) -> None:
+    assert await verifier.verify_token(sign(ring, claims(**bad))) is None
+
+
+async def test_wrong_typ_is_refused(ring: KeyRing, verifier: BrokerTokenVerifier) -> None:
+    assert await verifier.verify_token(sign(ring, claims(), typ="JWT")) is None
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+async def test_alg_none_is_refused(ring: KeyRing, verifier: BrokerTokenVerifier) -> None:
+    token = f"{_b64({'alg': 'none', 'typ': 'at+jwt', 'kid': ring.current.kid})}.{_b64(claims())}."
+    assert await verifier.verify_token(token) is None
+
+
+async def test_hs256_signed_with_the_public_key_is_refused(ring: KeyRing, verifier: BrokerTokenVerifier) -> None:
+    public = json.dumps(ring.current.public_jwk)
+    token = jwt.encode(claims(), public, algorithm="HS256", headers={"kid": ring.current.kid, "typ": "at+jwt"})
+    assert await verifier.verify_token(token) is None
+
+
+async def test_unknown_kid_refetches_at_most_once_per_interval(ring: KeyRing) -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(200, json=ring.jwks())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        verifier = BrokerTokenVerifier(issuer=ISSUER, resource=RESOURCE, jwks=JwksCache("https://x/jwks", http))
+        good = sign(ring, claims())
+        for _ in range(3):
+            assert await verifier.verify_token(good) is not None
+        for _ in range(5):
+            assert await verifier.verify_token(sign(ring, claims(), kid="unknown")) is None
+    assert calls == 1
