@@ -40,9 +40,19 @@ async def main(iterations: int, algorithm: str) -> None:
                 key = ring.current
                 tokens = [
                     jwt.encode(
-                        {"iss": ISSUER, "aud": RESOURCE, "sub": f"u{i}", "client_id": "c", "scope": "notes:read",
-                         "iat": now, "exp": now + 300, "jti": secrets.token_hex(8)},
-                        key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"},
+                        {
+                            "iss": ISSUER,
+                            "aud": RESOURCE,
+                            "sub": f"u{i}",
+                            "client_id": "c",
+                            "scope": "notes:read",
+                            "iat": now,
+                            "exp": now + 300,
+                            "jti": secrets.token_hex(8),
+                        },
+                        key.private,
+                        algorithm=key.alg,
+                        headers={"kid": key.kid, "typ": "at+jwt"},
                     )
                     for i in range(iterations)
                 ]
@@ -62,7 +72,9 @@ async def main(iterations: int, algorithm: str) -> None:
             server.stop()
     for name, sample in (("cold (signature check)", cold), ("warm (cache hit)", warm)):
         q = statistics.quantiles(sample, n=100)
-        print(f"{algorithm} {name:<24} median {statistics.median(sample):8.1f} us   p99 {q[98]:8.1f} us   n={len(sample)}")
+        print(
+            f"{algorithm} {name:<24} median {statistics.median(sample):8.1f} us   p99 {q[98]:8.1f} us   n={len(sample)}"
+        )
 
 
 if __name__ == "__main__":
