@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import FastAPI
@@ -12,11 +13,18 @@ from fastapi import FastAPI
 from broker import __version__
 from broker.config.models import BrokerConfig
 from broker.middleware import RequestContextMiddleware
+from broker.oauth.clients import ClientRegistry
+from broker.oauth.grants import GrantService
+from broker.oauth.revocation import RevocationService
 from broker.oauth.signing import KeyRing
-from broker.routes import health, jwks
+from broker.policy import Policy
+from broker.routes import authorize, discovery, errors, health, register, token
 from broker.state import BrokerState
 from broker.store.client import RedisClient, create_redis
 from broker.store.keys import Keys
+from broker.store.tokens import TokenStore
+from broker.web.pages import Pages
+from providers.registry import open_provider
 
 _log = structlog.get_logger("mcp_broker")
 KEY_REFRESH_SECONDS = 300
@@ -36,9 +44,26 @@ def _redis_for(config: BrokerConfig) -> RedisClient:
     )
 
 
-def create_app(config: BrokerConfig, *, redis: RedisClient | None = None) -> FastAPI:
-    """Build the broker's ASGI app. ``redis`` may be passed in (tests); otherwise it comes from config."""
+def _introspection(config: BrokerConfig) -> dict[str, list[str]]:
+    uris = {r.id: r.uri for r in config.resources}
+    return {
+        c.client_id: [uris.get(r, r) for r in c.introspection_resources]
+        for c in config.registration.static_clients
+        if c.introspection_resources
+    }
+
+
+def create_app(
+    config: BrokerConfig,
+    *,
+    redis: RedisClient | None = None,
+    providers: Mapping[str, object] | None = None,
+) -> FastAPI:
+    """Build the broker's ASGI app. ``redis`` and ``providers`` may be passed in (tests);
+    otherwise they are built from the configuration."""
     keys = Keys(config.redis.key_prefix)
+    base = urlsplit(config.issuer).path.rstrip("/")
+    upstreams = dict(providers) if providers is not None else {p.id: open_provider(p) for p in config.providers}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,31 +78,48 @@ def create_app(config: BrokerConfig, *, redis: RedisClient | None = None) -> Fas
             rotation_interval=config.signing.rotation_interval,
             overlap=config.signing.key_overlap,
         )
-        app.state.broker = BrokerState(config=config, redis=client, keys=keys, keyring=keyring)
+        store = TokenStore(client, keys)
+        policy = Policy(config.resources, config.mappings)
+        app.state.broker = BrokerState(
+            config=config,
+            redis=client,
+            keys=keys,
+            keyring=keyring,
+            store=store,
+            clients=ClientRegistry(config.registration, store),
+            policy=policy,
+            providers=upstreams,
+            grants=GrantService(config, store, keyring, policy, upstreams),
+            revocation=RevocationService(config.issuer, store, keyring),
+            pages=Pages(config.issuer),
+            introspection_resources=_introspection(config),
+        )
         try:
             await keyring.refresh()
         except Exception as exc:  # readiness reports it; the process stays up to say so
             _log.error("signing_keys_unavailable", error=str(exc))
         refresher = asyncio.create_task(_refresh_keys(keyring))
-        _log.info("broker_started", issuer=config.issuer, version=__version__)
+        _log.info("broker_started", issuer=config.issuer, version=__version__, policy_version=policy.version)
         try:
             yield
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+            for provider in upstreams.values():
+                close = getattr(provider, "aclose", None)
+                if close is not None:
+                    await close()
             if redis is None:
                 await client.aclose()
 
-    app = FastAPI(
-        title="mcp-broker",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-    )
+    app = FastAPI(title="mcp-broker", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    errors.install(app)
     app.include_router(health.router)
-    app.include_router(jwks.router)
+    discovery.install(app, config.issuer, base)
+    app.include_router(register.router(base))
+    app.include_router(authorize.router(base))
+    app.include_router(token.router(base))
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fastapi import Request
+
 from broker.config.models import BrokerConfig
+from broker.oauth.clients import ClientRegistry
+from broker.oauth.grants import GrantService
+from broker.oauth.revocation import RevocationService
 from broker.oauth.signing import KeyRing
+from broker.policy import Policy
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
+from broker.store.tokens import TokenStore
+from broker.web.pages import Pages
 
 
 @dataclass
@@ -16,3 +25,16 @@ class BrokerState:
     redis: RedisClient
     keys: Keys
     keyring: KeyRing
+    store: TokenStore
+    clients: ClientRegistry
+    policy: Policy
+    providers: Mapping[str, object]
+    grants: GrantService
+    revocation: RevocationService
+    pages: Pages
+    introspection_resources: Mapping[str, list[str]]
+
+
+def get_state(request: Request) -> BrokerState:
+    state: BrokerState = request.app.state.broker
+    return state

@@ -108,6 +108,9 @@ class StaticClientConfig(_Section):
     client_secret: SecretStr | None = Field(default=None, description="Omit for a public client.")
     redirect_uris: list[str] = Field(min_length=1)
     application_type: Literal["native", "web"] = "native"
+    introspection_resources: list[str] = Field(
+        default_factory=list, description="Resource ids whose tokens this (confidential) client may introspect."
+    )
 
 
 class RegistrationConfig(_Section):

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from broker.state import BrokerState
+from broker.state import get_state
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +19,7 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> JSONResponse:
-    state: BrokerState = request.app.state.broker
+    state = get_state(request)
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(state.redis.ping(), timeout=2.0)

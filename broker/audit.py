@@ -1,0 +1,36 @@
+"""Audit events: one structured log event per security-relevant action.
+
+Each event is a JSON line with ``audit: true`` and an ``event`` from :data:`EVENTS`, so a log
+pipeline can route them apart. Secrets never reach here; the redaction processor in
+:mod:`broker.log` is the second line of defence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import structlog
+
+AuditEvent = Literal[
+    "client_registered",
+    "consent_granted",
+    "consent_denied",
+    "consent_revoked",
+    "login_succeeded",
+    "login_failed",
+    "code_issued",
+    "code_replayed",
+    "token_issued",
+    "token_refreshed",
+    "refresh_reuse_detected",
+    "token_revoked",
+    "grant_revoked",
+    "mapping_reloaded",
+    "access_denied",
+]
+
+_log = structlog.get_logger("mcp_broker.audit")
+
+
+def audit(event: AuditEvent, **fields: Any) -> None:
+    _log.info(event, audit=True, **fields)

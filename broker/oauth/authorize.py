@@ -1,0 +1,157 @@
+"""The authorization request (OAuth 2.1 §4.1.1, RFC 7636, RFC 8707, RFC 9207), framework-free.
+
+Validation order matters: until the client and its redirect URI are known to be good, an
+error must never be redirected (it would make the broker an open redirector); it is shown to
+the user instead (:class:`UnsafeRequest`). After that, errors go back to the client with
+``state`` and ``iss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from broker.config.models import ResourceConfig
+from broker.oauth import pkce, redirects
+from broker.oauth.clients import Client, ClientRegistry
+from broker.oauth.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedResponseType
+from broker.policy import Policy
+
+
+class UnsafeRequest(Exception):
+    """An authorization error that cannot be sent back to the client: shown as a page."""
+
+    def __init__(self, title: str, message: str) -> None:
+        self.title = title
+        self.message = message
+        super().__init__(message)
+
+
+class RedirectableError(Exception):
+    def __init__(self, error: OAuthError, redirect_uri: str, state: str | None) -> None:
+        self.error = error
+        self.redirect_uri = redirect_uri
+        self.state = state
+        super().__init__(error.detail)
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    client_id: str
+    redirect_uri: str
+    state: str | None
+    code_challenge: str
+    resource: str
+    scopes: list[str] | None  # None: the client asked for no particular scope
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def redirect_with(redirect_uri: str, params: Mapping[str, str | None]) -> str:
+    """Add query parameters to a redirect URI, keeping any query it already has."""
+    parts = urlsplit(redirect_uri)
+    extra = urlencode({k: v for k, v in params.items() if v is not None})
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def canonical_resource(value: str) -> str:
+    """RFC 8707 resource as clients send it: accept an upper-case scheme or host and a trailing slash."""
+    parts = urlsplit(value)
+    path = parts.path.rstrip("/") if parts.path not in ("", "/") else ""
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
+
+
+def find_resource(policy: Policy, value: str | None) -> ResourceConfig | None:
+    if not value:
+        return None
+    return policy.resource_for(value) or policy.resource_for(canonical_resource(value))
+
+
+def _single(params: Mapping[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest(f"{name} must appear at most once")
+    return values[0]
+
+
+async def validate(
+    params: Mapping[str, list[str]], registry: ClientRegistry, policy: Policy
+) -> tuple[AuthorizationRequest, Client, ResourceConfig]:
+    try:
+        client_id = _single(params, "client_id")
+        redirect_uri = _single(params, "redirect_uri")
+    except InvalidRequest as exc:
+        raise UnsafeRequest("Invalid request", exc.description) from None
+    client = await registry.get(client_id)
+    if client is None:
+        raise UnsafeRequest(
+            "Unknown application",
+            "The application that sent you here is not registered with this sign-in service, or its "
+            "registration has expired. Return to the application and try again.",
+        )
+    if redirect_uri is None:
+        if len(client.redirect_uris) != 1:
+            raise UnsafeRequest("Invalid request", "The application did not say where to return you (redirect_uri).")
+        redirect_uri = client.redirect_uris[0]
+    if redirects.find_match(client.redirect_uris, redirect_uri) is None:
+        raise UnsafeRequest(
+            "Redirect address not allowed",
+            "The application asked to send you to an address it has not registered. For your safety, "
+            "you were not redirected.",
+        )
+
+    first_state: list[str | None] = [*params.get("state", []), None]
+    state = first_state[0]
+
+    safe_redirect: str = redirect_uri
+
+    def fail(error: OAuthError) -> RedirectableError:
+        return RedirectableError(error, safe_redirect, state)
+
+    try:
+        state = _single(params, "state")
+        response_type = _single(params, "response_type")
+        challenge = _single(params, "code_challenge")
+        method = _single(params, "code_challenge_method")
+        resource_values = params.get("resource") or []
+        scope = _single(params, "scope")
+    except InvalidRequest as exc:
+        raise fail(exc) from None
+    if response_type != "code":
+        raise fail(UnsupportedResponseType())
+    if "authorization_code" not in client.grant_types:
+        raise fail(InvalidRequest("this client may not use the authorization code grant"))
+    if state is not None and len(state) > 2000:
+        raise fail(InvalidRequest("state is too long"))
+    problem = pkce.valid_challenge(challenge, method or "plain")
+    if problem:
+        raise fail(InvalidRequest(problem))
+    if len(resource_values) != 1:
+        raise fail(InvalidTarget("exactly one resource parameter (RFC 8707) naming the MCP server is required"))
+    resource = find_resource(policy, resource_values[0])
+    if resource is None:
+        raise fail(InvalidTarget(detail=f"resource {resource_values[0]!r} is not configured"))
+    scopes: list[str] | None = None
+    if scope is not None and scope.strip():
+        known = {s.name for s in resource.scopes}
+        scopes = list(dict.fromkeys(scope.split()))
+        unknown = [s for s in scopes if s not in known and s != "offline_access"]
+        if unknown:
+            raise fail(InvalidScope(f"unknown scope for this resource: {' '.join(unknown)}"))
+        scopes = [s for s in scopes if s != "offline_access"] or None
+    assert challenge is not None
+    request = AuthorizationRequest(
+        client_id=client.client_id,
+        redirect_uri=safe_redirect,
+        state=state,
+        code_challenge=challenge,
+        resource=resource.uri,
+        scopes=scopes,
+    )
+    return request, client, resource

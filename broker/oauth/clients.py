@@ -1,0 +1,192 @@
+"""OAuth clients: pre-registered (config), dynamically registered (RFC 7591) and client ID
+metadata documents (URL client ids). One :class:`Client` model for all three."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from broker.config.models import RegistrationConfig
+from broker.oauth import redirects
+from broker.oauth.errors import InvalidClient, InvalidClientMetadata, InvalidRedirectUri
+from broker.store.tokens import TokenStore
+
+AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
+AUTH_METHODS: tuple[AuthMethod, ...] = ("none", "client_secret_post", "client_secret_basic")
+GRANT_TYPES = ("authorization_code", "refresh_token")
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    client_name: str
+    redirect_uris: tuple[str, ...]
+    application_type: Literal["native", "web"] = "native"
+    token_endpoint_auth_method: AuthMethod = "none"  # noqa: S105 - a method name, not a secret
+    grant_types: tuple[str, ...] = GRANT_TYPES
+    kind: Literal["static", "dynamic", "metadata_document"] = "dynamic"
+    secret_hash: str | None = field(default=None, repr=False)
+    client_uri: str | None = None
+    created_at: int = 0
+
+    @property
+    def is_public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"  # noqa: S105
+
+    @property
+    def verified_domain(self) -> str | None:
+        """The domain that vouches for a metadata-document client; None for the others."""
+        return urlsplit(self.client_id).hostname if self.kind == "metadata_document" else None
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Client:
+        return cls(
+            **{**record, "redirect_uris": tuple(record["redirect_uris"]), "grant_types": tuple(record["grant_types"])}
+        )
+
+
+def hash_secret(secret: str) -> str:
+    # Client secrets are 256-bit random values, so a fast hash is as strong as a slow one.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_secret(client: Client, presented: str | None) -> bool:
+    if client.secret_hash is None or not presented:
+        return False
+    return hmac.compare_digest(hash_secret(presented), client.secret_hash)
+
+
+def authenticate(client: Client, method: str, secret: str | None) -> None:
+    """Check the client's credentials as presented at the token endpoint; raise InvalidClient."""
+    if client.is_public:
+        if secret is not None:
+            raise InvalidClient(detail=f"public client {client.client_id} sent a secret")
+        return
+    if method == "none":
+        raise InvalidClient(detail=f"confidential client {client.client_id} did not authenticate")
+    if not check_secret(client, secret):
+        raise InvalidClient(detail=f"bad secret for client {client.client_id}")
+
+
+def _application_type(metadata: dict[str, Any], uris: list[str]) -> Literal["native", "web"]:
+    declared = metadata.get("application_type")
+    if declared in ("native", "web"):
+        return declared  # type: ignore[no-any-return]
+    if declared is not None:
+        raise InvalidClientMetadata("application_type must be 'native' or 'web'")
+    # Clients older than MCP 2026-07-28 omit it: infer from the redirect URIs.
+    native = all(redirects.is_loopback_redirect(u) or redirects.is_private_use_scheme(u) for u in uris)
+    return "native" if native else "web"
+
+
+def validate_metadata(
+    metadata: dict[str, Any], *, allowed_hosts: list[str] | None = None
+) -> tuple[list[str], Literal["native", "web"], AuthMethod, tuple[str, ...], str]:
+    """Check RFC 7591 client metadata; return (redirect_uris, application_type, auth method, grants, name)."""
+    uris = metadata.get("redirect_uris")
+    if not isinstance(uris, list) or not uris or len(uris) > 20:
+        raise InvalidRedirectUri("redirect_uris must be a non-empty list")
+    app_type = _application_type(metadata, uris)
+    for uri in uris:
+        problem = redirects.registration_problem(uri, app_type)
+        if problem:
+            raise InvalidRedirectUri(problem)
+        host = urlsplit(uri).hostname
+        if allowed_hosts and uri.startswith("https:") and host not in allowed_hosts:
+            raise InvalidRedirectUri(f"redirect host {host!r} is not allowed to register")
+    method = metadata.get("token_endpoint_auth_method", "client_secret_basic")
+    if method not in AUTH_METHODS:
+        raise InvalidClientMetadata(f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}")
+    grants = metadata.get("grant_types", ["authorization_code"])
+    if not isinstance(grants, list) or not grants or any(g not in GRANT_TYPES for g in grants):
+        raise InvalidClientMetadata("grant_types may hold only authorization_code and refresh_token")
+    if "authorization_code" not in grants:
+        raise InvalidClientMetadata("grant_types must include authorization_code")
+    responses = metadata.get("response_types", ["code"])
+    if responses != ["code"]:
+        raise InvalidClientMetadata("response_types must be ['code']")
+    name = metadata.get("client_name", "Unnamed client")
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise InvalidClientMetadata("client_name must be a string of at most 100 characters")
+    return uris, app_type, method, tuple(dict.fromkeys(grants)), name.strip()
+
+
+class ClientRegistry:
+    def __init__(self, config: RegistrationConfig, store: TokenStore, metadata_documents: Any = None) -> None:
+        self.config = config
+        self.store = store
+        self.documents = metadata_documents
+        self.static = {
+            c.client_id: Client(
+                client_id=c.client_id,
+                client_name=c.client_name,
+                redirect_uris=tuple(c.redirect_uris),
+                application_type=c.application_type,
+                token_endpoint_auth_method="client_secret_basic" if c.client_secret else "none",
+                kind="static",
+                secret_hash=hash_secret(c.client_secret.get_secret_value()) if c.client_secret else None,
+            )
+            for c in config.static_clients
+        }
+
+    async def get(self, client_id: str | None) -> Client | None:
+        if not client_id or len(client_id) > 2000:
+            return None
+        if client_id in self.static:
+            return self.static[client_id]
+        if client_id.startswith("https://"):
+            if self.documents is None or not self.config.client_metadata_documents:
+                return None
+            client: Client | None = await self.documents.get(client_id)
+            return client
+        record = await self.store.get_client(client_id, touch_ttl=self.config.registration_idle_ttl)
+        return Client.from_record(record) if record else None
+
+    async def register(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """RFC 7591 §3: validate, store (secret hashed), answer with the secret once."""
+        uris, app_type, method, grants, name = validate_metadata(
+            metadata, allowed_hosts=self.config.dynamic_registration_allowed_redirect_hosts or None
+        )
+        client_id = secrets.token_urlsafe(24)
+        secret = secrets.token_urlsafe(32) if method != "none" else None
+        now = int(time.time())
+        client_uri = metadata.get("client_uri") if isinstance(metadata.get("client_uri"), str) else None
+        client = Client(
+            client_id=client_id,
+            client_name=name,
+            redirect_uris=tuple(uris),
+            application_type=app_type,
+            token_endpoint_auth_method=method,
+            grant_types=grants,
+            kind="dynamic",
+            secret_hash=hash_secret(secret) if secret else None,
+            client_uri=client_uri,
+            created_at=now,
+        )
+        await self.store.save_client(client_id, client.to_record(), self.config.registration_idle_ttl)
+        response: dict[str, Any] = {
+            "client_id": client_id,
+            "client_id_issued_at": now,
+            "client_name": name,
+            "redirect_uris": uris,
+            "application_type": app_type,
+            "grant_types": list(grants),
+            "response_types": ["code"],
+            "token_endpoint_auth_method": method,
+        }
+        if client_uri:
+            response["client_uri"] = client_uri
+        if isinstance(metadata.get("scope"), str):
+            response["scope"] = metadata["scope"]
+        if secret:
+            response["client_secret"] = secret
+            response["client_secret_expires_at"] = 0
+        return response

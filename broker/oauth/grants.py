@@ -1,0 +1,279 @@
+"""The token endpoint's grants (OAuth 2.1 §4.1.3 and §4.3), framework-free.
+
+* ``authorization_code``: the code is spent atomically; a replay revokes what it issued.
+* ``refresh_token``: rotated on every use. The first caller wins an atomic swap; concurrent or
+  retried callers within ``refresh_reuse_grace`` get the winner's response (sealed under the old
+  token in the store), later reuse revokes the whole grant. At every refresh the user's groups
+  are looked up again (where the provider can) and the policy re-applied: scopes may shrink,
+  never grow, and the resource never changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from broker.audit import audit
+from broker.config.models import BrokerConfig
+from broker.oauth import pkce, redirects
+from broker.oauth.authorize import find_resource
+from broker.oauth.clients import Client
+from broker.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget, TemporarilyUnavailable
+from broker.oauth.signing import KeyRing
+from broker.oauth.tokens import mint_access_token, new_handle, open_for, parse_handle, seal_for
+from broker.policy import Policy
+from broker.store.keys import digest
+from broker.store.tokens import TokenStore
+from providers.base import AccountDisabled, Identity, InvalidCredentials, ProviderError, RefreshProvider
+
+_log = structlog.get_logger("mcp_broker.grants")
+
+
+def identity_record(identity: Identity) -> dict[str, Any]:
+    return {
+        "provider_id": identity.provider_id,
+        "subject": identity.subject,
+        "username": identity.username,
+        "email": identity.email,
+        "display_name": identity.display_name,
+        "groups": sorted(identity.groups),
+        "group_names": dict(identity.group_names),
+        "private": dict(identity.private),
+    }
+
+
+def identity_from(record: Mapping[str, Any]) -> Identity:
+    return Identity(
+        provider_id=record["provider_id"],
+        subject=record["subject"],
+        username=record["username"],
+        email=record.get("email"),
+        display_name=record.get("display_name"),
+        groups=frozenset(record.get("groups", [])),
+        group_names=dict(record.get("group_names", {})),
+        private=dict(record.get("private", {})),
+    )
+
+
+@dataclass
+class GrantService:
+    config: BrokerConfig
+    store: TokenStore
+    keyring: KeyRing
+    policy: Policy
+    providers: Mapping[str, object]
+
+    def _token_response(self, grant: Mapping[str, Any], scopes: list[str], refresh: str | None) -> dict[str, Any]:
+        ttl = self.config.tokens.access_token_ttl
+        access = mint_access_token(
+            self.keyring,
+            issuer=self.config.issuer,
+            subject=grant["subject"],
+            client_id=grant["client_id"],
+            resource=grant["resource"],
+            scopes=scopes,
+            grant_id=grant["grant_id"],
+            ttl=ttl,
+            auth_time=grant.get("auth_time"),
+        )
+        body: dict[str, Any] = {
+            "access_token": access.token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": " ".join(sorted(scopes)),
+        }
+        if refresh is not None:
+            body["refresh_token"] = refresh
+        return body
+
+    def _refresh_ttls(self, grant: Mapping[str, Any], now: float) -> tuple[int, int]:
+        remaining = int(grant["expires_at"] - now)
+        return min(self.config.tokens.refresh_token_idle_ttl, remaining), remaining
+
+    # -- authorization_code ----------------------------------------------------------------
+    async def exchange_code(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
+        code = form.get("code")
+        grant_id = parse_handle("ac", code)
+        if grant_id is None or code is None:
+            raise InvalidGrant(detail="malformed authorization code")
+        code_hash = digest(code)
+        taken = await self.store.take_code(grant_id, code_hash)
+        if taken.outcome == "replayed":
+            await self.store.revoke_grant(grant_id, "code_replayed")
+            audit("code_replayed", grant_id=grant_id, client_id=client.client_id)
+            raise InvalidGrant(detail=f"authorization code of grant {grant_id} replayed; grant revoked")
+        if taken.outcome != "ok" or taken.record is None:
+            raise InvalidGrant(detail="unknown or expired authorization code")
+        record = taken.record
+        if record["client_id"] != client.client_id:
+            raise InvalidGrant(detail=f"code issued to {record['client_id']} presented by {client.client_id}")
+        redirect_uri = form.get("redirect_uri")
+        if redirect_uri is None or not redirects.matches(record["redirect_uri"], redirect_uri):
+            raise InvalidGrant(detail="redirect_uri differs from the authorization request")
+        if not pkce.verify(form.get("code_verifier"), record["code_challenge"]):
+            raise InvalidGrant(detail="PKCE code_verifier does not match the code_challenge")
+        resource = form.get("resource")
+        if resource is not None:
+            found = find_resource(self.policy, resource)
+            if found is None or found.uri != record["resource"]:
+                raise InvalidTarget(detail=f"token request resource {resource!r} differs from the code's")
+        now = time.time()
+        grant = {
+            "grant_id": grant_id,
+            "client_id": client.client_id,
+            "subject": record["identity"]["subject"],
+            "username": record["identity"]["username"],
+            "provider_id": record["identity"]["provider_id"],
+            "resource": record["resource"],
+            "scopes": " ".join(record["scopes"]),
+            "requested": " ".join(record["requested"] or []),
+            "identity": record["identity"],
+            "created_at": now,
+            "last_refresh": now,
+            "auth_time": record.get("auth_time"),
+            "expires_at": now + self.config.tokens.refresh_token_absolute_ttl,
+            "status": "active",
+            "code_hash": code_hash,
+            "refresh_count": 0,
+            "policy_version": record.get("policy_version"),
+        }
+        issue_refresh = "refresh_token" in client.grant_types
+        refresh = new_handle("rt", grant_id) if issue_refresh else None
+        idle, remaining = self._refresh_ttls(grant, now)
+        await self.store.create_grant(grant, digest(refresh) if refresh else "none", idle, remaining)
+        response = self._token_response(grant, record["scopes"], refresh)
+        audit(
+            "token_issued",
+            grant_id=grant_id,
+            client_id=client.client_id,
+            sub=grant["subject"],
+            resource=grant["resource"],
+            scope=response["scope"],
+            refresh_token_issued=refresh is not None,
+        )
+        return response
+
+    # -- refresh_token ---------------------------------------------------------------------
+    async def refresh(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
+        if "refresh_token" not in client.grant_types:
+            raise InvalidGrant(detail=f"client {client.client_id} may not use refresh tokens")
+        token = form.get("refresh_token")
+        grant_id = parse_handle("rt", token)
+        if grant_id is None or token is None:
+            raise InvalidGrant(detail="malformed refresh token")
+        old_hash = digest(token)
+        grant = await self.store.get_grant(grant_id)
+        if grant is None:
+            raise InvalidGrant(detail=f"grant {grant_id} unknown or expired")
+        if grant["client_id"] != client.client_id:
+            raise InvalidGrant(detail=f"refresh token of {grant['client_id']} presented by {client.client_id}")
+        if grant["status"] != "active":
+            raise InvalidGrant(detail=f"grant {grant_id} is {grant['status']}")
+        resource = form.get("resource")
+        if resource is not None:
+            found = find_resource(self.policy, resource)
+            if found is None or found.uri != grant["resource"]:
+                raise InvalidTarget(detail="a refresh cannot change the resource")
+        current = grant["scopes"].split()
+        requested = form.get("scope")
+        narrowed: list[str] | None = None
+        if requested is not None and requested.strip():
+            asked = list(dict.fromkeys(requested.split()))
+            if not set(asked) <= set(current):
+                raise InvalidScope(detail=f"refresh asked for {asked}, grant holds {current}")
+            narrowed = asked
+
+        record = await self.store.get_refresh(grant_id, old_hash)
+        if record is None:
+            raise InvalidGrant(detail=f"refresh token unknown or expired for grant {grant_id}")
+        if record.get("state") == "rotated":
+            return await self._replayed(grant, token, float(record["at"]), record["successor"])
+
+        allowed = await self._reevaluate(grant)
+        grant_scopes = [s for s in current if s in allowed]
+        scopes = [s for s in (narrowed if narrowed is not None else current) if s in allowed]
+        if not scopes:
+            raise InvalidScope(detail="none of the requested scopes is still granted")
+        new_token = new_handle("rt", grant_id)
+        now = time.time()
+        idle, remaining = self._refresh_ttls(grant, now)
+        if remaining <= 0:
+            raise InvalidGrant(detail=f"grant {grant_id} reached its absolute lifetime")
+        response = self._token_response(grant, scopes, new_token)
+        result = await self.store.rotate_refresh(
+            grant_id,
+            old_hash,
+            digest(new_token),
+            successor=seal_for(token, response),
+            new_ttl=idle,
+            rotated_ttl=remaining,
+            scopes=" ".join(grant_scopes),
+            now=now,
+        )
+        if result.outcome == "rotated":  # another request won the race
+            return await self._replayed(grant, token, result.rotated_at, result.successor)
+        if result.outcome != "ok":
+            raise InvalidGrant(detail=f"refresh of grant {grant_id} failed: {result.outcome}")
+        audit(
+            "token_refreshed",
+            grant_id=grant_id,
+            client_id=client.client_id,
+            sub=grant["subject"],
+            scope=response["scope"],
+            scope_narrowed=sorted(set(current) - set(scopes)) or None,
+            policy_version=self.policy.version,
+        )
+        return response
+
+    async def _replayed(
+        self, grant: Mapping[str, Any], token: str, rotated_at: float, successor: str
+    ) -> dict[str, Any]:
+        grace = self.config.tokens.refresh_reuse_grace
+        if time.time() - rotated_at <= grace:
+            response = open_for(token, successor)
+            _log.info("refresh_retry_within_grace", grant_id=grant["grant_id"])
+            return response
+        await self.store.revoke_grant(grant["grant_id"], "refresh_token_reuse")
+        audit(
+            "refresh_reuse_detected",
+            grant_id=grant["grant_id"],
+            client_id=grant["client_id"],
+            sub=grant["subject"],
+            rotated_seconds_ago=round(time.time() - rotated_at, 3),
+        )
+        raise InvalidGrant(detail=f"rotated refresh token of grant {grant['grant_id']} reused; grant revoked")
+
+    async def _reevaluate(self, grant: Mapping[str, Any]) -> frozenset[str]:
+        """Scopes the user may hold now, with fresh group data where the provider can give it."""
+        identity = identity_from(grant["identity"])
+        provider = self.providers.get(identity.provider_id)
+        if provider is None:
+            raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
+        if isinstance(provider, RefreshProvider):
+            try:
+                identity = await provider.refresh(identity)
+            except (InvalidCredentials, AccountDisabled) as exc:
+                await self.store.revoke_grant(grant["grant_id"], "user_no_longer_valid")
+                raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None
+            except ProviderError as exc:
+                raise TemporarilyUnavailable(detail=f"upstream re-check failed: {exc}") from None
+        resource = self.policy.resource_for(grant["resource"])
+        if resource is None:
+            raise InvalidGrant(detail=f"resource {grant['resource']} is no longer configured")
+        decision = self.policy.evaluate(resource, identity)
+        if not decision.scopes & set(grant["scopes"].split()):
+            await self.store.revoke_grant(grant["grant_id"], "no_scopes_left")
+            audit(
+                "access_denied",
+                grant_id=grant["grant_id"],
+                sub=identity.subject,
+                resource=resource.uri,
+                reason="no scope left at refresh",
+                policy_version=self.policy.version,
+            )
+            raise InvalidGrant(detail="the user no longer holds any scope for this resource")
+        return decision.scopes

@@ -1,0 +1,45 @@
+"""Authorization server metadata (RFC 8414), also served as OpenID Connect discovery."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from broker.config.models import BrokerConfig
+from broker.oauth.clients import AUTH_METHODS
+
+
+def metadata(config: BrokerConfig) -> dict[str, Any]:
+    issuer = config.issuer
+    scopes = sorted({s.name for r in config.resources for s in r.scopes})
+    doc: dict[str, Any] = {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "jwks_uri": f"{issuer}/jwks.json",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "scopes_supported": scopes,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "client_id_metadata_document_supported": config.registration.client_metadata_documents,
+        "authorization_response_iss_parameter_supported": True,
+        "service_documentation": "https://github.com/modelcontextprotocol/modelcontextprotocol",
+    }
+    if config.registration.dynamic_registration:
+        doc["registration_endpoint"] = f"{issuer}/register"
+    return doc
+
+
+def well_known_paths(issuer: str) -> list[str]:
+    """Every path a client may try (RFC 8414 §3.1 path-inserted; OIDC path-inserted and appended)."""
+    path = urlsplit(issuer).path.rstrip("/")
+    paths = [f"/.well-known/oauth-authorization-server{path}", f"/.well-known/openid-configuration{path}"]
+    if path:
+        paths.append(f"{path}/.well-known/openid-configuration")
+    return paths

@@ -1,0 +1,126 @@
+"""Token formats: authorization codes, opaque refresh tokens, and RFC 9068 JWT access tokens.
+
+Codes and refresh tokens embed the grant id (``rt.<grant>.<secret>``) so the store finds the
+grant's slot from the token alone; only a SHA-256 of the whole token is ever stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from jose import jwt
+
+from broker.oauth.signing import KeyRing
+
+Kind = Literal["ac", "rt"]
+_HANDLE = re.compile(r"^(ac|rt)\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
+
+
+def new_grant_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def new_handle(kind: Kind, grant_id: str) -> str:
+    return f"{kind}.{grant_id}.{secrets.token_urlsafe(32)}"
+
+
+def parse_handle(kind: Kind, token: str | None) -> str | None:
+    """The grant id inside a code or refresh token of ``kind``, or None if it is not one."""
+    if not token:
+        return None
+    match = _HANDLE.match(token)
+    if match is None or match.group(1) != kind:
+        return None
+    return match.group(2)
+
+
+def _aead_key(token: str) -> AESGCM:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"mcp-broker successor v1").derive(token.encode())
+    return AESGCM(key)
+
+
+def seal_for(token: str, payload: dict[str, Any]) -> str:
+    """Encrypt ``payload`` so only a holder of ``token`` can read it (the successor response of
+    a rotated refresh token, handed again to a concurrent or retried refresh)."""
+    nonce = secrets.token_bytes(12)
+    sealed = _aead_key(token).encrypt(nonce, json.dumps(payload).encode(), None)
+    return base64.b64encode(nonce + sealed).decode()
+
+
+def open_for(token: str, blob: str) -> dict[str, Any]:
+    raw = base64.b64decode(blob)
+    data: dict[str, Any] = json.loads(_aead_key(token).decrypt(raw[:12], raw[12:], None))
+    return data
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: str
+    expires_at: int
+    jti: str
+
+
+def mint_access_token(
+    keyring: KeyRing,
+    *,
+    issuer: str,
+    subject: str,
+    client_id: str,
+    resource: str,
+    scopes: list[str] | tuple[str, ...] | frozenset[str],
+    grant_id: str,
+    ttl: int,
+    auth_time: int | None = None,
+    now: float | None = None,
+) -> AccessToken:
+    """An RFC 9068 access token, audience-bound to one resource, with no group list inside."""
+    issued = int(time.time() if now is None else now)
+    key = keyring.current
+    jti = secrets.token_urlsafe(16)
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": resource,
+        "client_id": client_id,
+        "scope": " ".join(sorted(scopes)),
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl,
+        "jti": jti,
+        "sid": grant_id,
+    }
+    if auth_time is not None:
+        claims["auth_time"] = auth_time
+    token = jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
+    return AccessToken(token=token, expires_at=issued + ttl, jti=jti)
+
+
+def verify_access_token(keyring: KeyRing, token: str, *, issuer: str) -> dict[str, Any] | None:
+    """Claims of one of our own access tokens (signature, ``typ``, ``iss``, ``exp``), else None."""
+    from jose.exceptions import JOSEError
+
+    try:
+        header = jwt.get_unverified_header(token)
+    except JOSEError:
+        return None
+    if header.get("typ") != "at+jwt" or header.get("alg") not in ("ES256", "RS256"):
+        return None
+    key = next((k for k in keyring.jwks()["keys"] if k.get("kid") == header.get("kid")), None)
+    if key is None or key.get("alg") != header["alg"]:
+        return None
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=[header["alg"]], issuer=issuer, options={"verify_aud": False, "require_exp": True}
+        )
+    except JOSEError:
+        return None
+    return claims

@@ -1,0 +1,103 @@
+"""Which scopes of a resource an identity may hold, and which rules say so.
+
+Pure: no I/O, no clock. Applied when a code is issued and again at every refresh, with
+fresh group data, so a scope can shrink. Deny rules win over grants; scope hierarchies
+(``implies``) are closed over on both sides, so denying ``notes:read`` also removes every
+scope that implies it, and granting ``notes:write`` grants ``notes:read``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from broker.config.models import MappingRule, ResourceConfig
+from providers.base import Identity
+
+
+@dataclass(frozen=True)
+class Decision:
+    resource: str
+    scopes: frozenset[str]
+    granted_by: dict[str, list[str]] = field(default_factory=dict)
+    denied_by: dict[str, list[str]] = field(default_factory=dict)
+
+
+def closure(scopes: Iterable[str], implies: dict[str, list[str]]) -> set[str]:
+    out: set[str] = set()
+    stack = list(scopes)
+    while stack:
+        scope = stack.pop()
+        if scope not in out:
+            out.add(scope)
+            stack.extend(implies.get(scope, ()))
+    return out
+
+
+def _matches(rule: MappingRule, identity: Identity) -> bool:
+    if rule.provider != identity.provider_id:
+        return False
+    users = {u.lower() for u in rule.users}
+    if identity.username.lower() in users or identity.subject.lower() in users:
+        return True
+    if not rule.groups:
+        return False
+    wanted = {g.lower() for g in rule.groups}
+    held = {g.lower() for g in identity.groups} | {n.lower() for n in identity.group_names.values()}
+    return not wanted.isdisjoint(held)
+
+
+class Policy:
+    """The resources and mapping rules in force, with a version (content hash) for audit events."""
+
+    def __init__(self, resources: list[ResourceConfig], rules: list[MappingRule]) -> None:
+        self.resources = {r.id: r for r in resources}
+        self.by_uri = {r.uri: r for r in resources}
+        self.rules = rules
+        payload = json.dumps(
+            [[r.model_dump(mode="json") for r in resources], [m.model_dump(mode="json") for m in rules]],
+            sort_keys=True,
+        )
+        self.version = hashlib.sha256(payload.encode()).hexdigest()[:12]
+        self._implies = {r.id: {s.name: list(s.implies) for s in r.scopes} for r in resources}
+
+    def resource_for(self, uri: str) -> ResourceConfig | None:
+        return self.by_uri.get(uri)
+
+    def implies(self, resource: ResourceConfig) -> dict[str, list[str]]:
+        return self._implies[resource.id]
+
+    def evaluate(self, resource: ResourceConfig, identity: Identity) -> Decision:
+        implies = self._implies[resource.id]
+        granted: dict[str, list[str]] = {}
+        denied: dict[str, list[str]] = {}
+        for rule in self.rules:
+            if rule.resource != resource.id or not _matches(rule, identity):
+                continue
+            target = denied if rule.effect == "deny" else granted
+            for scope in closure(rule.scopes, implies):
+                target.setdefault(scope, []).append(rule.id)
+        # Denying a scope removes every scope that would bring it back through `implies`.
+        blocked = set(denied)
+        allowed = {s for s in granted if not (closure([s], implies) & blocked)}
+        return Decision(resource.id, frozenset(allowed), granted, denied)
+
+    def narrow(self, resource: ResourceConfig, decision: Decision, requested: Iterable[str] | None) -> frozenset[str]:
+        """Scopes to put in a token: the request (all of the resource's scopes when none) closed
+        over ``implies``, intersected with what the decision allows."""
+        implies = self._implies[resource.id]
+        wanted = closure(requested, implies) if requested is not None else {s.name for s in resource.scopes}
+        return frozenset(wanted & decision.scopes)
+
+    def hint_groups(self, resource: ResourceConfig, provider_id: str) -> list[str]:
+        """Groups that would grant something on ``resource`` (for the "ask IT" page)."""
+        return sorted(
+            {
+                g
+                for r in self.rules
+                if r.resource == resource.id and r.provider == provider_id and r.effect == "grant"
+                for g in r.groups
+            }
+        )

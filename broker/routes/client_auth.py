@@ -1,0 +1,45 @@
+"""Client authentication at the token, revocation and introspection endpoints (RFC 6749 §2.3)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from urllib.parse import unquote
+
+from fastapi import Request
+
+from broker.oauth.clients import Client, authenticate
+from broker.oauth.errors import InvalidClient, InvalidRequest
+from broker.state import BrokerState
+
+
+async def authenticate_client(state: BrokerState, request: Request, form: dict[str, str]) -> Client:
+    header = request.headers.get("authorization")
+    secret: str | None
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise InvalidClient(detail=f"unsupported client authentication scheme {scheme!r}")
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidClient(detail="malformed Basic credentials") from None
+        raw_id, sep, raw_secret = decoded.partition(":")
+        if not sep:
+            raise InvalidClient(detail="malformed Basic credentials")
+        client_id, secret, method = unquote(raw_id), unquote(raw_secret), "client_secret_basic"
+        if "client_secret" in form:
+            raise InvalidRequest("use one client authentication method, not two")
+        if form.get("client_id", client_id) != client_id:
+            raise InvalidRequest("client_id differs from the authenticated client")
+    elif "client_secret" in form:
+        client_id, secret, method = form.get("client_id", ""), form["client_secret"], "client_secret_post"
+    else:
+        client_id, secret, method = form.get("client_id", ""), None, "none"
+    if not client_id:
+        raise InvalidClient(detail="no client_id")
+    client = await state.clients.get(client_id)
+    if client is None:
+        raise InvalidClient(detail=f"unknown client {client_id[:100]!r}")
+    authenticate(client, method, secret)
+    return client

@@ -1,0 +1,45 @@
+"""Errors rendered once: RFC 6749 JSON for OAuth endpoints, never a stack trace, never a 500 for input."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from broker.oauth.errors import InvalidClient, InvalidRequest, OAuthError, ServerError
+
+_log = structlog.get_logger("mcp_broker.errors")
+NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+
+
+def oauth_error_response(exc: OAuthError, *, basic_challenge: bool = False) -> JSONResponse:
+    headers = dict(NO_STORE)
+    if isinstance(exc, InvalidClient) and basic_challenge:
+        headers["www-authenticate"] = 'Basic realm="mcp-broker", charset="UTF-8"'
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(OAuthError)
+    async def _oauth(request: Request, exc: OAuthError) -> JSONResponse:
+        _log.info("oauth_error", path=request.url.path, error=exc.error, detail=exc.detail)
+        return oauth_error_response(exc, basic_challenge="authorization" in request.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return oauth_error_response(InvalidRequest())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = {
+            "error": "not_found" if exc.status_code == 404 else "invalid_request",
+            "error_description": str(exc.detail),
+        }
+        return JSONResponse(body, status_code=exc.status_code, headers=NO_STORE)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        _log.exception("unhandled_error", path=request.url.path)
+        return oauth_error_response(ServerError())

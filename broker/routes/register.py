@@ -1,0 +1,46 @@
+"""Dynamic client registration (RFC 7591)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from broker.audit import audit
+from broker.oauth.errors import AccessDenied, InvalidClientMetadata
+from broker.routes.errors import NO_STORE
+from broker.state import get_state
+
+MAX_BODY = 16 * 1024
+
+
+def router(base: str) -> APIRouter:
+    api = APIRouter(tags=["registration"])
+
+    @api.post(f"{base}/register", status_code=201, summary="Register a client (RFC 7591)")
+    async def register(request: Request) -> JSONResponse:
+        state = get_state(request)
+        if not state.config.registration.dynamic_registration:
+            raise AccessDenied("dynamic client registration is disabled; use a client ID metadata document")
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise InvalidClientMetadata("the registration request is too large")
+        try:
+            metadata = json.loads(body)
+        except ValueError:
+            raise InvalidClientMetadata("the body must be a JSON object") from None
+        if not isinstance(metadata, dict):
+            raise InvalidClientMetadata("the body must be a JSON object")
+        response = await state.clients.register(metadata)
+        audit(
+            "client_registered",
+            client_id=response["client_id"],
+            client_name=response["client_name"],
+            redirect_uris=response["redirect_uris"],
+            application_type=response["application_type"],
+            auth_method=response["token_endpoint_auth_method"],
+        )
+        return JSONResponse(response, status_code=201, headers=NO_STORE)
+
+    return api

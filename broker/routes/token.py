@@ -1,0 +1,60 @@
+"""Token endpoint (OAuth 2.1 §3.2), revocation (RFC 7009) and introspection (RFC 7662)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from broker.oauth.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
+from broker.routes.client_auth import authenticate_client
+from broker.routes.errors import NO_STORE
+from broker.routes.forms import read_form
+from broker.state import get_state
+
+
+def router(base: str) -> APIRouter:
+    api = APIRouter(tags=["token"])
+
+    @api.post(f"{base}/token", summary="Token endpoint")
+    async def token(request: Request) -> JSONResponse:
+        state = get_state(request)
+        form = await read_form(request)
+        client = await authenticate_client(state, request, form)
+        grant_type = form.get("grant_type")
+        if grant_type == "authorization_code":
+            body = await state.grants.exchange_code(client, form)
+        elif grant_type == "refresh_token":
+            body = await state.grants.refresh(client, form)
+        elif grant_type is None:
+            raise InvalidRequest("grant_type is required")
+        else:
+            raise UnsupportedGrantType(detail=f"grant_type {grant_type[:60]!r}")
+        return JSONResponse(body, headers=NO_STORE)
+
+    @api.post(f"{base}/revoke", summary="Revoke a token (RFC 7009)")
+    async def revoke(request: Request) -> Response:
+        state = get_state(request)
+        form = await read_form(request)
+        client = await authenticate_client(state, request, form)
+        token = form.get("token")
+        if token is None:
+            raise InvalidRequest("token is required")
+        await state.revocation.revoke(client, token)
+        return Response(status_code=200, headers=NO_STORE)
+
+    @api.post(f"{base}/introspect", summary="Introspect a token (RFC 7662)")
+    async def introspect(request: Request) -> JSONResponse:
+        state = get_state(request)
+        form = await read_form(request)
+        client = await authenticate_client(state, request, form)
+        if client.is_public:
+            raise InvalidClient(detail="public clients may not introspect")
+        allowed = state.introspection_resources.get(client.client_id)
+        if not allowed:
+            raise UnauthorizedClient(detail=f"client {client.client_id} is not allowed to introspect")
+        token = form.get("token")
+        if token is None:
+            raise InvalidRequest("token is required")
+        return JSONResponse(await state.revocation.introspect(client, token, allowed), headers=NO_STORE)
+
+    return api

@@ -1,0 +1,208 @@
+"""The narrow token store: clients, pending authorization flows, codes, grants, refresh tokens.
+
+Atomicity rules (every backend must keep them; this one does with Lua, one slot per script):
+
+* ``take_code`` spends a code exactly once; a second take reports the replay and the grant.
+* ``rotate_refresh`` moves a refresh token from active to rotated exactly once; every other
+  caller learns that it lost and gets the stored successor (encrypted under the old token).
+* A revoked grant stays revoked; nothing it issued refreshes again.
+
+Every key carries a TTL, so nothing outlives the lifetime configured for it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from broker.store.client import RedisClient
+from broker.store.keys import Keys
+
+_TAKE_CODE = """
+local code = redis.call('GET', KEYS[1])
+if code then
+  redis.call('DEL', KEYS[1])
+  return {'ok', code}
+end
+local grant = redis.call('GET', KEYS[2])
+if grant then
+  local g = cjson.decode(grant)
+  if g.code_hash == ARGV[1] then return {'replayed', grant} end
+end
+return {'missing', ''}
+"""
+
+_ROTATE = """
+local grant = redis.call('GET', KEYS[1])
+if not grant then return {'nogrant', ''} end
+local g = cjson.decode(grant)
+if g.status ~= 'active' then return {'revoked', ''} end
+local rt = redis.call('GET', KEYS[2])
+if not rt then return {'unknown', ''} end
+local r = cjson.decode(rt)
+if r.state == 'rotated' then return {'rotated', rt} end
+redis.call('SET', KEYS[2], cjson.encode({state='rotated', at=tonumber(ARGV[1]), successor=ARGV[2]}), 'EX', ARGV[4])
+redis.call('SET', KEYS[3], '{"state":"active"}', 'EX', ARGV[3])
+g.scopes = ARGV[5]
+g.last_refresh = tonumber(ARGV[1])
+g.refresh_count = (g.refresh_count or 0) + 1
+redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
+return {'ok', ''}
+"""
+
+_REVOKE = """
+local grant = redis.call('GET', KEYS[1])
+if not grant then return 0 end
+local g = cjson.decode(grant)
+if g.status == 'revoked' then return 0 end
+g.status = 'revoked'
+g.revoked_at = tonumber(ARGV[1])
+g.revoked_reason = ARGV[2]
+redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
+return 1
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class TakeResult:
+    outcome: Literal["ok", "replayed", "missing"]
+    record: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    outcome: Literal["ok", "rotated", "revoked", "nogrant", "unknown"]
+    rotated_at: float = 0.0
+    successor: str = ""
+
+
+class TokenStore:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._take_code = redis.register_script(_TAKE_CODE)
+        self._rotate = redis.register_script(_ROTATE)
+        self._revoke = redis.register_script(_REVOKE)
+
+    # -- clients ---------------------------------------------------------------------------
+    async def save_client(self, client_id: str, record: dict[str, Any], ttl: int) -> None:
+        await self.redis.set(self.keys.client(client_id), json.dumps(record), ex=ttl)
+
+    async def get_client(self, client_id: str, *, touch_ttl: int | None = None) -> dict[str, Any] | None:
+        key = self.keys.client(client_id)
+        raw = await (self.redis.getex(key, ex=touch_ttl) if touch_ttl else self.redis.get(key))
+        return json.loads(raw) if raw else None
+
+    # -- pending authorization flows -------------------------------------------------------
+    async def save_flow(self, flow_id: str, record: dict[str, Any], ttl: int) -> None:
+        await self.redis.set(self.keys.flow(flow_id), json.dumps(record), ex=ttl)
+
+    async def get_flow(self, flow_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.keys.flow(flow_id))
+        return json.loads(raw) if raw else None
+
+    async def update_flow(self, flow_id: str, record: dict[str, Any]) -> bool:
+        """Replace a flow's record, keeping its expiry; False if it has expired meanwhile."""
+        return bool(await self.redis.set(self.keys.flow(flow_id), json.dumps(record), keepttl=True, xx=True))
+
+    async def take_flow(self, flow_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.getdel(self.keys.flow(flow_id))
+        return json.loads(raw) if raw else None
+
+    # -- codes and grants ------------------------------------------------------------------
+    async def save_code(self, grant_id: str, record: dict[str, Any], ttl: int) -> None:
+        await self.redis.set(self.keys.code(grant_id), json.dumps(record), ex=ttl)
+
+    async def take_code(self, grant_id: str, code_hash: str) -> TakeResult:
+        outcome, raw = await self._take_code(
+            keys=[self.keys.code(grant_id), self.keys.grant(grant_id)], args=[code_hash]
+        )
+        outcome = _text(outcome)
+        record = json.loads(raw) if raw else None
+        if outcome == "ok" and record is not None and record.get("code_hash") != code_hash:
+            return TakeResult("missing", None)  # right grant id, wrong secret: burn it all the same
+        return TakeResult(outcome, record)  # type: ignore[arg-type]
+
+    async def create_grant(self, grant: dict[str, Any], refresh_hash: str, refresh_ttl: int, grant_ttl: int) -> None:
+        grant_id = grant["grant_id"]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.grant(grant_id), json.dumps(grant), ex=grant_ttl)
+            pipe.set(self.keys.refresh(grant_id, refresh_hash), '{"state":"active"}', ex=refresh_ttl)
+            await pipe.execute()
+        await self.redis.zadd(self.keys.user_grants(grant["subject"]), {grant_id: grant["expires_at"]})
+        await self.redis.expireat(self.keys.user_grants(grant["subject"]), int(grant["expires_at"]) + 60)
+
+    async def get_grant(self, grant_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.keys.grant(grant_id))
+        return json.loads(raw) if raw else None
+
+    async def get_refresh(self, grant_id: str, refresh_hash: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.keys.refresh(grant_id, refresh_hash))
+        return json.loads(raw) if raw else None
+
+    async def rotate_refresh(
+        self,
+        grant_id: str,
+        old_hash: str,
+        new_hash: str,
+        *,
+        successor: str,
+        new_ttl: int,
+        rotated_ttl: int,
+        scopes: str,
+        now: float | None = None,
+    ) -> RotateResult:
+        now = time.time() if now is None else now
+        outcome, raw = await self._rotate(
+            keys=[
+                self.keys.grant(grant_id),
+                self.keys.refresh(grant_id, old_hash),
+                self.keys.refresh(grant_id, new_hash),
+            ],
+            args=[now, successor, max(1, new_ttl), max(1, rotated_ttl), scopes],
+        )
+        outcome = _text(outcome)
+        if outcome == "rotated":
+            record = json.loads(raw)
+            return RotateResult("rotated", float(record["at"]), record["successor"])
+        return RotateResult(outcome)  # type: ignore[arg-type]
+
+    async def revoke_grant(self, grant_id: str, reason: str) -> bool:
+        """Mark the grant revoked and announce it to resource servers. True if it was active."""
+        changed = bool(await self._revoke(keys=[self.keys.grant(grant_id)], args=[time.time(), reason]))
+        grant = await self.get_grant(grant_id)
+        expires_at = float(grant["expires_at"]) if grant else time.time() + 3600
+        await self.redis.zadd(self.keys.revoked(), {grant_id: expires_at})
+        await self.redis.publish(self.keys.revocation_channel(), grant_id)
+        return changed
+
+    async def user_grant_ids(self, subject: str) -> list[str]:
+        now = time.time()
+        key = self.keys.user_grants(subject)
+        await self.redis.zremrangebyscore(key, "-inf", now)
+        return [_text(g) for g in await self.redis.zrange(key, 0, -1)]
+
+    async def revoked(self) -> list[str]:
+        """Grant ids revoked and not yet expired (what a resource server must refuse)."""
+        key = self.keys.revoked()
+        await self.redis.zremrangebyscore(key, "-inf", time.time())
+        return [_text(g) for g in await self.redis.zrange(key, 0, -1)]
+
+    # -- remembered consents ---------------------------------------------------------------
+    async def remember_consent(self, subject: str, client_id: str, resource: str, scopes: list[str]) -> None:
+        key = self.keys.user_consents(subject)
+        await self.redis.hset(key, f"{client_id} {resource}", json.dumps({"scopes": scopes, "at": time.time()}))
+        await self.redis.expire(key, 400 * 86400)
+
+    async def consents(self, subject: str) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.keys.user_consents(subject))
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+    async def forget_consent(self, subject: str, client_id: str, resource: str) -> bool:
+        return bool(await self.redis.hdel(self.keys.user_consents(subject), f"{client_id} {resource}"))

@@ -1,0 +1,119 @@
+"""Rendering and browser security: templates, headers, and the two cookies of a sign-in.
+
+* the CSRF cookie, set with the consent page and required (double-submit, compared in
+  constant time) with every form post of that sign-in, ``SameSite=Strict``;
+* the flow cookie, set only after the user approves, binding the rest of the sign-in (login
+  form, upstream callback) to this browser, ``SameSite=Lax`` so it survives the top-level
+  redirect back from an upstream identity provider.
+
+With an https issuer both use the ``__Host-`` prefix (Secure, Path=/, no Domain). On a
+plain-http loopback issuer (development) browsers refuse ``Secure``, so the prefix is dropped.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from broker.store.keys import digest
+
+_env = Environment(
+    loader=PackageLoader("broker.web", "templates"),
+    autoescape=select_autoescape(["html"]),
+    auto_reload=False,
+)
+PRODUCT = "mcp-broker"
+
+
+def _origin_source(uri: str) -> str | None:
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return f"{parts.scheme}://{parts.netloc}"
+    return f"{parts.scheme}:" if parts.scheme else None
+
+
+def security_headers(form_targets: Iterable[str] = ()) -> dict[str, str]:
+    sources = " ".join(dict.fromkeys(s for s in (_origin_source(u) for u in form_targets) if s))
+    csp = (
+        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'; "
+        f"form-action 'self'{' ' + sources if sources else ''}"
+    )
+    return {
+        "content-security-policy": csp,
+        "x-frame-options": "DENY",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+        "cache-control": "no-store",
+        "pragma": "no-cache",
+    }
+
+
+class Pages:
+    def __init__(self, issuer: str) -> None:
+        self.base = urlsplit(issuer).path.rstrip("/")
+        self.secure = issuer.startswith("https://")
+        prefix = "__Host-" if self.secure else ""
+        self.csrf_cookie = f"{prefix}mcpb_csrf"
+        self.flow_cookie = f"{prefix}mcpb_flow"
+
+    def render(
+        self,
+        template: str,
+        *,
+        status: int = 200,
+        form_targets: Iterable[str] = (),
+        **context: Any,
+    ) -> HTMLResponse:
+        html = _env.get_template(template).render(product=PRODUCT, base=self.base, **context)
+        return HTMLResponse(html, status_code=status, headers=security_headers(form_targets))
+
+    def error(
+        self, request: Request, title: str, message: str, *, status: int = 400, return_url: str | None = None
+    ) -> HTMLResponse:
+        return self.render(
+            "error.html",
+            status=status,
+            title=title,
+            message=message,
+            return_url=return_url,
+            request_id=getattr(request.state, "request_id", None),
+        )
+
+    def redirect(self, url: str, *, status: int = 303) -> RedirectResponse:
+        response = RedirectResponse(url, status_code=status)
+        response.headers.update({"cache-control": "no-store", "referrer-policy": "no-referrer"})
+        return response
+
+    def _set(self, response: Response, name: str, value: str, *, same_site: str) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=600,
+            path="/",
+            secure=self.secure,
+            httponly=True,
+            samesite=same_site,  # type: ignore[arg-type]
+        )
+
+    def set_csrf(self, response: Response, value: str) -> None:
+        self._set(response, self.csrf_cookie, value, same_site="strict")
+
+    def set_flow(self, response: Response, value: str) -> None:
+        self._set(response, self.flow_cookie, value, same_site="lax")
+
+    def clear(self, response: Response) -> None:
+        for name in (self.csrf_cookie, self.flow_cookie):
+            response.delete_cookie(name, path="/", secure=self.secure, httponly=True)
+
+
+def same_secret(presented: str | None, expected_hash: str | None) -> bool:
+    """Constant-time check that ``presented`` hashes to ``expected_hash``."""
+    if not presented or not expected_hash:
+        return False
+    return hmac.compare_digest(digest(presented), expected_hash)

@@ -1,0 +1,292 @@
+"""LDAP / Active Directory sign-in: search the user as the service account, bind as the user.
+
+ldap3 is synchronous; every directory call runs in a worker thread so the event loop never
+waits on the network. Outcomes are kept apart: wrong password or unknown user (one message),
+a disabled or locked account, and a directory that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import ssl
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import ldap3
+from ldap3.core import exceptions as ldap_errors
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import parse_dn
+
+from providers.base import AccountDisabled, Identity, InvalidCredentials, ProviderError, UpstreamUnavailable
+from providers.ldap.config import LdapProviderConfig
+
+_USERNAME = re.compile(r"^[A-Za-z0-9._@+\-]{1,128}$")
+_AD_DISABLED = 0x2
+_AD_LOCKOUT = 0x10
+_IN_CHAIN = "1.2.840.113556.1.4.1941"
+
+
+class LdapProvider:
+    """``PasswordProvider`` and ``RefreshProvider`` over ldap3."""
+
+    def __init__(self, config: LdapProviderConfig) -> None:
+        self.config = config
+        self.id = config.id
+        self.display_name = config.display_name
+        tls = None
+        if any(u.startswith("ldaps://") for u in config.urls) or config.start_tls:
+            tls = ldap3.Tls(
+                validate=ssl.CERT_REQUIRED if config.verify_tls else ssl.CERT_NONE,
+                ca_certs_file=config.ca_file,
+                version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        servers = [
+            ldap3.Server(
+                url,
+                use_ssl=url.startswith("ldaps://"),
+                tls=tls,
+                connect_timeout=config.connect_timeout,
+                get_info=ldap3.NONE,
+            )
+            for url in config.urls
+        ]
+        self._pool = ldap3.ServerPool(servers, ldap3.FIRST, active=1, exhaust=30)
+        self._service: ldap3.Connection | None = None
+        self._lock = threading.Lock()
+        self._attributes = sorted(
+            {
+                config.username_attribute,
+                config.subject_attribute,
+                config.email_attribute,
+                config.display_name_attribute,
+                "memberOf",
+                "userAccountControl",
+                "pwdAccountLockedTime",
+            }
+        )
+
+    # -- connections -----------------------------------------------------------------------
+    def _connect(self, user: str | None, password: str | None) -> ldap3.Connection:
+        conn = ldap3.Connection(
+            self._pool,
+            user=user,
+            password=password,
+            receive_timeout=max(1, round(self.config.operation_timeout)),
+            auto_bind=ldap3.AUTO_BIND_NONE,
+            raise_exceptions=False,
+            read_only=True,
+        )
+        conn.open()
+        if self.config.start_tls and not self.config.urls[0].startswith("ldaps://"):
+            conn.start_tls()
+        return conn
+
+    def _service_connection(self) -> ldap3.Connection:
+        with self._lock:
+            if self._service is not None and self._service.bound and not self._service.closed:
+                return self._service
+            password = self.config.bind_password.get_secret_value() if self.config.bind_password else None
+            conn = self._connect(self.config.bind_dn, password)
+            if not conn.bind():
+                raise UpstreamUnavailable(f"service account bind failed: {conn.result.get('description')}")
+            self._service = conn
+            return conn
+
+    def _search(
+        self, base: str, search_filter: str, attributes: Iterable[str], scope: Any = ldap3.SUBTREE
+    ) -> list[Any]:
+        for attempt in range(2):
+            conn = self._service_connection()
+            try:
+                with self._lock:
+                    conn.search(base, search_filter, search_scope=scope, attributes=list(attributes), size_limit=1000)
+                    result, entries = conn.result, list(conn.response or [])
+            except (
+                ldap_errors.LDAPSocketOpenError,
+                ldap_errors.LDAPSocketReceiveError,
+                ldap_errors.LDAPSessionTerminatedByServerError,
+                ldap_errors.LDAPCommunicationError,
+            ):
+                with self._lock:
+                    self._service = None
+                if attempt:
+                    raise
+                continue
+            if result.get("result") not in (0, 4, 32):  # success, size limit, no such object
+                if attempt == 0 and result.get("result") in (51, 52, 80, -1):
+                    with self._lock:
+                        self._service = None
+                    continue
+                raise UpstreamUnavailable(f"search failed: {result.get('description')}")
+            return [e for e in entries if e.get("type") == "searchResEntry"]
+        return []
+
+    # -- the protocol ----------------------------------------------------------------------
+    async def login(self, username: str, password: str) -> Identity:
+        if not password:
+            raise InvalidCredentials("empty password refused (it would be an anonymous bind)")
+        if not _USERNAME.match(username):
+            raise InvalidCredentials("username has characters or a length a directory account cannot have")
+        return await asyncio.to_thread(self._login, username, password)
+
+    async def refresh(self, identity: Identity) -> Identity:
+        return await asyncio.to_thread(self._refresh, identity)
+
+    async def lookup(self, username: str) -> Identity:
+        """The user's identity without a password (``explain``, refresh-time re-checks)."""
+        if not _USERNAME.match(username):
+            raise InvalidCredentials("no such user")
+        return await asyncio.to_thread(self._lookup, username)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._service is not None:
+                self._service.unbind()
+                self._service = None
+
+    # -- work done in threads --------------------------------------------------------------
+    def _guard(self, func: Any, *args: Any) -> Any:
+        try:
+            return func(*args)
+        except ProviderError:
+            raise
+        except Exception as exc:  # ldap3 raises LDAPException, socket errors and more
+            raise UpstreamUnavailable(f"directory unreachable: {type(exc).__name__}: {exc}") from None
+
+    def _find(self, username: str) -> dict[str, Any] | None:
+        search_filter = self.config.user_filter.replace("{username}", escape_filter_chars(username))
+        entries = self._search(self.config.user_base_dn, search_filter, self._attributes)
+        if len(entries) != 1:
+            return None  # none, or ambiguous: refuse rather than guess
+        return dict(entries[0])
+
+    def _login(self, username: str, password: str) -> Identity:
+        return self._guard(self._login_inner, username, password)  # type: ignore[no-any-return]
+
+    def _login_inner(self, username: str, password: str) -> Identity:
+        entry = self._find(username)
+        dn = (
+            entry["dn"]
+            if entry
+            else f"{self.config.username_attribute}={secrets.token_hex(8)},{self.config.user_base_dn}"
+        )
+        conn = self._connect(dn, password)
+        try:
+            bound = conn.bind()
+            code = conn.result.get("result")
+        finally:
+            conn.unbind()
+        if entry is None:  # the bind above keeps unknown users as slow as known ones
+            raise InvalidCredentials(f"unknown user {username!r}")
+        if not bound:
+            if code == 49 and "data 533" in str(conn.result.get("message", "")):
+                raise AccountDisabled(f"account {username!r} is disabled")
+            if code in (49, 53):  # invalidCredentials, unwillingToPerform (e.g. ppolicy lockout)
+                if code == 53 or self._locked(entry):
+                    raise AccountDisabled(f"account {username!r} is locked or disabled")
+                raise InvalidCredentials(f"wrong password for {username!r}")
+            raise UpstreamUnavailable(f"bind failed: {conn.result.get('description')}")
+        if self._locked(entry):
+            raise AccountDisabled(f"account {username!r} is disabled")
+        return self._identity(entry)
+
+    def _lookup(self, username: str) -> Identity:
+        entry = self._guard(self._find, username)
+        if entry is None:
+            raise InvalidCredentials(f"unknown user {username!r}")
+        if self._locked(entry):
+            raise AccountDisabled(f"account {username!r} is disabled")
+        return self._guard(self._identity, entry)  # type: ignore[no-any-return]
+
+    def _refresh(self, identity: Identity) -> Identity:
+        fresh = self._lookup(identity.username)
+        if fresh.subject != identity.subject:
+            raise InvalidCredentials(f"user {identity.username!r} was replaced by another account")
+        return fresh
+
+    @staticmethod
+    def _locked(entry: dict[str, Any]) -> bool:
+        attrs = entry.get("attributes", {})
+        control = attrs.get("userAccountControl")
+        if isinstance(control, list):
+            control = control[0] if control else None
+        if isinstance(control, int) and control & (_AD_DISABLED | _AD_LOCKOUT):
+            return True
+        return bool(attrs.get("pwdAccountLockedTime"))
+
+    def _identity(self, entry: dict[str, Any]) -> Identity:
+        attrs = entry.get("attributes", {})
+
+        def first(name: str) -> str | None:
+            value = attrs.get(name)
+            if isinstance(value, list):
+                value = value[0] if value else None
+            return str(value) if value not in (None, "") else None
+
+        groups, names = self._groups(entry["dn"], [str(g) for g in attrs.get("memberOf", []) or []])
+        return Identity(
+            provider_id=self.id,
+            subject=first(self.config.subject_attribute) or entry["dn"],
+            username=first(self.config.username_attribute) or entry["dn"],
+            email=first(self.config.email_attribute),
+            display_name=first(self.config.display_name_attribute),
+            groups=frozenset(groups),
+            group_names=names,
+            private={"dn": entry["dn"]},
+        )
+
+    def _groups(self, user_dn: str, member_of: list[str]) -> tuple[set[str], dict[str, str]]:
+        cfg = self.config
+        name_attr = cfg.group_name_attribute
+        names: dict[str, str] = {}
+        if cfg.active_directory_in_chain and cfg.group_base_dn:
+            found = self._search(
+                cfg.group_base_dn, f"(member:{_IN_CHAIN}:={escape_filter_chars(user_dn)})", [name_attr]
+            )
+            for e in found:
+                names[e["dn"]] = _first(e, name_attr) or _rdn_value(e["dn"])
+            return set(names), names
+        direct: set[str] = set(member_of) if cfg.use_member_of and member_of else set()
+        if not direct and cfg.group_base_dn:
+            found = self._search(
+                cfg.group_base_dn, cfg.group_filter.replace("{dn}", escape_filter_chars(user_dn)), [name_attr]
+            )
+            for e in found:
+                direct.add(e["dn"])
+                names[e["dn"]] = _first(e, name_attr) or _rdn_value(e["dn"])
+        groups = set(direct)
+        frontier = set(direct)
+        depth = 0
+        while frontier and cfg.nested_groups and cfg.group_base_dn and depth < cfg.nested_depth:
+            depth += 1
+            nxt: set[str] = set()
+            for group_dn in frontier:
+                parents = self._search(
+                    cfg.group_base_dn, cfg.group_filter.replace("{dn}", escape_filter_chars(group_dn)), [name_attr]
+                )
+                for e in parents:
+                    names.setdefault(e["dn"], _first(e, name_attr) or _rdn_value(e["dn"]))
+                    if e["dn"] not in groups:  # cycle guard
+                        groups.add(e["dn"])
+                        nxt.add(e["dn"])
+            frontier = nxt
+        for dn in groups:
+            names.setdefault(dn, _rdn_value(dn))
+        return groups, names
+
+
+def _first(entry: dict[str, Any], name: str) -> str | None:
+    value = entry.get("attributes", {}).get(name)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return str(value) if value else None
+
+
+def _rdn_value(dn: str) -> str:
+    try:
+        return str(parse_dn(dn)[0][1])
+    except Exception:
+        return dn

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import pytest
+
+from broker.app import create_app
+from broker.config import parse_config
+from broker.devstack import RedisServer, Slapd, free_port
+from tests.broker.flows import Broker, broker_yaml
+from tests.http import running
+
+BrokerFactory = Callable[..., AbstractContextManager[Broker]]
+
+
+@pytest.fixture
+def broker_factory(redis_server: RedisServer, slapd: Slapd) -> BrokerFactory:
+    @contextmanager
+    def make(extra: str = "", prefix: str | None = None) -> Iterator[Broker]:
+        port = free_port()
+        config = parse_config(
+            broker_yaml(port, redis_server.url, slapd, prefix=prefix or f"t{secrets.token_hex(6)}", extra=extra)
+        )
+        with running(create_app(config), port) as base:
+            yield Broker(base, config)
+
+    return make
+
+
+@pytest.fixture
+def broker(broker_factory: BrokerFactory) -> Iterator[Broker]:
+    with broker_factory() as running_broker:
+        yield running_broker
