@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from broker import __version__
 from broker.config.models import BrokerConfig
 from broker.middleware import RequestContextMiddleware
+from broker.oauth.cimd import MetadataDocuments
 from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
@@ -86,7 +87,7 @@ def create_app(
             keys=keys,
             keyring=keyring,
             store=store,
-            clients=ClientRegistry(config.registration, store),
+            clients=ClientRegistry(config.registration, store, MetadataDocuments(config.registration)),
             policy=policy,
             providers=upstreams,
             grants=GrantService(config, store, keyring, policy, upstreams),

@@ -126,6 +126,10 @@ class RegistrationConfig(_Section):
     cimd_allow_private_addresses: list[str] = Field(
         default_factory=list, description="CIDRs a client_id URL may resolve to despite being private."
     )
+    cimd_ca_file: str | None = Field(
+        default=None, description="Extra CA bundle trusted when fetching client ID metadata documents."
+    )
+    cimd_timeout: float = Field(default=5.0, gt=0, le=30, description="Time-out of one metadata document fetch.")
     static_clients: list[StaticClientConfig] = Field(default_factory=list)
 
 
