@@ -80,6 +80,7 @@ def create_app(
             overlap=config.signing.key_overlap,
         )
         store = TokenStore(client, keys)
+        documents = MetadataDocuments(config.registration)
         policy = Policy(config.resources, config.mappings)
         app.state.broker = BrokerState(
             config=config,
@@ -87,7 +88,7 @@ def create_app(
             keys=keys,
             keyring=keyring,
             store=store,
-            clients=ClientRegistry(config.registration, store, MetadataDocuments(config.registration)),
+            clients=ClientRegistry(config.registration, store, documents),
             policy=policy,
             providers=upstreams,
             grants=GrantService(config, store, keyring, policy, upstreams),
@@ -107,6 +108,7 @@ def create_app(
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+            await documents.aclose()
             for provider in upstreams.values():
                 close = getattr(provider, "aclose", None)
                 if close is not None:

@@ -77,7 +77,7 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
+def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = True) -> None:
     """Route structlog and the standard library (uvicorn, httpx, ...) through one pipeline."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     shared: list[Any] = [
@@ -96,7 +96,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.processors.format_exc_info] if not use_console else shared,

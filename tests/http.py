@@ -1,4 +1,5 @@
-"""Run an ASGI app on a real uvicorn server, in a thread, on a free loopback port."""
+"""Run an ASGI app on a real uvicorn server, in a thread, on a free loopback port (HTTPS when given
+a certificate and key, e.g. from :mod:`tests.tls`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -14,10 +16,21 @@ from broker.devstack.process import free_port
 
 
 @contextmanager
-def running(app: Any, port: int | None = None) -> Iterator[str]:
+def running(
+    app: Any, port: int | None = None, *, ssl_certfile: str | Path | None = None, ssl_keyfile: str | Path | None = None
+) -> Iterator[str]:
     port = port or free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -27,7 +40,7 @@ def running(app: Any, port: int | None = None) -> Iterator[str]:
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if ssl_certfile else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)

@@ -6,6 +6,7 @@ unknown keys, so a typo is an error rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -126,6 +127,17 @@ class RegistrationConfig(_Section):
     cimd_allow_private_addresses: list[str] = Field(
         default_factory=list, description="CIDRs a client_id URL may resolve to despite being private."
     )
+
+    @field_validator("cimd_allow_private_addresses")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an address or CIDR network") from None
+        return values
+
     cimd_ca_file: str | None = Field(
         default=None, description="Extra CA bundle trusted when fetching client ID metadata documents."
     )

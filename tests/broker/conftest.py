@@ -18,13 +18,22 @@ BrokerFactory = Callable[..., AbstractContextManager[Broker]]
 @pytest.fixture
 def broker_factory(redis_server: RedisServer, slapd: Slapd) -> BrokerFactory:
     @contextmanager
-    def make(extra: str = "", prefix: str | None = None) -> Iterator[Broker]:
+    def make(
+        extra: str = "", prefix: str | None = None, issuer_path: str = "", registration: str = ""
+    ) -> Iterator[Broker]:
         port = free_port()
-        config = parse_config(
-            broker_yaml(port, redis_server.url, slapd, prefix=prefix or f"t{secrets.token_hex(6)}", extra=extra)
+        text = broker_yaml(
+            port,
+            redis_server.url,
+            slapd,
+            prefix=prefix or f"t{secrets.token_hex(6)}",
+            extra=extra,
+            issuer_path=issuer_path,
+            registration=registration,
         )
-        with running(create_app(config), port) as base:
-            yield Broker(base, config)
+        config = parse_config(text)
+        with running(create_app(config), port):
+            yield Broker(config.issuer, config)
 
     return make
 

@@ -21,9 +21,18 @@ REDIRECT = "http://127.0.0.1:33418/callback"
 INTROSPECTOR_SECRET = "introspector-secret-" + "x" * 24
 
 
-def broker_yaml(port: int, redis_url: str, slapd: Slapd, *, prefix: str, extra: str = "") -> str:
+def broker_yaml(
+    port: int,
+    redis_url: str,
+    slapd: Slapd,
+    *,
+    prefix: str,
+    extra: str = "",
+    issuer_path: str = "",
+    registration: str = "",
+) -> str:
     return f"""
-issuer: http://127.0.0.1:{port}
+issuer: http://127.0.0.1:{port}{issuer_path}
 redis:
   url: "{redis_url}"
   key_prefix: "{prefix}"
@@ -32,6 +41,7 @@ signing:
 tokens:
   refresh_reuse_grace: 2
 registration:
+{registration}
   static_clients:
     - client_id: notes-server
       client_name: Notes MCP server
@@ -193,6 +203,6 @@ def refresh(broker: Broker, client_id: str, token: str, **over: str | None) -> h
 def tokens_for(broker: Broker, username: str = "alice", **over: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     client = register(broker)
     auth = login(broker, client["client_id"], username, **over)
-    response = exchange(broker, client["client_id"], auth)
+    response = exchange(broker, client["client_id"], auth, resource=over.get("resource", RESOURCE))
     assert response.status_code == 200, response.text
     return client, response.json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -56,8 +57,16 @@ def test_tokens_inside_text_and_nested_values() -> None:
     assert event["nested"] == {"form": {"password": REDACTED, "username": "alice"}, "list": [REDACTED]}
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_json_lines_to_stdout_with_stdlib_loggers_too(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("info", "json")
+    configure_logging("info", "json", cache=False)
     structlog.get_logger("t").info("token_issued", client_id="c1", refresh_token="secret-rt")
     logging.getLogger("uvicorn.error").warning("upstream said password=hunter2")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -1,0 +1,114 @@
+"""RFC 7591 dynamic client registration: what is accepted, what is refused, secrets kept hashed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from broker.devstack import RedisServer
+from tests.broker.conftest import BrokerFactory
+from tests.broker.flows import Broker
+
+
+def post(broker: Broker, body: Any) -> httpx.Response:
+    return httpx.post(f"{broker.base}/register", json=body)
+
+
+def test_public_native_client(broker: Broker) -> None:
+    response = post(
+        broker,
+        {
+            "redirect_uris": ["http://127.0.0.1:3000/callback"],
+            "client_name": "Claude Code",
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "application_type": "native",
+        },
+    )
+    assert response.status_code == 201
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["client_name"] == "Claude Code"
+    assert body["token_endpoint_auth_method"] == "none"
+    assert "client_secret" not in body
+    assert body["grant_types"] == ["authorization_code", "refresh_token"]
+    assert len(body["client_id"]) >= 32
+
+
+def test_confidential_client_secret_is_returned_once_and_stored_hashed(
+    broker: Broker, redis_server: RedisServer
+) -> None:
+    body = post(
+        broker,
+        {
+            "redirect_uris": ["https://app.example.com/cb"],
+            "client_name": "Web app",
+            "token_endpoint_auth_method": "client_secret_post",
+            "application_type": "web",
+        },
+    ).json()
+    secret = body["client_secret"]
+    assert body["client_secret_expires_at"] == 0
+    raw = redis.Redis.from_url(redis_server.url)
+    stored = [raw.dump(k) for k in raw.scan_iter(f"{broker.config.redis.key_prefix}:*")]
+    assert stored
+    assert all(secret.encode() not in (v or b"") for v in stored)
+    assert all(raw.ttl(k) > 0 for k in raw.scan_iter(f"{broker.config.redis.key_prefix}:{{c:*"))  # expires unused
+    raw.close()
+
+
+def test_application_type_is_inferred_for_older_clients(broker: Broker) -> None:
+    native = post(broker, {"redirect_uris": ["http://localhost:8080/cb"], "token_endpoint_auth_method": "none"}).json()
+    assert native["application_type"] == "native"
+    web = post(broker, {"redirect_uris": ["https://app.example.com/cb"]}).json()
+    assert web["application_type"] == "web"
+    assert web["token_endpoint_auth_method"] == "client_secret_basic"  # RFC 7591 default
+    scheme = post(broker, {"redirect_uris": ["com.example.app:/oauth"], "token_endpoint_auth_method": "none"}).json()
+    assert scheme["application_type"] == "native"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"redirect_uris": ["http://evil.example.com/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://app.example.com/cb#frag"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["javascript:alert(1)"], "application_type": "native"}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://*.example.com/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://127.0.0.1/cb"], "application_type": "web"}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["myapp:/cb"], "application_type": "web"}, "invalid_redirect_uri"),
+        ({"redirect_uris": []}, "invalid_redirect_uri"),
+        ({"client_name": "no redirects"}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://a.example/cb"], "grant_types": ["client_credentials"]}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://a.example/cb"], "grant_types": ["implicit"]}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://a.example/cb"], "response_types": ["token"]}, "invalid_client_metadata"),
+        (
+            {"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"},
+            "invalid_client_metadata",
+        ),
+        ({"redirect_uris": ["https://a.example/cb"], "application_type": "desktop"}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://a.example/cb"], "client_name": "x" * 101}, "invalid_client_metadata"),
+        (["not", "an", "object"], "invalid_client_metadata"),
+    ],
+)
+def test_refused_metadata(broker: Broker, body: Any, error: str) -> None:
+    response = post(broker, body)
+    assert response.status_code == 400
+    assert response.json()["error"] == error
+    assert response.json()["error_description"]
+
+
+def test_malformed_json_is_a_clear_error(broker: Broker) -> None:
+    response = httpx.post(f"{broker.base}/register", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client_metadata"
+
+
+def test_redirect_host_allow_list(broker_factory: BrokerFactory) -> None:
+    with broker_factory(registration="  dynamic_registration_allowed_redirect_hosts: [apps.example.com]") as broker:
+        assert post(broker, {"redirect_uris": ["https://apps.example.com/cb"]}).status_code == 201
+        refused = post(broker, {"redirect_uris": ["https://elsewhere.example.com/cb"]})
+        assert refused.status_code == 400
+        assert "not allowed to register" in refused.json()["error_description"]
