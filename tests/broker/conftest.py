@@ -9,7 +9,7 @@ import pytest
 from broker.app import create_app
 from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
-from tests.broker.flows import Broker, broker_yaml
+from tests.broker.flows import RESOURCE, Broker, broker_yaml
 from tests.http import running
 
 BrokerFactory = Callable[..., AbstractContextManager[Broker]]
@@ -30,6 +30,7 @@ def broker_factory(redis_server: RedisServer, slapd: Slapd) -> BrokerFactory:
             extra=extra,
             issuer_path=issuer_path,
             registration=registration,
+            resource=resource,
         )
         config = parse_config(text)
         with running(create_app(config), port):

@@ -60,7 +60,7 @@ providers:
     group_base_dn: ou=groups,dc=demo,dc=local
 resources:
   - id: notes
-    uri: {RESOURCE}
+    uri: {resource}
     name: Team notes
     scopes:
       - name: notes:read
