@@ -19,7 +19,11 @@ BrokerFactory = Callable[..., AbstractContextManager[Broker]]
 def broker_factory(redis_server: RedisServer, slapd: Slapd) -> BrokerFactory:
     @contextmanager
     def make(
-        extra: str = "", prefix: str | None = None, issuer_path: str = "", registration: str = ""
+        extra: str = "",
+        prefix: str | None = None,
+        issuer_path: str = "",
+        registration: str = "",
+        resource: str = RESOURCE,
     ) -> Iterator[Broker]:
         port = free_port()
         text = broker_yaml(

@@ -30,6 +30,7 @@ def broker_yaml(
     extra: str = "",
     issuer_path: str = "",
     registration: str = "",
+    resource: str = RESOURCE,
 ) -> str:
     return f"""
 issuer: http://127.0.0.1:{port}{issuer_path}
