@@ -19,7 +19,7 @@ from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
 from broker.oauth.signing import KeyRing
 from broker.policy import Policy
-from broker.routes import authorize, discovery, errors, health, register, token
+from broker.routes import admin, authorize, discovery, errors, health, register, token
 from broker.state import BrokerState
 from broker.store.client import RedisClient, create_redis
 from broker.store.keys import Keys
@@ -123,6 +123,7 @@ def create_app(
     app.include_router(register.router(base))
     app.include_router(authorize.router(base))
     app.include_router(token.router(base))
+    app.include_router(admin.router(base))
     app.add_middleware(RequestContextMiddleware)
     return app
 

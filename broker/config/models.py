@@ -145,6 +145,20 @@ class RegistrationConfig(_Section):
     static_clients: list[StaticClientConfig] = Field(default_factory=list)
 
 
+class AdminConfig(_Section):
+    token: SecretStr | None = Field(
+        default=None,
+        description="Static bearer token for the admin API (at least 32 characters). Unset: the admin API is off.",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < 32:
+            raise ValueError("the admin token must be at least 32 characters")
+        return token
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -166,6 +180,7 @@ class BrokerConfig(_Section):
     signing: SigningConfig = SigningConfig()
     registration: RegistrationConfig = RegistrationConfig()
     logging: LoggingConfig = LoggingConfig()
+    admin: AdminConfig = AdminConfig()
     providers: list[ProviderConfigUnion] = Field(default_factory=list)
     resources: list[ResourceConfig] = Field(default_factory=list)
     mappings: list[MappingRule] = Field(default_factory=list)

@@ -1,0 +1,117 @@
+"""The admin API for IT and automation: grants, revocation, consents, policy version.
+
+Authenticated with the static admin bearer token (``admin.token``); off when it is unset.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from broker.audit import audit
+from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
+from broker.state import BrokerState, get_state
+
+
+class GrantView(BaseModel):
+    grant_id: str
+    client_id: str
+    subject: str
+    username: str
+    resource: str
+    scopes: list[str]
+    status: str
+    created_at: float
+    last_refresh: float
+    expires_at: float
+
+
+class RevokedView(BaseModel):
+    revoked: list[str]
+
+
+class PolicyView(BaseModel):
+    version: str
+    resources: list[str]
+    rules: int
+
+
+async def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> BrokerState:
+    state = get_state(request)
+    expected = state.config.admin.token
+    if expected is None:
+        raise AccessDenied("the admin API is disabled (set admin.token)")
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
+        raise InvalidClient("admin authentication failed")
+    return state
+
+
+Admin = Annotated[BrokerState, Depends(require_admin)]
+
+
+def _view(grant: dict[str, Any]) -> GrantView:
+    return GrantView(
+        grant_id=grant["grant_id"],
+        client_id=grant["client_id"],
+        subject=grant["subject"],
+        username=grant["username"],
+        resource=grant["resource"],
+        scopes=grant["scopes"].split(),
+        status=grant["status"],
+        created_at=grant["created_at"],
+        last_refresh=grant["last_refresh"],
+        expires_at=grant["expires_at"],
+    )
+
+
+def router(base: str) -> APIRouter:
+    api = APIRouter(prefix=f"{base}/admin", tags=["admin"])
+
+    @api.get("/policy", summary="The policy in force")
+    async def policy(state: Admin) -> PolicyView:
+        return PolicyView(
+            version=state.policy.version, resources=sorted(state.policy.by_uri), rules=len(state.policy.rules)
+        )
+
+    @api.get("/users/{subject}/grants", summary="A user's grants")
+    async def user_grants(subject: str, state: Admin) -> list[GrantView]:
+        grants = [await state.store.get_grant(g) for g in await state.store.user_grant_ids(subject)]
+        return [_view(g) for g in grants if g is not None]
+
+    @api.post("/users/{subject}/revoke", summary="Revoke every grant of a user")
+    async def revoke_user(subject: str, state: Admin) -> RevokedView:
+        return RevokedView(revoked=await state.revocation.revoke_user(subject, reason="admin"))
+
+    @api.delete("/grants/{grant_id}", summary="Revoke one grant")
+    async def revoke_grant(grant_id: str, state: Admin) -> RevokedView:
+        grant = await state.store.get_grant(grant_id)
+        if grant is None:
+            raise InvalidRequest("no such grant")
+        changed = await state.store.revoke_grant(grant_id, "admin")
+        if changed:
+            audit("grant_revoked", grant_id=grant_id, sub=grant["subject"], reason="admin")
+        return RevokedView(revoked=[grant_id] if changed else [])
+
+    @api.get("/users/{subject}/consents", summary="A user's remembered consents")
+    async def consents(subject: str, state: Admin) -> JSONResponse:
+        found = await state.store.consents(subject)
+        return JSONResponse(
+            [
+                {"client_id": key.split(" ", 1)[0], "resource": key.split(" ", 1)[1], **value}
+                for key, value in sorted(found.items())
+            ]
+        )
+
+    @api.delete("/users/{subject}/consents", summary="Forget a remembered consent")
+    async def forget(subject: str, client_id: str, resource: str, state: Admin) -> JSONResponse:
+        removed = await state.store.forget_consent(subject, client_id, resource)
+        if removed:
+            audit("consent_revoked", sub=subject, client_id=client_id, resource=resource, by="admin")
+        return JSONResponse({"removed": removed})
+
+    return api
