@@ -17,6 +17,7 @@ from broker.oauth.cimd import MetadataDocuments
 from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
+from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.policy import Policy
 from broker.routes import admin, authorize, discovery, errors, health, register, token
@@ -91,7 +92,9 @@ def create_app(
             clients=ClientRegistry(config.registration, store, documents),
             policy=policy,
             providers=upstreams,
-            grants=GrantService(config, store, keyring, policy, upstreams),
+            grants=GrantService(
+                config, store, keyring, policy, upstreams, Sealer(kek.get_secret_value() if kek else None)
+            ),
             revocation=RevocationService(config.issuer, store, keyring),
             pages=Pages(config.issuer),
             introspection_resources=_introspection(config),

@@ -80,7 +80,13 @@ class PasswordProvider(Protocol):
 
 @runtime_checkable
 class RedirectProvider(Protocol):
-    """Sends the browser upstream and turns the callback into an identity (OIDC, Entra ID)."""
+    """Sends the browser upstream and turns the callback into an identity (OIDC, Entra ID).
+
+    ``flow`` is JSON-serialisable data (nonce, PKCE verifier, ...) the broker keeps for the
+    callback, encrypted at rest, for ten minutes at most. A provider may also expose
+    ``origins: tuple[str, ...]`` (the origins its login URL can point at) so the consent page's
+    ``form-action`` policy allows the redirect there, and ``aclose()`` to release connections.
+    """
 
     id: str
     display_name: str

@@ -17,7 +17,19 @@ def _ldap(config: Any) -> object:
     return LdapProvider(config)
 
 
-_FACTORIES: dict[str, Callable[[Any], object]] = {"ldap": _ldap}
+def _entra(config: Any) -> object:
+    from providers.entra.provider import EntraProvider
+
+    return EntraProvider(config)
+
+
+def _oidc(config: Any) -> object:
+    from providers.oidc.provider import OidcProvider
+
+    return OidcProvider(config)
+
+
+_FACTORIES: dict[str, Callable[[Any], object]] = {"ldap": _ldap, "entra": _entra, "oidc": _oidc}
 
 
 class UnsupportedProvider(Exception):

@@ -23,6 +23,7 @@ from broker.oauth import pkce, redirects
 from broker.oauth.authorize import find_resource
 from broker.oauth.clients import Client
 from broker.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget, TemporarilyUnavailable
+from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.oauth.tokens import mint_access_token, new_handle, open_for, parse_handle, seal_for
 from broker.policy import Policy
@@ -33,7 +34,8 @@ from providers.base import AccountDisabled, Identity, InvalidCredentials, Provid
 _log = structlog.get_logger("mcp_broker.grants")
 
 
-def identity_record(identity: Identity) -> dict[str, Any]:
+def identity_record(identity: Identity, sealer: Sealer) -> dict[str, Any]:
+    """What the store keeps of an identity; provider-private data only encrypted."""
     return {
         "provider_id": identity.provider_id,
         "subject": identity.subject,
@@ -42,11 +44,11 @@ def identity_record(identity: Identity) -> dict[str, Any]:
         "display_name": identity.display_name,
         "groups": sorted(identity.groups),
         "group_names": dict(identity.group_names),
-        "private": dict(identity.private),
+        "private": sealer.seal(dict(identity.private), context=f"identity:{identity.provider_id}:{identity.subject}"),
     }
 
 
-def identity_from(record: Mapping[str, Any]) -> Identity:
+def identity_from(record: Mapping[str, Any], sealer: Sealer) -> Identity:
     return Identity(
         provider_id=record["provider_id"],
         subject=record["subject"],
@@ -55,7 +57,7 @@ def identity_from(record: Mapping[str, Any]) -> Identity:
         display_name=record.get("display_name"),
         groups=frozenset(record.get("groups", [])),
         group_names=dict(record.get("group_names", {})),
-        private=dict(record.get("private", {})),
+        private=sealer.open(record.get("private"), context=f"identity:{record['provider_id']}:{record['subject']}"),
     )
 
 
@@ -66,6 +68,7 @@ class GrantService:
     keyring: KeyRing
     policy: Policy
     providers: Mapping[str, object]
+    sealer: Sealer
 
     def _token_response(self, grant: Mapping[str, Any], scopes: list[str], refresh: str | None) -> dict[str, Any]:
         ttl = self.config.tokens.access_token_ttl
@@ -249,7 +252,7 @@ class GrantService:
 
     async def _reevaluate(self, grant: Mapping[str, Any]) -> frozenset[str]:
         """Scopes the user may hold now, with fresh group data where the provider can give it."""
-        identity = identity_from(grant["identity"])
+        identity = identity_from(grant["identity"], self.sealer)
         provider = self.providers.get(identity.provider_id)
         if provider is None:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")

@@ -186,7 +186,13 @@ def router(base: str) -> APIRouter:
             except ProviderError as exc:
                 _log.warning("upstream_login_url_failed", provider=provider.id, error=str(exc))
                 return pages.error(request, "Sign-in unavailable", exc.public, status=503)
-            flow["upstream"] = {"state_hash": digest(upstream_state), "data": dict(flow_data)}
+            flow["upstream"] = {
+                "state_hash": digest(upstream_state),
+                # Sealed when a key encryption key is configured; short-lived either way.
+                "data": state.grants.sealer.seal(dict(flow_data), context=f"flow:{form['flow']}")
+                if state.grants.sealer.enabled
+                else dict(flow_data),
+            }
             if not await state.store.update_flow(form["flow"], flow):
                 return pages.error(request, *EXPIRED)
             await state.store.save_flow(f"up.{digest(upstream_state)}", {"flow_id": form["flow"]}, FLOW_TTL)
@@ -305,7 +311,11 @@ def router(base: str) -> APIRouter:
             )
         try:
             identity = await provider.handle_callback(
-                f"{state.config.issuer}/callback/{provider.id}", dict(request.query_params), flow["upstream"]["data"]
+                f"{state.config.issuer}/callback/{provider.id}",
+                dict(request.query_params),
+                flow["upstream"]["data"]
+                if isinstance(flow["upstream"]["data"], dict)
+                else state.grants.sealer.open(flow["upstream"]["data"], context=f"flow:{pointer['flow_id']}"),
             )
         except ProviderError as exc:
             await state.store.take_flow(pointer["flow_id"])
@@ -425,7 +435,7 @@ async def _finish(
             "resource": resource.uri,
             "scopes": sorted(scopes),
             "requested": auth.scopes,
-            "identity": identity_record(identity),
+            "identity": identity_record(identity, state.grants.sealer),
             "auth_time": int(time.time()),
             "policy_version": state.policy.version,
         },

@@ -24,6 +24,8 @@ def broker_factory(redis_server: RedisServer, slapd: Slapd) -> BrokerFactory:
         issuer_path: str = "",
         registration: str = "",
         resource: str = RESOURCE,
+        providers: str = "",
+        mappings: str = "",
     ) -> Iterator[Broker]:
         port = free_port()
         text = broker_yaml(
@@ -35,6 +37,8 @@ def broker_factory(redis_server: RedisServer, slapd: Slapd) -> BrokerFactory:
             issuer_path=issuer_path,
             registration=registration,
             resource=resource,
+            providers=providers,
+            mappings=mappings,
         )
         config = parse_config(text)
         with running(create_app(config), port):

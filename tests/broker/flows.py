@@ -31,7 +31,11 @@ def broker_yaml(
     issuer_path: str = "",
     registration: str = "",
     resource: str = RESOURCE,
+    providers: str = "",
+    mappings: str = "",
 ) -> str:
+    """A broker configuration for tests. ``providers`` and ``mappings`` are YAML list items
+    (indented two spaces) appended to those sections; ``extra`` is appended at top level."""
     return f"""
 issuer: http://127.0.0.1:{port}{issuer_path}
 redis:
@@ -59,6 +63,7 @@ providers:
     bind_password: "{slapd.service_password}"
     user_base_dn: ou=people,dc=demo,dc=local
     group_base_dn: ou=groups,dc=demo,dc=local
+{providers}
 resources:
   - id: notes
     uri: {resource}
@@ -91,6 +96,7 @@ mappings:
     provider: demo-ldap
     groups: [mcp-readers]
     scopes: [other:use]
+{mappings}
 {extra}
 """
 
