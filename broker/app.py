@@ -21,6 +21,7 @@ from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.policy import Policy
 from broker.routes import admin, authorize, discovery, errors, health, register, token
+from broker.security.throttle import LoginThrottle
 from broker.state import BrokerState
 from broker.store.client import RedisClient, create_redis
 from broker.store.keys import Keys
@@ -98,6 +99,13 @@ def create_app(
             revocation=RevocationService(config.issuer, store, keyring),
             pages=Pages(config.issuer),
             introspection_resources=_introspection(config),
+            throttle=LoginThrottle(
+                client,
+                keys,
+                per_user=config.login_protection.max_failures_per_user,
+                per_ip=config.login_protection.max_failures_per_ip,
+                window=config.login_protection.window,
+            ),
         )
         try:
             await keyring.refresh()

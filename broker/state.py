@@ -13,6 +13,7 @@ from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
 from broker.oauth.signing import KeyRing
 from broker.policy import Policy
+from broker.security.throttle import LoginThrottle
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
 from broker.store.tokens import TokenStore
@@ -33,6 +34,7 @@ class BrokerState:
     revocation: RevocationService
     pages: Pages
     introspection_resources: Mapping[str, list[str]]
+    throttle: LoginThrottle
 
 
 def get_state(request: Request) -> BrokerState:

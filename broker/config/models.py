@@ -145,6 +145,16 @@ class RegistrationConfig(_Section):
     static_clients: list[StaticClientConfig] = Field(default_factory=list)
 
 
+class LoginProtectionConfig(_Section):
+    max_failures_per_user: int = Field(
+        default=5, ge=1, le=1000, description="Failed logins per username in the window."
+    )
+    max_failures_per_ip: int = Field(
+        default=30, ge=1, le=100000, description="Failed logins per client IP in the window."
+    )
+    window: Duration = Field(default=900, description="Counting and lockout window.")
+
+
 class AdminConfig(_Section):
     token: SecretStr | None = Field(
         default=None,
@@ -181,6 +191,7 @@ class BrokerConfig(_Section):
     registration: RegistrationConfig = RegistrationConfig()
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
+    login_protection: LoginProtectionConfig = LoginProtectionConfig()
     providers: list[ProviderConfigUnion] = Field(default_factory=list)
     resources: list[ResourceConfig] = Field(default_factory=list)
     mappings: list[MappingRule] = Field(default_factory=list)

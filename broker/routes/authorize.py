@@ -241,11 +241,36 @@ def router(base: str) -> APIRouter:
             return pages.error(request, "Invalid request", "This sign-in option does not take a password.")
         username = form.get("username", "").strip()
         password = form.get("password", "")
+        client_ip = request.client.host if request.client else None
+        verdict = await state.throttle.check(provider.id, username, client_ip)
+        if not verdict.allowed:
+            audit(
+                "login_failed",
+                provider=provider.id,
+                username=username[:256],
+                client_id=client.client_id,
+                outcome="Throttled",
+                client_ip=client_ip,
+            )
+            minutes = max(1, (verdict.retry_after + 59) // 60)
+            return _login_page(
+                state,
+                form["flow"],
+                form["csrf"],
+                auth,
+                client,
+                provider,
+                username=username,
+                status=429,
+                error=f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+            )
         try:
             identity = await provider.login(username, password)
         except (InvalidCredentials, AccountDisabled, UpstreamUnavailable, ProviderError) as exc:
             flow["attempts"] = int(flow.get("attempts", 0)) + 1
             outcome = type(exc).__name__
+            if isinstance(exc, InvalidCredentials):
+                await state.throttle.failed(provider.id, username, client_ip)
             audit(
                 "login_failed",
                 provider=provider.id,
@@ -253,7 +278,7 @@ def router(base: str) -> APIRouter:
                 client_id=client.client_id,
                 outcome=outcome,
                 attempt=flow["attempts"],
-                client_ip=request.client.host if request.client else None,
+                client_ip=client_ip,
             )
             if flow["attempts"] >= MAX_LOGIN_ATTEMPTS:
                 await state.store.take_flow(form["flow"])
@@ -276,6 +301,7 @@ def router(base: str) -> APIRouter:
                 status=503 if isinstance(exc, UpstreamUnavailable) else 401,
             )
             return response
+        await state.throttle.succeeded(provider.id, username)
         return await _finish(state, request, form["flow"], auth, client, identity)
 
     @api.get(f"{base}/callback/{{provider_id}}", summary="Upstream identity provider callback", include_in_schema=False)

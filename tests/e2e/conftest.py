@@ -49,7 +49,7 @@ def _doc_app(state: DocServer) -> Starlette:
         document = state.documents.get(request.url.path)
         if document is None:
             return Response(status_code=404)
-        return Response(json.dumps(document), media_type="application/json", headers={"cache-control": "no-store"})
+        return Response(json.dumps(document), media_type="application/json")
 
     return Starlette(routes=[Route("/{path:path}", serve)])
 

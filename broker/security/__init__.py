@@ -1,0 +1,1 @@
+"""Defences that are not OAuth protocol: login throttling."""

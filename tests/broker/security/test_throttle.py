@@ -1,0 +1,59 @@
+"""Brute-force protection: failures per username and per IP, counted in Redis, with a lockout."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.broker.conftest import BrokerFactory
+from tests.broker.flows import Broker, authorize_params, hidden_inputs, pkce_pair, register
+
+
+def attempt(broker: Broker, client_id: str, username: str, password: str) -> httpx.Response:
+    _, challenge = pkce_pair()
+    with broker.client() as browser:
+        page = browser.get("/authorize", params=authorize_params(client_id, challenge))
+        approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
+        login_page = browser.get(approved.headers["location"])
+        return browser.post(
+            "/login", data={**hidden_inputs(login_page.text), "username": username, "password": password}
+        )
+
+
+def test_a_username_is_locked_after_repeated_failures(broker_factory: BrokerFactory) -> None:
+    with broker_factory(
+        extra="login_protection: {max_failures_per_user: 3, max_failures_per_ip: 100, window: 60}"
+    ) as b:
+        client = register(b)["client_id"]
+        assert [attempt(b, client, "bob", "wrong").status_code for _ in range(3)] == [401, 401, 401]
+        locked = attempt(b, client, "bob", "demo-bob")  # the right password no longer helps
+        assert locked.status_code == 429
+        assert "Try again in 1 minute" in locked.text
+        assert attempt(b, client, "BOB", "demo-bob").status_code == 429  # case does not dodge the lock
+        assert attempt(b, client, "alice", "demo-alice").status_code == 303  # others are unaffected
+        # Unknown users are locked the same way, so the lock reveals nothing.
+        for _ in range(3):
+            attempt(b, client, "nobody", "x")
+        assert attempt(b, client, "nobody", "x").status_code == 429
+
+
+def test_an_ip_is_locked_after_failures_across_usernames(broker_factory: BrokerFactory) -> None:
+    with broker_factory(
+        extra="login_protection: {max_failures_per_user: 100, max_failures_per_ip: 4, window: 60}"
+    ) as b:
+        client = register(b)["client_id"]
+        for name in ("u1", "u2", "u3", "u4"):
+            assert attempt(b, client, name, "wrong").status_code == 401
+        assert attempt(b, client, "alice", "demo-alice").status_code == 429
+
+
+def test_success_clears_the_username_counter(broker_factory: BrokerFactory) -> None:
+    with broker_factory(
+        extra="login_protection: {max_failures_per_user: 3, max_failures_per_ip: 100, window: 60}"
+    ) as b:
+        client = register(b)["client_id"]
+        for _ in range(2):
+            attempt(b, client, "bob", "wrong")
+        assert attempt(b, client, "bob", "demo-bob").status_code == 303
+        for _ in range(2):
+            assert attempt(b, client, "bob", "wrong").status_code == 401
+        assert attempt(b, client, "bob", "demo-bob").status_code == 303

@@ -1,0 +1,205 @@
+"""The LDAP provider against a real slapd: search-then-bind, groups, outcomes, TLS, failover."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ldap3
+import pytest
+
+from broker.devstack import DemoDirectory, Slapd, free_port
+from providers.base import InvalidCredentials, UpstreamUnavailable
+from providers.ldap.config import LdapProviderConfig
+from providers.ldap.provider import LdapProvider
+from tests.tls import make_ca
+
+BASE = "dc=demo,dc=local"
+
+
+def config_for(slapd: Slapd, **over: Any) -> LdapProviderConfig:
+    values: dict[str, Any] = {
+        "id": "corp",
+        "display_name": "Corp",
+        "urls": [slapd.url],
+        "bind_dn": slapd.service_dn,
+        "bind_password": slapd.service_password,
+        "user_base_dn": f"ou=people,{BASE}",
+        "group_base_dn": f"ou=groups,{BASE}",
+    }
+    values.update(over)
+    return LdapProviderConfig(**values)
+
+
+@pytest.fixture
+async def provider(slapd: Slapd) -> Any:
+    ldap = LdapProvider(config_for(slapd))
+    yield ldap
+    await ldap.aclose()
+
+
+async def test_alice_logs_in_with_groups(provider: LdapProvider) -> None:
+    identity = await provider.login("alice", "demo-alice")
+    assert identity.username == "alice"
+    assert identity.email == "alice@demo.local"
+    assert identity.display_name == "Alice Example"
+    assert len(identity.subject) == 36  # entryUUID
+    assert identity.groups == {f"cn=mcp-readers,ou=groups,{BASE}", f"cn=mcp-writers,ou=groups,{BASE}"}
+    assert sorted(identity.group_names.values()) == ["mcp-readers", "mcp-writers"]
+    assert identity.private == {"dn": f"uid=alice,ou=people,{BASE}"}
+
+
+async def test_carol_has_no_groups(provider: LdapProvider) -> None:
+    assert (await provider.login("carol", "demo-carol")).groups == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        ("alice", "wrong"),
+        ("nobody", "demo-alice"),
+        ("alice", ""),  # an empty password is an anonymous bind that many servers accept
+        ("*", "demo-alice"),
+        ("*)(uid=*", "x"),
+        ("admin)(|(a=*", "x"),
+        ("alice)(uid=bob", "demo-bob"),
+        ("a" * 200, "x"),
+        ("alice\x00", "demo-alice"),
+    ],
+)
+async def test_refused_logins_all_look_alike(provider: LdapProvider, username: str, password: str) -> None:
+    with pytest.raises(InvalidCredentials) as caught:
+        await provider.login(username, password)
+    assert caught.value.public == "The username or password is incorrect."
+
+
+async def test_ambiguous_search_result_is_refused(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, user_filter="(&(objectClass=inetOrgPerson)(|(uid={username})(uid=bob)))"))
+    with pytest.raises(InvalidCredentials):
+        await ldap.login("alice", "demo-alice")
+    await ldap.aclose()
+
+
+async def test_directory_down_is_not_a_wrong_password(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, urls=[f"ldap://127.0.0.1:{free_port()}"], connect_timeout=1))
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await ldap.login("alice", "demo-alice")
+    assert "try again" in caught.value.public
+    await ldap.aclose()
+
+
+async def test_bad_service_account_is_unavailable_not_wrong_password(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, bind_password="not-the-password"))
+    with pytest.raises(UpstreamUnavailable):
+        await ldap.login("alice", "demo-alice")
+    await ldap.aclose()
+
+
+async def test_failover_to_the_second_server(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, urls=[f"ldap://127.0.0.1:{free_port()}", slapd.url], connect_timeout=1))
+    assert (await ldap.login("bob", "demo-bob")).username == "bob"
+    await ldap.aclose()
+
+
+async def test_lookup_without_password(provider: LdapProvider) -> None:
+    bob = await provider.lookup("bob")
+    assert bob.group_names
+    assert set(bob.group_names.values()) == {"mcp-readers"}
+    with pytest.raises(InvalidCredentials):
+        await provider.lookup("nobody")
+
+
+def test_locked_account_markers() -> None:
+    assert LdapProvider._locked({"attributes": {"userAccountControl": 514}})  # AD: ACCOUNTDISABLE
+    assert LdapProvider._locked({"attributes": {"userAccountControl": [528]}})  # AD: LOCKOUT
+    assert not LdapProvider._locked({"attributes": {"userAccountControl": 512}})
+    assert LdapProvider._locked({"attributes": {"pwdAccountLockedTime": ["000001010000Z"]}})  # OpenLDAP ppolicy
+    assert not LdapProvider._locked({"attributes": {}})
+
+
+# -- a directory of our own for nesting, mutation and TLS ----------------------------------------
+
+NESTED = DemoDirectory(
+    extra_groups={
+        # staff ⊃ mcp-writers ⊃ alice; a cycle between loop-a and loop-b that contains bob
+        "staff": (f"cn=mcp-writers,ou=groups,{BASE}",),
+        "everyone": (f"cn=staff,ou=groups,{BASE}",),
+        "loop-a": (f"uid=bob,ou=people,{BASE}", f"cn=loop-b,ou=groups,{BASE}"),
+        "loop-b": (f"cn=loop-a,ou=groups,{BASE}",),
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def tls_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Slapd, Path]]:
+    folder = tmp_path_factory.mktemp("ldap-tls")
+    ca = make_ca(folder)
+    cert, key = ca.issue(folder, hosts=["127.0.0.1", "localhost"])
+    server = Slapd(folder, NESTED, tls=(cert, key)).start()
+    yield server, ca.cert_path
+    server.stop()
+
+
+async def test_nested_groups_with_cycle_guard(tls_slapd: tuple[Slapd, Path]) -> None:
+    slapd, _ = tls_slapd
+    ldap = LdapProvider(config_for(slapd))
+    alice = await ldap.login("alice", "demo-alice")
+    assert set(alice.group_names.values()) >= {"mcp-readers", "mcp-writers", "staff", "everyone"}
+    bob = await ldap.login("bob", "demo-bob")
+    assert {"loop-a", "loop-b", "mcp-readers"} <= set(bob.group_names.values())
+    shallow = LdapProvider(config_for(slapd, nested_depth=1))
+    assert "everyone" not in set((await shallow.login("alice", "demo-alice")).group_names.values())
+    flat = LdapProvider(config_for(slapd, nested_groups=False))
+    assert set((await flat.login("alice", "demo-alice")).group_names.values()) == {"mcp-readers", "mcp-writers"}
+    for provider in (ldap, shallow, flat):
+        await provider.aclose()
+
+
+async def test_groups_by_search_when_memberof_is_not_used(tls_slapd: tuple[Slapd, Path]) -> None:
+    slapd, _ = tls_slapd
+    ldap = LdapProvider(config_for(slapd, use_member_of=False, nested_groups=False))
+    assert set((await ldap.login("alice", "demo-alice")).group_names.values()) == {"mcp-readers", "mcp-writers"}
+    await ldap.aclose()
+
+
+async def test_ldaps_with_the_test_ca(tls_slapd: tuple[Slapd, Path]) -> None:
+    slapd, ca = tls_slapd
+    ldap = LdapProvider(config_for(slapd, urls=[f"ldaps://127.0.0.1:{slapd.ldaps_port}"], ca_file=str(ca)))
+    assert (await ldap.login("alice", "demo-alice")).username == "alice"
+    await ldap.aclose()
+
+
+async def test_starttls_with_the_test_ca(tls_slapd: tuple[Slapd, Path]) -> None:
+    slapd, ca = tls_slapd
+    ldap = LdapProvider(config_for(slapd, start_tls=True, ca_file=str(ca)))
+    assert (await ldap.login("bob", "demo-bob")).username == "bob"
+    await ldap.aclose()
+
+
+async def test_tls_verification_is_on_by_default(tls_slapd: tuple[Slapd, Path]) -> None:
+    slapd, _ = tls_slapd
+    ldap = LdapProvider(config_for(slapd, urls=[f"ldaps://127.0.0.1:{slapd.ldaps_port}"], connect_timeout=2))
+    with pytest.raises(UpstreamUnavailable):  # the test CA is not trusted without ca_file
+        await ldap.login("alice", "demo-alice")
+    await ldap.aclose()
+
+
+async def test_refresh_sees_group_changes_and_deletion(tls_slapd: tuple[Slapd, Path]) -> None:
+    slapd, _ = tls_slapd
+    ldap = LdapProvider(config_for(slapd))
+    carol = await ldap.login("carol", "demo-carol")
+    admin = slapd.admin_connection()
+    group = f"cn=mcp-readers,ou=groups,{BASE}"
+    carol_dn = f"uid=carol,ou=people,{BASE}"
+    try:
+        admin.modify(group, {"member": [(ldap3.MODIFY_ADD, [carol_dn])]})
+        assert "mcp-readers" in set((await ldap.refresh(carol)).group_names.values())
+        admin.modify(group, {"member": [(ldap3.MODIFY_DELETE, [carol_dn])]})
+        assert "mcp-readers" not in set((await ldap.refresh(carol)).group_names.values())
+        admin.delete(carol_dn)
+        with pytest.raises(InvalidCredentials):
+            await ldap.refresh(carol)
+    finally:
+        admin.unbind()
+        await ldap.aclose()
