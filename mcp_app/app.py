@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
 import structlog
-from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.settings import AuthSettings
+from mcp.server.auth.routes import create_protected_resource_routes
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
 
 from broker.middleware import RequestContextMiddleware
 from broker.store.client import RedisClient, create_redis
+from mcp_app.auth import BearerGuard
 from mcp_app.guard import HostOriginGuard
+from mcp_app.notes import NotesStore
+from mcp_app.revocations import RevocationWatcher
 from mcp_app.settings import McpAppSettings
+from mcp_app.tools import SCOPES, TOOL_SCOPES, register_tools
 from mcp_app.verifier import BrokerTokenVerifier, JwksCache
 
 _log = structlog.get_logger("mcp_app")
@@ -27,7 +33,6 @@ _log = structlog.get_logger("mcp_app")
 def create_app(settings: McpAppSettings) -> Starlette:
     http = httpx.AsyncClient(follow_redirects=False)
     jwks = JwksCache(settings.effective_jwks_url, http)
-    verifier = BrokerTokenVerifier(issuer=settings.issuer, resource=settings.resource_url, jwks=jwks)
     redis: RedisClient | None = (
         create_redis(
             settings.redis_url,
@@ -37,29 +42,39 @@ def create_app(settings: McpAppSettings) -> Starlette:
         if settings.redis_url
         else None
     )
-
-    server = MCPServer(
-        name="mcp-broker demo notes",
-        instructions="A team notes server protected by mcp-broker.",
-        token_verifier=verifier,
-        auth=AuthSettings(
-            issuer_url=settings.issuer,
-            resource_server_url=settings.resource_url,
-            validate_token_resource=True,
-        ),
+    watcher = (
+        RevocationWatcher(redis, key_prefix=settings.redis_key_prefix, max_staleness=settings.revocation_max_staleness)
+        if redis is not None
+        else None
     )
+    verifier = BrokerTokenVerifier(
+        issuer=settings.issuer,
+        resource=settings.resource_url,
+        jwks=jwks,
+        revocations=watcher,
+        fail_closed=settings.fail_closed,
+    )
+    server = MCPServer(name="mcp-broker demo notes", instructions="A team notes server protected by mcp-broker.")
+    notes = NotesStore(redis, f"{settings.redis_key_prefix}:notes") if redis is not None else None
+    register_tools(server, notes)
 
-    @server.tool(description="Who the server thinks you are: subject, client, scopes, token expiry.")
-    async def whoami() -> dict[str, object]:
-        token = get_access_token()
-        if token is None:
-            return {"authenticated": False}
-        return {
-            "subject": token.subject,
-            "client_id": token.client_id,
-            "scopes": token.scopes,
-            "expires_at": token.expires_at,
-        }
+    resource = urlsplit(settings.resource_url)
+    mcp_path = resource.path or "/mcp"
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[resource.netloc, *settings.allowed_hosts],
+        allowed_origins=[f"{resource.scheme}://{resource.netloc}", *settings.allowed_origins],
+    )
+    mcp_asgi = server.streamable_http_app(
+        streamable_http_path=mcp_path, stateless_http=True, json_response=True, transport_security=security
+    )
+    prm_routes = create_protected_resource_routes(
+        resource_url=settings.resource_url,  # type: ignore[arg-type]
+        authorization_servers=[settings.issuer],  # type: ignore[list-item]
+        scopes_supported=SCOPES,
+        resource_name="mcp-broker demo notes",
+    )
+    metadata_url = f"{resource.scheme}://{resource.netloc}{prm_routes[0].path}"
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"}, headers={"cache-control": "no-store"})
@@ -78,6 +93,8 @@ def create_app(settings: McpAppSettings) -> Starlette:
             except (httpx.HTTPError, ValueError) as exc:
                 checks["signing_keys"] = f"broker JWKS unavailable: {type(exc).__name__}"
         checks.setdefault("signing_keys", "ok" if jwks.loaded else "broker JWKS has no usable key")
+        if watcher is not None:
+            checks["revocations"] = "stale" if watcher.stale else "ok"
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": checks},
@@ -85,22 +102,42 @@ def create_app(settings: McpAppSettings) -> Starlette:
             headers={"cache-control": "no-store"},
         )
 
-    netloc = urlsplit(settings.resource_url).netloc
-    origin = f"{urlsplit(settings.resource_url).scheme}://{netloc}"
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[netloc, *settings.allowed_hosts],
-        allowed_origins=[origin, *settings.allowed_origins],
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if watcher is not None:
+            await watcher.start()
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            await jwks.refresh()
+        async with mcp_asgi.router.lifespan_context(mcp_asgi):
+            _log.info("mcp_app_started", resource=settings.resource_url, issuer=settings.issuer)
+            try:
+                yield
+            finally:
+                if watcher is not None:
+                    await watcher.stop()
+                await http.aclose()
+                if redis is not None:
+                    await redis.aclose()
+
+    guarded = BearerGuard(
+        mcp_asgi,
+        verifier=verifier,
+        path=mcp_path.rstrip("/"),
+        resource_metadata_url=metadata_url,
+        scopes_supported=SCOPES,
+        tool_scopes=TOOL_SCOPES,
     )
-    app = server.streamable_http_app(
-        streamable_http_path=urlsplit(settings.resource_url).path or "/mcp",
-        stateless_http=True,
-        json_response=True,
-        transport_security=security,
-        host=settings.host,
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            *prm_routes,
+            Mount("/", app=guarded),
+        ],
+        lifespan=lifespan,
     )
-    app.add_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
-    app.add_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     app.add_middleware(HostOriginGuard, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
     app.add_middleware(RequestContextMiddleware)
+    app.state.verifier = verifier
+    app.state.watcher = watcher
     return app

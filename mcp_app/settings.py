@@ -17,6 +17,11 @@ class McpAppSettings(BaseSettings):
     jwks_url: str | None = Field(default=None, description="Defaults to <issuer>/jwks.json.")
     redis_url: str | None = Field(default=None, description="Redis shared with the broker (revocations, notes).")
     redis_password: SecretStr | None = None
+    redis_key_prefix: str = Field(default="mcpb", description="The broker's redis.key_prefix.")
+    revocation_max_staleness: float = Field(
+        default=30.0, gt=0, description="Seconds without news from Redis before the revocation view counts as stale."
+    )
+    fail_closed: bool = Field(default=True, description="Refuse every token while the revocation view is stale.")
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=1, le=65535)
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header values accepted.")

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from jose import jwk, jwt
@@ -21,6 +21,15 @@ from jose.exceptions import JOSEError
 from mcp.server.auth.provider import AccessToken
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
+
+
+class Revocations(Protocol):
+    """What the verifier needs to know about revoked grants (see ``mcp_app.revocations``)."""
+
+    @property
+    def stale(self) -> bool: ...
+
+    def is_revoked(self, grant_id: str) -> bool: ...
 
 
 class JwksCache:
@@ -70,8 +79,10 @@ class BrokerTokenVerifier:
         resource: str,
         jwks: JwksCache,
         algorithms: Sequence[str] = ALLOWED_ALGORITHMS,
-        leeway: int = 30,
+        leeway: int = 10,
         cache_size: int = 10_000,
+        revocations: Revocations | None = None,
+        fail_closed: bool = True,
     ) -> None:
         self.issuer = issuer
         self.resource = resource
@@ -80,15 +91,28 @@ class BrokerTokenVerifier:
         self.leeway = leeway
         self._cache: dict[bytes, AccessToken] = {}
         self._cache_size = cache_size
+        self.revocations = revocations
+        self.fail_closed = fail_closed
+        self.hits = 0
+        self.misses = 0
+
+    def _revoked(self, access: AccessToken) -> bool:
+        if self.revocations is None:
+            return False
+        if self.fail_closed and self.revocations.stale:
+            return True  # cannot tell: refuse rather than honour a possibly revoked token
+        sid = (access.claims or {}).get("sid")
+        return isinstance(sid, str) and self.revocations.is_revoked(sid)
 
     async def verify_token(self, token: str) -> AccessToken | None:
         digest = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(digest)
-        now = time.time()
         if cached is not None:
-            if cached.expires_at is not None and cached.expires_at + self.leeway > now:
-                return cached
+            if cached.expires_at is not None and cached.expires_at + self.leeway > time.time():
+                self.hits += 1
+                return None if self._revoked(cached) else cached
             del self._cache[digest]
+        self.misses += 1
         claims = await self._verify(token)
         if claims is None:
             return None
@@ -105,7 +129,7 @@ class BrokerTokenVerifier:
         if len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)))
         self._cache[digest] = access
-        return access
+        return None if self._revoked(access) else access
 
     async def _verify(self, token: str) -> dict[str, Any] | None:
         try:

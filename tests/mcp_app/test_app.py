@@ -57,7 +57,7 @@ def test_ready_once_the_broker_jwks_is_reachable(redis_server: RedisServer) -> N
         with running(create_app(settings), port) as base:
             ready = httpx.get(f"{base}/readyz")
             assert ready.status_code == 200, ready.text
-            assert ready.json()["checks"] == {"redis": "ok", "signing_keys": "ok"}
+            assert ready.json()["checks"] == {"redis": "ok", "signing_keys": "ok", "revocations": "ok"}
 
 
 def test_not_ready_without_the_broker(redis_server: RedisServer) -> None:

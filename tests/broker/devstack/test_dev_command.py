@@ -91,7 +91,7 @@ def test_dev_stack_comes_up_and_sigint_stops_everything(tmp_path: Path) -> None:
         broker = _wait_ready(f"http://127.0.0.1:{broker_port}/readyz", proc)
         mcp = _wait_ready(f"http://127.0.0.1:{mcp_port}/readyz", proc)
         assert broker.json()["checks"] == {"redis": "ok", "signing_keys": "ok"}
-        assert mcp.json()["checks"] == {"redis": "ok", "signing_keys": "ok"}
+        assert mcp.json()["checks"] == {"redis": "ok", "signing_keys": "ok", "revocations": "ok"}
         unauthenticated = httpx.post(f"http://127.0.0.1:{mcp_port}/mcp", json={})
         assert unauthenticated.status_code == 401
         services = _services(proc)

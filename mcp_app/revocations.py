@@ -1,0 +1,91 @@
+"""Revoked grant ids, kept in memory and current without a Redis round trip per call.
+
+Loaded from the broker's sorted set at start, kept current through pub/sub, and loaded again
+after any disconnect. ``is_revoked`` is a set lookup. ``stale`` tells when the view could be
+older than ``max_staleness`` seconds (Redis unreachable), so the caller can fail closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from broker.store.client import RedisClient
+
+_log = structlog.get_logger("mcp_app.revocations")
+
+
+class RevocationWatcher:
+    def __init__(self, redis: RedisClient, *, key_prefix: str = "mcpb", max_staleness: float = 30.0) -> None:
+        self.redis = redis
+        self.set_key = f"{key_prefix}:{{revoked}}"
+        self.channel = f"{key_prefix}:revocations"
+        self.max_staleness = max_staleness
+        self._revoked: set[str] = set()
+        self._last_ok = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._synced = asyncio.Event()
+        self._stopping = False
+
+    def is_revoked(self, grant_id: str) -> bool:
+        return grant_id in self._revoked
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._last_ok > self.max_staleness
+
+    @property
+    def size(self) -> int:
+        return len(self._revoked)
+
+    async def start(self, wait: float = 5.0) -> None:
+        self._task = asyncio.create_task(self._run())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._synced.wait(), wait)
+
+    async def stop(self) -> None:
+        # redis-py may swallow a cancellation that lands inside a read, so the loop also
+        # checks a flag, and stop() never waits long.
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, 3.0)
+
+    async def _load(self) -> None:
+        now = time.time()
+        members = await self.redis.zrangebyscore(self.set_key, now, "+inf")
+        self._revoked = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._load()  # after subscribing, so nothing published in between is lost
+                self._last_ok = time.monotonic()
+                self._synced.set()
+                backoff = 0.1
+                while not self._stopping:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        self._revoked.add(data.decode() if isinstance(data, bytes) else str(data))
+                    else:
+                        await pubsub.ping()
+                    self._last_ok = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._stopping:
+                    break
+                _log.warning("revocation_feed_lost", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
