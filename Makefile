@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := redis-server slapd ldap-utils
+APT_PACKAGES := redis-server slapd ldap-utils chromium
 PYTEST_WORKERS ?= 4
 
 .PHONY: help dev test check lint typecheck pytest system-deps install lock bench clean
@@ -19,6 +19,7 @@ system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	[ -x /usr/sbin/slapd ] || command -v slapd >/dev/null 2>&1 || missing="$$missing slapd ldap-utils"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
