@@ -19,7 +19,7 @@ from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
-from broker.policy import Policy
+from broker.policy.holder import PolicyHolder
 from broker.routes import admin, authorize, discovery, errors, health, register, token
 from broker.security.throttle import LoginThrottle
 from broker.state import BrokerState
@@ -83,7 +83,7 @@ def create_app(
         )
         store = TokenStore(client, keys)
         documents = MetadataDocuments(config.registration)
-        policy = Policy(config.resources, config.mappings)
+        policies = PolicyHolder(config)
         app.state.broker = BrokerState(
             config=config,
             redis=client,
@@ -91,10 +91,10 @@ def create_app(
             keyring=keyring,
             store=store,
             clients=ClientRegistry(config.registration, store, documents),
-            policy=policy,
+            policies=policies,
             providers=upstreams,
             grants=GrantService(
-                config, store, keyring, policy, upstreams, Sealer(kek.get_secret_value() if kek else None)
+                config, store, keyring, policies, upstreams, Sealer(kek.get_secret_value() if kek else None)
             ),
             revocation=RevocationService(config.issuer, store, keyring),
             pages=Pages(config.issuer),
@@ -112,13 +112,15 @@ def create_app(
         except Exception as exc:  # readiness reports it; the process stays up to say so
             _log.error("signing_keys_unavailable", error=str(exc))
         refresher = asyncio.create_task(_refresh_keys(keyring))
-        _log.info("broker_started", issuer=config.issuer, version=__version__, policy_version=policy.version)
+        watcher = asyncio.create_task(policies.watch())
+        _log.info("broker_started", issuer=config.issuer, version=__version__, policy_version=policies.current.version)
         try:
             yield
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            for task in (refresher, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await documents.aclose()
             for provider in upstreams.values():
                 close = getattr(provider, "aclose", None)

@@ -79,6 +79,62 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         return 130
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from broker.policy import Policy
+    from broker.policy.explain import explain, render
+    from providers.base import Identity, LookupProvider, ProviderError
+    from providers.registry import UnsupportedProvider, open_provider
+
+    path = config_path(args.config)
+    if path is None:
+        print(f"mcp-broker explain: give --config FILE or set {ENV_VAR}", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    provider_config = next((p for p in config.providers if p.id == args.provider), None)
+    if provider_config is None:
+        known = ", ".join(p.id for p in config.providers) or "none"
+        print(f"mcp-broker explain: no provider {args.provider!r} (configured: {known})", file=sys.stderr)
+        return 2
+
+    async def identity() -> Identity:
+        if args.groups is not None:
+            groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+            return Identity(
+                provider_id=args.provider,
+                subject=args.user or "(given groups)",
+                username=args.user or "(given groups)",
+                groups=frozenset(groups),
+            )
+        provider = open_provider(provider_config)
+        try:
+            if not isinstance(provider, LookupProvider):
+                raise UnsupportedProvider(f"provider {args.provider!r} cannot look users up; pass --groups a,b")
+            return await provider.lookup(args.user)
+        finally:
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                await close()
+
+    if args.groups is None and not args.user:
+        print("mcp-broker explain: give --user NAME (looked up upstream) or --groups a,b", file=sys.stderr)
+        return 2
+    try:
+        who = asyncio.run(identity())
+    except (ProviderError, UnsupportedProvider) as exc:
+        print(f"mcp-broker explain: {getattr(exc, 'public', '')} {exc}".strip(), file=sys.stderr)
+        return 1
+    report = explain(Policy(config.resources, config.mappings), who, args.resource)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
 def _cmd_mcp_app(args: argparse.Namespace) -> int:
     from mcp_app.cli import run
 
@@ -105,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--mcp-port", type=int, default=8001)
     dev.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     dev.set_defaults(func=_cmd_dev)
+
+    explain = sub.add_parser("explain", help="show which scopes a user gets, and which rules decide")
+    explain.add_argument("--config", help=f"configuration file (default: ${ENV_VAR})")
+    explain.add_argument("--provider", required=True, help="provider id")
+    explain.add_argument("--user", help="username, looked up in the provider when it can (LDAP)")
+    explain.add_argument("--groups", help="comma-separated groups instead of a lookup")
+    explain.add_argument("--resource", help="only this resource URI")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.set_defaults(func=_cmd_explain)
 
     from mcp_app.cli import build_parser as mcp_parser
 

@@ -13,6 +13,7 @@ from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
 from broker.oauth.signing import KeyRing
 from broker.policy import Policy
+from broker.policy.holder import PolicyHolder
 from broker.security.throttle import LoginThrottle
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
@@ -28,13 +29,18 @@ class BrokerState:
     keyring: KeyRing
     store: TokenStore
     clients: ClientRegistry
-    policy: Policy
+    policies: PolicyHolder
     providers: Mapping[str, object]
     grants: GrantService
     revocation: RevocationService
     pages: Pages
     introspection_resources: Mapping[str, list[str]]
     throttle: LoginThrottle
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force now (it may be replaced by a reload between two requests)."""
+        return self.policies.current
 
 
 def get_state(request: Request) -> BrokerState:

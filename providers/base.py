@@ -109,6 +109,15 @@ class RefreshProvider(Protocol):
         ...
 
 
+@runtime_checkable
+class LookupProvider(Protocol):
+    """Finds a user without their password (``mcp-broker explain``, admin tools)."""
+
+    async def lookup(self, username: str) -> Identity:
+        """Return the identity, or raise InvalidCredentials if there is no such user."""
+        ...
+
+
 class ProviderConfig(BaseModel):
     """Fields every provider configuration has. Subclasses add a ``type`` literal."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from broker.config.models import BrokerConfig
+from broker.config.models import BrokerConfig, MappingRule, PolicyFileModel, ResourceConfig
 
 ENV_VAR = "MCP_BROKER_CONFIG"
 _REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -193,10 +193,51 @@ def parse_config(text: str, *, source: str = "<config>", env: Mapping[str, str] 
     except ValidationError as exc:
         problems += [Problem(_pydantic_path(data, tuple(e["loc"])), _message(e)) for e in exc.errors()]
         raise ConfigError(source, problems) from None
+    if config.policy_file is not None:
+        if config.resources or config.mappings:
+            problems.append(
+                Problem("policy_file", "with a policy file, resources and mappings belong in that file only")
+            )
+            raise ConfigError(source, problems)
+        resources, mappings = load_policy_file(config.policy_file, config, env=env)
+        config = config.model_copy(update={"resources": resources, "mappings": mappings})
     problems += semantic_problems(config)
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def _validate_policy(raw: Any, source: str, config: BrokerConfig, env: Mapping[str, str]) -> BrokerConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [Problem("", "the policy file must be a mapping with resources: and mappings:")])
+    data, problems = interpolate(raw, env)
+    try:
+        policy = PolicyFileModel.model_validate(data)
+    except ValidationError as exc:
+        problems += [Problem(_pydantic_path(data, tuple(e["loc"])), _message(e)) for e in exc.errors()]
+        raise ConfigError(source, problems) from None
+    merged = config.model_copy(update={"resources": policy.resources, "mappings": policy.mappings})
+    problems += semantic_problems(merged)
+    if problems:
+        raise ConfigError(source, problems)
+    return merged
+
+
+def load_policy_file(
+    path: str | os.PathLike[str], config: BrokerConfig, *, env: Mapping[str, str] | None = None
+) -> tuple[list[ResourceConfig], list[MappingRule]]:
+    """Read and fully validate a policy file against the providers of ``config``."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(file), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(file), [Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    merged = _validate_policy(raw, str(file), config, os.environ if env is None else env)
+    return list(merged.resources), list(merged.mappings)
 
 
 def config_path(explicit: str | None = None) -> Path | None:

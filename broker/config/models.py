@@ -182,6 +182,13 @@ ProviderConfigUnion = Annotated[
 ]
 
 
+class PolicyFileModel(_Section):
+    """The policy file: the protected resources and the mapping rules, nothing else."""
+
+    resources: list[ResourceConfig] = Field(default_factory=list)
+    mappings: list[MappingRule] = Field(default_factory=list)
+
+
 class BrokerConfig(_Section):
     issuer: str = Field(description="Public issuer URL, identical in every metadata document and token.")
     server: ServerConfig = ServerConfig()
@@ -192,6 +199,10 @@ class BrokerConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
     login_protection: LoginProtectionConfig = LoginProtectionConfig()
+    policy_file: str | None = Field(
+        default=None,
+        description="A separate YAML file with `resources` and `mappings`, reloaded when it changes.",
+    )
     providers: list[ProviderConfigUnion] = Field(default_factory=list)
     resources: list[ResourceConfig] = Field(default_factory=list)
     mappings: list[MappingRule] = Field(default_factory=list)

@@ -50,6 +50,18 @@ def _kek(state_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def _write_effective_config(path: Path, template: str, env: dict[str, str]) -> None:
+    """The running stack's configuration, for `mcp-broker explain --config` and check-config.
+    It holds this run's throwaway secrets, so it is readable by the owner only."""
+    text = template
+    for name, value in env.items():
+        if name.startswith("MCPB_DEV_"):
+            text = text.replace("${" + name + "}", value)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 def banner(opts: DevOptions, redis_url: str, ldap_url: str) -> str:
     demo = DemoDirectory()
     users = "\n".join(
@@ -70,6 +82,9 @@ Point an MCP client at http://127.0.0.1:{opts.mcp_port}/mcp, for example:
   npx @modelcontextprotocol/inspector   (transport "Streamable HTTP", URL above)
   claude mcp add --transport http notes http://127.0.0.1:{opts.mcp_port}/mcp
 The client discovers the broker from the server's 401 and opens the login page.
+
+Explain who gets what:
+  .venv/bin/mcp-broker explain --config {opts.state_dir / "dev-config.yaml"} --provider demo-ldap --user alice
 """
 
 
@@ -121,6 +136,7 @@ def run_dev(opts: DevOptions) -> int:
         }
         template = resources.files("broker.devstack").joinpath("dev-config.yaml").read_text()
         config = parse_config(template, source="dev-config.yaml", env=env)
+        _write_effective_config(opts.state_dir / "dev-config.yaml", template, env)
         broker_app = create_app(config)
         mcp_settings = McpAppSettings(
             resource_url=f"http://127.0.0.1:{opts.mcp_port}/mcp",

@@ -27,6 +27,7 @@ from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.oauth.tokens import mint_access_token, new_handle, open_for, parse_handle, seal_for
 from broker.policy import Policy
+from broker.policy.holder import PolicyHolder
 from broker.store.keys import digest
 from broker.store.tokens import TokenStore
 from providers.base import AccountDisabled, Identity, InvalidCredentials, ProviderError, RefreshProvider
@@ -66,9 +67,13 @@ class GrantService:
     config: BrokerConfig
     store: TokenStore
     keyring: KeyRing
-    policy: Policy
+    policies: PolicyHolder
     providers: Mapping[str, object]
     sealer: Sealer
+
+    @property
+    def policy(self) -> Policy:
+        return self.policies.current
 
     def _token_response(self, grant: Mapping[str, Any], scopes: list[str], refresh: str | None) -> dict[str, Any]:
         ttl = self.config.tokens.access_token_ttl

@@ -2,8 +2,9 @@
 
 Pure: no I/O, no clock. Applied when a code is issued and again at every refresh, with
 fresh group data, so a scope can shrink. Deny rules win over grants; scope hierarchies
-(``implies``) are closed over on both sides, so denying ``notes:read`` also removes every
-scope that implies it, and granting ``notes:write`` grants ``notes:read``.
+(``implies``) are honoured on both sides: granting ``notes:write`` grants ``notes:read``, and
+denying ``notes:read`` also removes every scope that implies it (but denying ``notes:write``
+leaves ``notes:read``).
 """
 
 from __future__ import annotations
@@ -76,9 +77,12 @@ class Policy:
         for rule in self.rules:
             if rule.resource != resource.id or not _matches(rule, identity):
                 continue
-            target = denied if rule.effect == "deny" else granted
-            for scope in closure(rule.scopes, implies):
-                target.setdefault(scope, []).append(rule.id)
+            if rule.effect == "deny":  # the scope itself; what implies it is removed below
+                for scope in rule.scopes:
+                    denied.setdefault(scope, []).append(rule.id)
+            else:
+                for scope in closure(rule.scopes, implies):
+                    granted.setdefault(scope, []).append(rule.id)
         # Denying a scope removes every scope that would bring it back through `implies`.
         blocked = set(denied)
         allowed = {s for s in granted if not (closure([s], implies) & blocked)}

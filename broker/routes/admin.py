@@ -14,7 +14,9 @@ from pydantic import BaseModel
 
 from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
+from broker.policy.explain import explain
 from broker.state import BrokerState, get_state
+from providers.base import Identity, LookupProvider, ProviderError
 
 
 class GrantView(BaseModel):
@@ -77,6 +79,27 @@ def router(base: str) -> APIRouter:
         return PolicyView(
             version=state.policy.version, resources=sorted(state.policy.by_uri), rules=len(state.policy.rules)
         )
+
+    @api.get("/explain", summary="Which scopes a user gets, and which rules decide")
+    async def explain_user(
+        state: Admin, provider: str, user: str | None = None, groups: str | None = None, resource: str | None = None
+    ) -> JSONResponse:
+        upstream = state.providers.get(provider)
+        if upstream is None:
+            raise InvalidRequest(f"no provider {provider!r}")
+        if groups is not None:
+            names = frozenset(g.strip() for g in groups.split(",") if g.strip())
+            who = Identity(
+                provider_id=provider, subject=user or "(given groups)", username=user or "(given groups)", groups=names
+            )
+        elif user and isinstance(upstream, LookupProvider):
+            try:
+                who = await upstream.lookup(user)
+            except ProviderError as exc:
+                raise InvalidRequest(f"{exc.public} ({type(exc).__name__})") from None
+        else:
+            raise InvalidRequest("give user= for a provider that can look users up, or groups=a,b")
+        return JSONResponse(explain(state.policy, who, resource))
 
     @api.get("/users/{subject}/grants", summary="A user's grants")
     async def user_grants(subject: str, state: Admin) -> list[GrantView]:

@@ -1,0 +1,71 @@
+"""Explain the policy for one user: which scopes each resource grants, and which rules say so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.policy.evaluate import Policy
+from providers.base import Identity
+
+
+def explain(policy: Policy, identity: Identity, resource_uri: str | None = None) -> dict[str, Any]:
+    resources = [policy.by_uri[resource_uri]] if resource_uri in policy.by_uri else list(policy.resources.values())
+    if resource_uri is not None and resource_uri not in policy.by_uri:
+        resources = []
+    out: dict[str, Any] = {
+        "provider": identity.provider_id,
+        "username": identity.username,
+        "subject": identity.subject,
+        "groups": sorted(identity.group_names.get(g, g) for g in identity.groups),
+        "policy_version": policy.version,
+        "resources": [],
+    }
+    for resource in resources:
+        decision = policy.evaluate(resource, identity)
+        scopes = []
+        for scope in resource.scopes:
+            granted_by = decision.granted_by.get(scope.name, [])
+            denied_by = decision.denied_by.get(scope.name, [])
+            scopes.append(
+                {
+                    "scope": scope.name,
+                    "granted": scope.name in decision.scopes,
+                    "granted_by": granted_by,
+                    "denied_by": denied_by,
+                }
+            )
+        out["resources"].append(
+            {
+                "uri": resource.uri,
+                "name": resource.name,
+                "scopes": scopes,
+                "ask_for_groups": [] if decision.scopes else policy.hint_groups(resource, identity.provider_id),
+            }
+        )
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['username']} (provider {report['provider']}, subject {report['subject']})",
+        f"groups: {', '.join(report['groups']) or '(none)'}",
+        f"policy version: {report['policy_version']}",
+    ]
+    for resource in report["resources"]:
+        lines += ["", f"{resource['name']}  {resource['uri']}"]
+        for scope in resource["scopes"]:
+            if scope["granted"]:
+                why = f"granted by {', '.join(scope['granted_by'])}"
+            elif scope["denied_by"]:
+                why = f"DENIED by {', '.join(scope['denied_by'])}" + (
+                    f" (granted by {', '.join(scope['granted_by'])})" if scope["granted_by"] else ""
+                )
+            elif scope["granted_by"]:
+                why = f"not granted: a scope it needs is denied (granted by {', '.join(scope['granted_by'])})"
+            else:
+                why = "not granted: no rule gives it"
+            lines.append(f"  {'+' if scope['granted'] else '-'} {scope['scope']:<16} {why}")
+        if not any(s["granted"] for s in resource["scopes"]):
+            hint = ", ".join(resource["ask_for_groups"]) or "a mapping rule"
+            lines.append(f'  => no access (the user sees the "no access" page; groups that would help: {hint})')
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""The policy in force, and its safe replacement when the policy file changes.
+
+A Kubernetes ConfigMap update (a symlink swap) or SIGHUP triggers a reload. The new file is
+validated completely before it replaces the old policy in one assignment; a file that fails
+validation is rejected and logged, and the previous policy stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+from pathlib import Path
+
+import structlog
+
+from broker.audit import audit
+from broker.config.loader import ConfigError, load_policy_file
+from broker.config.models import BrokerConfig
+from broker.policy.evaluate import Policy
+
+_log = structlog.get_logger("mcp_broker.policy")
+
+
+class PolicyHolder:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.current = Policy(config.resources, config.mappings)
+        self.path = Path(config.policy_file) if config.policy_file else None
+        self._digest = self._read_digest()
+        self._wake = asyncio.Event()
+
+    def _read_digest(self) -> str | None:
+        if self.path is None:
+            return None
+        try:
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def reload(self, *, reason: str) -> bool:
+        """Load the policy file again; True if a new policy is now in force."""
+        if self.path is None:
+            return False
+        try:
+            resources, mappings = load_policy_file(self.path, self.config)
+        except ConfigError as exc:
+            _log.error(
+                "policy_reload_rejected",
+                file=str(self.path),
+                reason=reason,
+                problems=[str(p) for p in exc.problems],
+                policy_version=self.current.version,
+            )
+            return False
+        candidate = Policy(resources, mappings)
+        if candidate.version == self.current.version:
+            return False
+        previous, self.current = self.current, candidate
+        audit(
+            "mapping_reloaded",
+            file=str(self.path),
+            reason=reason,
+            policy_version=candidate.version,
+            previous_version=previous.version,
+            rules=len(mappings),
+            resources=len(resources),
+        )
+        return True
+
+    def request_reload(self) -> None:
+        self._wake.set()
+
+    async def watch(self, interval: float = 2.0) -> None:
+        """Poll the file's content (robust to ConfigMap symlink swaps) and react to SIGHUP."""
+        if self.path is None:
+            return
+        loop = asyncio.get_running_loop()
+        # Not in the main thread (tests) or no signals here: polling still works.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)
+                reason = "signal"
+            except TimeoutError:
+                reason = "file_changed"
+            self._wake.clear()
+            digest = self._read_digest()
+            if reason == "signal" or (digest is not None and digest != self._digest):
+                self._digest = digest
+                self.reload(reason=reason)

@@ -1,0 +1,114 @@
+"""The policy end to end against the real directory: group changes and policy reloads take
+effect at the next refresh; an invalid policy file leaves the old one working."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ldap3
+import pytest
+import yaml
+
+from broker.app import create_app
+from broker.config import parse_config
+from broker.devstack import RedisServer, Slapd, free_port
+from tests.broker.flows import Broker, broker_yaml, refresh, tokens_for
+from tests.http import running
+
+
+@pytest.fixture(scope="module")
+def own_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """A directory of this module's own, since these tests change group membership."""
+    server = Slapd(tmp_path_factory.mktemp("policy-slapd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def policy_broker(redis_server: RedisServer, own_slapd: Slapd, tmp_path: Path) -> Iterator[tuple[Broker, Path]]:
+    port = free_port()
+    data: dict[str, Any] = yaml.safe_load(
+        broker_yaml(port, redis_server.url, own_slapd, prefix=f"t{secrets.token_hex(6)}")
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"resources": data.pop("resources"), "mappings": data.pop("mappings")}))
+    data["policy_file"] = str(policy)
+    config = parse_config(yaml.safe_dump(data))
+    with running(create_app(config), port):
+        yield Broker(config.issuer, config), policy
+
+
+def test_removing_alice_from_writers_shrinks_her_next_refresh(
+    policy_broker: tuple[Broker, Path], own_slapd: Slapd
+) -> None:
+    broker, _ = policy_broker
+    client, tokens = tokens_for(broker, "alice")
+    assert tokens["scope"] == "notes:read notes:write"
+    admin = own_slapd.admin_connection()
+    writers = "cn=mcp-writers,ou=groups,dc=demo,dc=local"
+    alice = "uid=alice,ou=people,dc=demo,dc=local"
+    # groupOfNames needs a member: keep the group alive with a placeholder while alice leaves.
+    assert admin.modify(writers, {"member": [(ldap3.MODIFY_ADD, [own_slapd.service_dn])]}), admin.result
+    assert admin.modify(writers, {"member": [(ldap3.MODIFY_DELETE, [alice])]}), admin.result
+    try:
+        shrunk = refresh(broker, client["client_id"], tokens["refresh_token"]).json()
+        assert shrunk["scope"] == "notes:read"  # the token response says so
+        # And it stays shrunk: the grant itself lost the scope.
+        assert admin.modify(writers, {"member": [(ldap3.MODIFY_ADD, [alice])]}), admin.result
+        again = refresh(broker, client["client_id"], shrunk["refresh_token"]).json()
+        assert again["scope"] == "notes:read"
+    finally:
+        admin.modify(writers, {"member": [(ldap3.MODIFY_ADD, [alice])]})
+        admin.modify(writers, {"member": [(ldap3.MODIFY_DELETE, [own_slapd.service_dn])]})
+        admin.unbind()
+
+
+def _policy(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
+def _reload_and_wait(broker: Broker, path: Path, content: dict[str, Any] | str) -> None:
+    text = content if isinstance(content, str) else yaml.safe_dump(content)
+    # Write beside and rename, as a ConfigMap update swaps files atomically.
+    temp = path.with_suffix(".tmp")
+    temp.write_text(text)
+    temp.replace(path)
+    time.sleep(2.6)  # the broker polls the file every 2 s
+
+
+def test_a_policy_reload_takes_effect_at_the_next_refresh(policy_broker: tuple[Broker, Path]) -> None:
+    broker, path = policy_broker
+    client, tokens = tokens_for(broker, "alice")
+    assert tokens["scope"] == "notes:read notes:write"
+    policy = _policy(path)
+    policy["mappings"] = [m for m in policy["mappings"] if m["id"] != "writers-write"]
+    _reload_and_wait(broker, path, policy)
+    after = refresh(broker, client["client_id"], tokens["refresh_token"]).json()
+    assert after["scope"] == "notes:read"
+
+
+def test_an_invalid_policy_file_leaves_the_old_policy_working(policy_broker: tuple[Broker, Path]) -> None:
+    broker, path = policy_broker
+    client, tokens = tokens_for(broker, "bob")
+    policy = _policy(path)
+    policy["mappings"][0]["scopes"] = ["no-such-scope"]  # fails validation
+    _reload_and_wait(broker, path, policy)
+    assert refresh(broker, client["client_id"], tokens["refresh_token"]).json()["scope"] == "notes:read"
+    _reload_and_wait(broker, path, "mappings: [unclosed")  # not even YAML
+    _, fresh = tokens_for(broker, "bob")
+    assert fresh["scope"] == "notes:read"
+
+
+def test_removing_every_rule_denies_the_refresh(policy_broker: tuple[Broker, Path]) -> None:
+    broker, path = policy_broker
+    client, tokens = tokens_for(broker, "bob")
+    policy = _policy(path)
+    policy["mappings"] = [m for m in policy["mappings"] if m["id"] == "writers-write"]
+    _reload_and_wait(broker, path, policy)
+    denied = refresh(broker, client["client_id"], tokens["refresh_token"])
+    assert denied.json()["error"] == "invalid_grant"
