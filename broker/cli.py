@@ -45,6 +45,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 1
     configure_logging(config.logging.level, config.logging.format)
     os.environ[ENV_VAR] = str(path.resolve())
+    if config.metrics.enabled:
+        from broker.metrics_env import prepare
+
+        prepare()  # before prometheus_client is imported anywhere
+        from broker import metrics
+
+        metrics.serve(config.metrics.port, config.metrics.host)
     uvicorn.run(
         "broker.asgi:app",
         factory=True,

@@ -11,6 +11,8 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker.metrics import HTTP_DURATION, HTTP_REQUESTS
+
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _log = structlog.get_logger("mcp_broker.http")
@@ -21,9 +23,16 @@ class RequestContextMiddleware:
     log line of the request, echo it in the response, and log one line per request with the
     path only (never the query string, which can hold codes)."""
 
-    def __init__(self, app: ASGIApp, *, quiet_paths: frozenset[str] = frozenset({"/healthz", "/readyz"})):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        quiet_paths: frozenset[str] = frozenset({"/healthz", "/readyz"}),
+        app_name: str = "broker",
+    ):
         self.app = app
         self.quiet_paths = quiet_paths
+        self.app_name = app_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,12 +61,28 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             path = scope.get("path", "")
+            elapsed = time.perf_counter() - start
+            route = _route_label(scope)
+            HTTP_REQUESTS.labels(self.app_name, scope.get("method", ""), route, str(status["code"])).inc()
+            HTTP_DURATION.labels(self.app_name, route).observe(elapsed)
             if path not in self.quiet_paths or status["code"] >= 400:
                 _log.info(
                     "http_request",
                     method=scope.get("method"),
                     path=path,
                     status=status["code"],
-                    duration_ms=round((time.perf_counter() - start) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _route_label(scope: Scope) -> str:
+    """The matched route template (bounded cardinality), never the raw path."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if isinstance(template, str):
+        return template
+    path = str(scope.get("path", ""))
+    if path.startswith("/.well-known/"):
+        return "/.well-known/*"
+    return path if path in ("/mcp", "/healthz", "/readyz") else "other"

@@ -137,7 +137,7 @@ def create_app(settings: McpAppSettings) -> Starlette:
         lifespan=lifespan,
     )
     app.add_middleware(HostOriginGuard, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, app_name="mcp_app")
     app.state.verifier = verifier
     app.state.watcher = watcher
     return app

@@ -26,8 +26,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from mcp_app.app import create_app
-
     overrides = {
         k: v
         for k, v in {
@@ -46,6 +44,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"mcp-app: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
         return 2
     configure_logging("info", settings.log_format)
+    if settings.metrics_port:
+        from broker.metrics_env import prepare
+
+        prepare()  # before prometheus_client is imported anywhere
+        from broker import metrics
+
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+    from mcp_app.app import create_app
+
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 

@@ -27,6 +27,8 @@ class McpAppSettings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header values accepted.")
     allowed_origins: list[str] = Field(default_factory=list, description="Extra Origin values accepted.")
     log_format: str = "json"
+    metrics_port: int | None = Field(default=9090, description="Prometheus metrics port; unset or 0 to disable.")
+    metrics_host: str = "0.0.0.0"
 
     @property
     def effective_jwks_url(self) -> str:

@@ -20,6 +20,8 @@ from jose.backends.base import Key
 from jose.exceptions import JOSEError
 from mcp.server.auth.provider import AccessToken
 
+from broker.metrics import VERIFY_CACHE
+
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
 
 
@@ -110,9 +112,11 @@ class BrokerTokenVerifier:
         if cached is not None:
             if cached.expires_at is not None and cached.expires_at + self.leeway > time.time():
                 self.hits += 1
+                VERIFY_CACHE.labels("hit").inc()
                 return None if self._revoked(cached) else cached
             del self._cache[digest]
         self.misses += 1
+        VERIFY_CACHE.labels("miss").inc()
         claims = await self._verify(token)
         if claims is None:
             return None

@@ -155,6 +155,12 @@ class LoginProtectionConfig(_Section):
     window: Duration = Field(default=900, description="Counting and lockout window.")
 
 
+class MetricsConfig(_Section):
+    enabled: bool = Field(default=True, description="Serve Prometheus metrics on a port of their own.")
+    host: str = Field(default="0.0.0.0", description="Address of the metrics listener.")
+    port: int = Field(default=9090, ge=1, le=65535)
+
+
 class AdminConfig(_Section):
     token: SecretStr | None = Field(
         default=None,
@@ -198,6 +204,7 @@ class BrokerConfig(_Section):
     registration: RegistrationConfig = RegistrationConfig()
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
     login_protection: LoginProtectionConfig = LoginProtectionConfig()
     policy_file: str | None = Field(
         default=None,

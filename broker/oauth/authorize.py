@@ -139,12 +139,15 @@ async def validate(
         raise fail(InvalidTarget(detail=f"resource {resource_values[0]!r} is not configured"))
     scopes: list[str] | None = None
     if scope is not None and scope.strip():
+        # Clients that find no scopes in the resource metadata fall back to the broker's
+        # scopes_supported, which covers every resource: grant less (RFC 6749 §3.3) rather than
+        # fail, and refuse only a request in which nothing belongs to this resource.
         known = {s.name for s in resource.scopes}
-        scopes = list(dict.fromkeys(scope.split()))
-        unknown = [s for s in scopes if s not in known and s != "offline_access"]
-        if unknown:
-            raise fail(InvalidScope(f"unknown scope for this resource: {' '.join(unknown)}"))
-        scopes = [s for s in scopes if s != "offline_access"] or None
+        asked = list(dict.fromkeys(scope.split()))
+        scopes = [s for s in asked if s in known]
+        if not scopes and any(s != "offline_access" for s in asked):
+            raise fail(InvalidScope(f"no requested scope belongs to this resource: {' '.join(asked)[:200]}"))
+        scopes = scopes or None
     assert challenge is not None
     request = AuthorizationRequest(
         client_id=client.client_id,

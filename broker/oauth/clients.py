@@ -184,8 +184,6 @@ class ClientRegistry:
         }
         if client_uri:
             response["client_uri"] = client_uri
-        if isinstance(metadata.get("scope"), str):
-            response["scope"] = metadata["scope"]
         if secret:
             response["client_secret"] = secret
             response["client_secret_expires_at"] = 0

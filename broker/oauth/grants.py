@@ -19,6 +19,7 @@ import structlog
 
 from broker.audit import audit
 from broker.config.models import BrokerConfig
+from broker.metrics import REFRESH_REUSE, TOKENS_ISSUED, TOKENS_REFRESHED, UPSTREAM_LATENCY
 from broker.oauth import pkce, redirects
 from broker.oauth.authorize import find_resource
 from broker.oauth.clients import Client
@@ -154,6 +155,7 @@ class GrantService:
         idle, remaining = self._refresh_ttls(grant, now)
         await self.store.create_grant(grant, digest(refresh) if refresh else "none", idle, remaining)
         response = self._token_response(grant, record["scopes"], refresh)
+        TOKENS_ISSUED.inc()
         audit(
             "token_issued",
             grant_id=grant_id,
@@ -226,6 +228,7 @@ class GrantService:
             return await self._replayed(grant, token, result.rotated_at, result.successor)
         if result.outcome != "ok":
             raise InvalidGrant(detail=f"refresh of grant {grant_id} failed: {result.outcome}")
+        TOKENS_REFRESHED.inc()
         audit(
             "token_refreshed",
             grant_id=grant_id,
@@ -246,6 +249,7 @@ class GrantService:
             _log.info("refresh_retry_within_grace", grant_id=grant["grant_id"])
             return response
         await self.store.revoke_grant(grant["grant_id"], "refresh_token_reuse")
+        REFRESH_REUSE.inc()
         audit(
             "refresh_reuse_detected",
             grant_id=grant["grant_id"],
@@ -263,7 +267,8 @@ class GrantService:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
         if isinstance(provider, RefreshProvider):
             try:
-                identity = await provider.refresh(identity)
+                with UPSTREAM_LATENCY.labels(identity.provider_id, "refresh").time():
+                    identity = await provider.refresh(identity)
             except (InvalidCredentials, AccountDisabled) as exc:
                 await self.store.revoke_grant(grant["grant_id"], "user_no_longer_valid")
                 raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from broker.audit import audit
+from broker.metrics import LOGINS, UPSTREAM_LATENCY
 from broker.oauth import authorize
 from broker.oauth.authorize import AuthorizationRequest, RedirectableError, UnsafeRequest, redirect_with
 from broker.oauth.clients import Client
@@ -265,10 +266,12 @@ def router(base: str) -> APIRouter:
                 error=f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
             )
         try:
-            identity = await provider.login(username, password)
+            with UPSTREAM_LATENCY.labels(provider.id, "login").time():
+                identity = await provider.login(username, password)
         except (InvalidCredentials, AccountDisabled, UpstreamUnavailable, ProviderError) as exc:
             flow["attempts"] = int(flow.get("attempts", 0)) + 1
             outcome = type(exc).__name__
+            LOGINS.labels(provider.id, outcome).inc()
             if isinstance(exc, InvalidCredentials):
                 await state.throttle.failed(provider.id, username, client_ip)
             audit(
@@ -336,15 +339,17 @@ def router(base: str) -> APIRouter:
                 return_url=_error_redirect(state, auth.redirect_uri, _access_denied(), auth.state),
             )
         try:
-            identity = await provider.handle_callback(
-                f"{state.config.issuer}/callback/{provider.id}",
-                dict(request.query_params),
-                flow["upstream"]["data"]
-                if isinstance(flow["upstream"]["data"], dict)
-                else state.grants.sealer.open(flow["upstream"]["data"], context=f"flow:{pointer['flow_id']}"),
-            )
+            with UPSTREAM_LATENCY.labels(provider.id, "callback").time():
+                identity = await provider.handle_callback(
+                    f"{state.config.issuer}/callback/{provider.id}",
+                    dict(request.query_params),
+                    flow["upstream"]["data"]
+                    if isinstance(flow["upstream"]["data"], dict)
+                    else state.grants.sealer.open(flow["upstream"]["data"], context=f"flow:{pointer['flow_id']}"),
+                )
         except ProviderError as exc:
             await state.store.take_flow(pointer["flow_id"])
+            LOGINS.labels(provider.id, type(exc).__name__).inc()
             audit("login_failed", provider=provider.id, client_id=client.client_id, outcome=type(exc).__name__)
             _log.warning("upstream_callback_failed", provider=provider.id, error=str(exc))
             return pages.error(
@@ -419,6 +424,7 @@ async def _finish(
     resource = state.policy.resource_for(auth.resource)
     if resource is None:
         return pages.error(request, *EXPIRED)
+    LOGINS.labels(identity.provider_id, "success").inc()
     audit(
         "login_succeeded",
         provider=identity.provider_id,

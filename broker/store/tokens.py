@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from broker.metrics import TOKENS_REVOKED
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
 
@@ -176,6 +177,8 @@ class TokenStore:
     async def revoke_grant(self, grant_id: str, reason: str) -> bool:
         """Mark the grant revoked and announce it to resource servers. True if it was active."""
         changed = bool(await self._revoke(keys=[self.keys.grant(grant_id)], args=[time.time(), reason]))
+        if changed:
+            TOKENS_REVOKED.labels(reason).inc()
         grant = await self.get_grant(grant_id)
         expires_at = float(grant["expires_at"]) if grant else time.time() + 3600
         await self.redis.zadd(self.keys.revoked(), {grant_id: expires_at})

@@ -246,6 +246,9 @@ async def test_sdk_oauth_client_end_to_end(stack: Stack, variant: str) -> None:
     assert params["client_id"] == storage.client_info.client_id
     assert params["resource"] == mcp
     assert params["code_challenge_method"] == "S256"
+    # The SDK asks for the scopes the MCP server advertises (401 challenge / PRM); all must be this resource's.
+    [resource] = [r for r in stack.broker.config.resources if r.uri == mcp]
+    assert set(params["scope"].split()) <= {scope.name for scope in resource.scopes}, params["scope"]
 
     code_exchange = wire.to(f"{broker}/token")[0].form()
     assert code_exchange["client_id"] == storage.client_info.client_id

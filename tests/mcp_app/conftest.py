@@ -30,6 +30,7 @@ class Stack:
     broker: Broker
     mcp_urls: list[str]
     resource: str
+    metrics_urls: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +51,19 @@ def stack(redis_server: RedisServer, slapd: Slapd) -> Iterator[Stack]:
     )
     with ExitStack() as stack:
         stack.enter_context(running(create_broker(config), broker_port))
-        urls = []
+        urls, metrics = [], []
         for port in mcp_ports:
+            metrics_port = free_port()
             env = {
-                **os.environ,
+                **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
                 "MCP_APP_RESOURCE_URL": resource,  # both serve one resource, as two replicas would
                 "MCP_APP_ISSUER": config.issuer,
                 "MCP_APP_REDIS_URL": redis_server.url,
                 "MCP_APP_REDIS_KEY_PREFIX": prefix,
                 "MCP_APP_ALLOWED_HOSTS": json.dumps([f"127.0.0.1:{port}"]),
                 "MCP_APP_PORT": str(port),
+                "MCP_APP_METRICS_HOST": "127.0.0.1",
+                "MCP_APP_METRICS_PORT": str(metrics_port),
             }
             proc = subprocess.Popen(  # a separate mcp_app process, as in production
                 [sys.executable, "-m", "mcp_app.cli", "serve"],
@@ -70,7 +74,8 @@ def stack(redis_server: RedisServer, slapd: Slapd) -> Iterator[Stack]:
             stack.callback(_stop, proc)
             _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
             urls.append(f"http://127.0.0.1:{port}/mcp")
-        yield Stack(Broker(config.issuer, config), urls, resource)
+            metrics.append(f"http://127.0.0.1:{metrics_port}/metrics")
+        yield Stack(Broker(config.issuer, config), urls, resource, metrics)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -96,3 +96,21 @@ async def test_revocation_reaches_both_servers_within_a_second(stack: Stack, via
         await asyncio.sleep(0.02)
     assert pending == set(), "a server still honoured the revoked token after 1 s"
     assert refresh(stack.broker, client["client_id"], tokens["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+def test_verification_cache_metrics(stack: Stack) -> None:
+    _, tokens = tokens_for(stack.broker, "bob", resource=stack.resource)
+    before = httpx.get(stack.metrics_urls[1]).text
+    for _ in range(5):
+        assert call(stack.mcp_urls[1], tokens["access_token"], "whoami").status_code == 200
+    after = httpx.get(stack.metrics_urls[1]).text
+
+    def value(text: str, result: str) -> float:
+        line = next(
+            (x for x in text.splitlines() if x.startswith(f'mcpb_verification_cache_total{{result="{result}"}}')), None
+        )
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    assert value(after, "miss") - value(before, "miss") == 1
+    assert value(after, "hit") - value(before, "hit") == 4
+    assert 'mcpb_http_requests_total{app="mcp_app"' in after

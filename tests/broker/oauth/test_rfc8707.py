@@ -43,9 +43,12 @@ def test_equivalent_spellings_are_accepted(broker: Broker, variant: str) -> None
     assert jwt.get_unverified_claims(token)["aud"] == RESOURCE
 
 
-def test_unknown_scope_for_the_resource(broker: Broker) -> None:
-    error = _error(broker, scope="notes:read other:use")
-    assert error["error"] == "invalid_scope"
+def test_scopes_of_another_resource_are_dropped(broker: Broker) -> None:
+    # Clients fall back to the broker-wide scopes_supported when the MCP server lists none.
+    client = register(broker)
+    auth = login(broker, client["client_id"], "alice", scope="notes:read other:use")
+    assert exchange(broker, client["client_id"], auth).json()["scope"] == "notes:read"
+    assert _error(broker, scope="other:use unknown:thing")["error"] == "invalid_scope"
 
 
 def test_token_request_for_another_resource(broker: Broker) -> None:
