@@ -42,8 +42,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _kek(state_dir: Path) -> str:
-    path = state_dir / "key-encryption-key"
+def _state_secret(state_dir: Path, name: str) -> str:
+    """A random secret kept in the state folder (owner-only), the same on every run."""
+    path = state_dir / name
     if not path.exists():
         path.touch(mode=0o600)
         path.write_text(new_kek())
@@ -83,6 +84,7 @@ Point an MCP client at http://127.0.0.1:{opts.mcp_port}/mcp, for example:
   claude mcp add --transport http notes http://127.0.0.1:{opts.mcp_port}/mcp
 The client discovers the broker from the server's 401 and opens the login page.
 
+Admin API: bearer token in {opts.state_dir / "admin-token"}
 Explain who gets what:
   .venv/bin/mcp-broker explain --config {opts.state_dir / "dev-config.yaml"} --provider demo-ldap --user alice
 """
@@ -129,7 +131,8 @@ def run_dev(opts: DevOptions) -> int:
             "MCPB_DEV_BROKER_PORT": str(opts.broker_port),
             "MCPB_DEV_MCP_PORT": str(opts.mcp_port),
             "MCPB_DEV_REDIS_URL": redis_server.url,
-            "MCPB_DEV_KEK": _kek(opts.state_dir),
+            "MCPB_DEV_KEK": _state_secret(opts.state_dir, "key-encryption-key"),
+            "MCPB_DEV_ADMIN_TOKEN": _state_secret(opts.state_dir, "admin-token"),
             "MCPB_DEV_LDAP_URL": slapd.url,
             "MCPB_DEV_LDAP_BIND_DN": slapd.service_dn,
             "MCPB_DEV_LDAP_BIND_PASSWORD": slapd.service_password,
