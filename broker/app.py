@@ -20,7 +20,7 @@ from broker.oauth.revocation import RevocationService
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.policy.holder import PolicyHolder
-from broker.routes import admin, authorize, discovery, errors, health, register, token
+from broker.routes import account, admin, authorize, discovery, errors, health, register, token
 from broker.security.throttle import LoginThrottle
 from broker.state import BrokerState
 from broker.store.client import RedisClient, create_redis
@@ -137,6 +137,7 @@ def create_app(
     app.include_router(authorize.router(base))
     app.include_router(token.router(base))
     app.include_router(admin.router(base))
+    app.include_router(account.router(base))
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -314,9 +314,19 @@ def router(base: str) -> APIRouter:
         upstream_state = request.query_params.get("state")
         if not upstream_state:
             return pages.error(request, *EXPIRED)
-        pointer = await state.store.take_flow(f"up.{digest(upstream_state)}")  # single use
+        pointer_key = f"up.{digest(upstream_state)}"
+        pointer = await state.store.get_flow(pointer_key)
         if pointer is None:
             return pages.error(request, *EXPIRED)
+        pending = await state.store.get_flow(pointer["flow_id"])
+        # The browser that approved must be the one coming back; only then is the state spent,
+        # so a replayed callback URL without the cookie cannot spoil the real sign-in.
+        if pending is None or not same_secret(request.cookies.get(pages.flow_cookie), pending.get("binding_hash")):
+            return pages.error(request, *EXPIRED)
+        if await state.store.take_flow(pointer_key) is None:  # single use
+            return pages.error(request, *EXPIRED)
+        if pending.get("purpose") == "account":
+            return await _account_callback(state, request, pointer["flow_id"], pending, provider_id)
         checked = await _approved_flow(state, request, pointer["flow_id"])
         if isinstance(checked, Response):
             return checked
@@ -358,6 +368,30 @@ def router(base: str) -> APIRouter:
         return await _finish(state, request, pointer["flow_id"], auth, client, identity)
 
     return api
+
+
+async def _account_callback(
+    state: BrokerState, request: Request, flow_id: str, flow: dict[str, Any], provider_id: str
+) -> Response:
+    from broker.routes.account import start_session
+
+    provider = state.providers.get(flow.get("provider", ""))
+    await state.store.take_flow(flow_id)
+    if provider is None or provider_id != flow.get("provider") or not isinstance(provider, RedirectProvider):
+        return state.pages.error(request, *EXPIRED)
+    data = flow["upstream"]["data"]
+    try:
+        with UPSTREAM_LATENCY.labels(provider.id, "callback").time():
+            identity = await provider.handle_callback(
+                f"{state.config.issuer}/callback/{provider.id}",
+                dict(request.query_params),
+                data if isinstance(data, dict) else state.grants.sealer.open(data, context=f"flow:{flow_id}"),
+            )
+    except ProviderError as exc:
+        LOGINS.labels(provider.id, type(exc).__name__).inc()
+        return state.pages.error(request, "Sign-in failed", exc.public, status=400)
+    LOGINS.labels(provider.id, "success").inc()
+    return await start_session(state, identity)
 
 
 def _access_denied() -> OAuthError:

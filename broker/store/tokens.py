@@ -197,6 +197,14 @@ class TokenStore:
         await self.redis.zremrangebyscore(key, "-inf", time.time())
         return [_text(g) for g in await self.redis.zrange(key, 0, -1)]
 
+    # -- small JSON records (browser sessions) -----------------------------------------------
+    async def set_json(self, key: str, value: dict[str, Any], ttl: int) -> None:
+        await self.redis.set(key, json.dumps(value), ex=ttl)
+
+    async def get_json(self, key: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(key)
+        return json.loads(raw) if raw else None
+
     # -- remembered consents ---------------------------------------------------------------
     async def remember_consent(self, subject: str, client_id: str, resource: str, scopes: list[str]) -> None:
         key = self.keys.user_consents(subject)

@@ -61,6 +61,7 @@ class Pages:
         prefix = "__Host-" if self.secure else ""
         self.csrf_cookie = f"{prefix}mcpb_csrf"
         self.flow_cookie = f"{prefix}mcpb_flow"
+        self.session_cookie = f"{prefix}mcpb_session"
 
     def render(
         self,
@@ -107,8 +108,15 @@ class Pages:
     def set_flow(self, response: Response, value: str) -> None:
         self._set(response, self.flow_cookie, value, same_site="lax")
 
-    def clear(self, response: Response) -> None:
-        for name in (self.csrf_cookie, self.flow_cookie):
+    def set_session(self, response: Response, value: str) -> None:
+        response.set_cookie(
+            self.session_cookie, value, max_age=1800, path="/", secure=self.secure, httponly=True, samesite="strict"
+        )
+
+    def clear(self, response: Response, *, session: bool = False) -> None:
+        """Forget a sign-in's cookies (and the account session too when ``session``)."""
+        names = (self.csrf_cookie, self.flow_cookie) + ((self.session_cookie,) if session else ())
+        for name in names:
             response.delete_cookie(name, path="/", secure=self.secure, httponly=True)
 
 

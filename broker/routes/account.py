@@ -1,0 +1,249 @@
+"""Self-service "connected apps": a signed-in user sees the MCP clients holding grants for
+them and disconnects any of them.
+
+Sign-in here uses the same providers as the authorization flow and starts a short browser
+session (30 minutes, server-side in Redis, ``__Host-`` cookie). Forms carry the CSRF token.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from broker.audit import audit
+from broker.metrics import LOGINS, UPSTREAM_LATENCY
+from broker.oauth.errors import OAuthError
+from broker.routes.forms import read_form
+from broker.state import BrokerState, get_state
+from broker.store.keys import digest
+from broker.web.pages import same_secret
+from providers.base import Identity, PasswordProvider, ProviderError, RedirectProvider
+
+SESSION_TTL = 1800
+FLOW_TTL = 600
+
+
+def _session_key(state: BrokerState, token: str) -> str:
+    return f"{state.keys.prefix}:{{s:{digest(token)[:40]}}}"
+
+
+async def _session(state: BrokerState, request: Request) -> dict[str, Any] | None:
+    token = request.cookies.get(state.pages.session_cookie)
+    if not token or len(token) > 100:
+        return None
+    return await state.store.get_json(_session_key(state, token))
+
+
+def _providers(state: BrokerState) -> list[Any]:
+    return [p for p in state.providers.values() if isinstance(p, PasswordProvider | RedirectProvider)]
+
+
+def _login_page(
+    state: BrokerState, *, error: str | None = None, username: str = "", chosen: str = "", status: int = 200
+) -> Response:
+    providers = _providers(state)
+    csrf = secrets.token_urlsafe(24)
+    response = state.pages.render(
+        "account_login.html",
+        status=status,
+        form_targets=[o for p in providers for o in getattr(p, "origins", ())],
+        csrf=csrf,
+        providers=providers,
+        chosen=chosen or (providers[0].id if providers else ""),
+        has_password=any(isinstance(p, PasswordProvider) for p in providers),
+        error=error,
+        username=username,
+    )
+    state.pages.set_csrf(response, csrf)
+    return response
+
+
+async def start_session(state: BrokerState, identity: Identity) -> Response:
+    token = secrets.token_urlsafe(32)
+    await state.store.set_json(
+        _session_key(state, token),
+        {
+            "subject": identity.subject,
+            "username": identity.username,
+            "provider": identity.provider_id,
+            "created_at": time.time(),
+        },
+        SESSION_TTL,
+    )
+    audit(
+        "login_succeeded",
+        provider=identity.provider_id,
+        sub=identity.subject,
+        username=identity.username,
+        purpose="connected_apps",
+    )
+    response = state.pages.redirect(f"{state.config.issuer}/account")
+    state.pages.set_session(response, token)
+    return response
+
+
+def _when(timestamp: float) -> tuple[str, str]:
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC"), moment.isoformat()
+
+
+def router(base: str) -> APIRouter:
+    api = APIRouter(prefix=f"{base}/account", tags=["account"], include_in_schema=False)
+
+    @api.get("")
+    async def account(request: Request) -> Response:
+        state = get_state(request)
+        session = await _session(state, request)
+        if session is None:
+            return _login_page(state)
+        grants = []
+        for grant_id in await state.store.user_grant_ids(session["subject"]):
+            grant = await state.store.get_grant(grant_id)
+            if grant is None or grant["status"] != "active":
+                continue
+            client = await state.clients.get(grant["client_id"])
+            resource = state.policy.resource_for(grant["resource"])
+            last, last_iso = _when(grant["last_refresh"])
+            grants.append(
+                {
+                    "grant_id": grant_id,
+                    "client_name": client.client_name if client else grant["client_id"],
+                    "resource_name": resource.name if resource else grant["resource"],
+                    "scopes": grant["scopes"].split(),
+                    "last_used": last,
+                    "last_used_iso": last_iso,
+                }
+            )
+        csrf = secrets.token_urlsafe(24)
+        response = state.pages.render(
+            "account.html",
+            username=session["username"],
+            grants=grants,
+            csrf=csrf,
+            notice=(request.query_params.get("notice") == "disconnected" and "Disconnected.") or None,
+        )
+        state.pages.set_csrf(response, csrf)
+        return response
+
+    @api.post("/login")
+    async def login(request: Request) -> Response:
+        state = get_state(request)
+        pages = state.pages
+        try:
+            form = await read_form(request)
+        except OAuthError as exc:
+            return pages.error(request, "Invalid request", exc.description)
+        if not (form.get("csrf") and same_secret(form.get("csrf"), digest(request.cookies.get(pages.csrf_cookie, "")))):
+            return pages.error(
+                request, "Request not accepted", "This form was not submitted from this site.", status=403
+            )
+        provider = state.providers.get(form.get("provider", ""))
+        if isinstance(provider, PasswordProvider):
+            username = form.get("username", "").strip()
+            ip = request.client.host if request.client else None
+            if not (await state.throttle.check(provider.id, username, ip)).allowed:
+                return _login_page(
+                    state,
+                    error="Too many failed sign-in attempts. Try again later.",
+                    username=username,
+                    chosen=provider.id,
+                    status=429,
+                )
+            try:
+                with UPSTREAM_LATENCY.labels(provider.id, "login").time():
+                    identity = await provider.login(username, form.get("password", ""))
+            except ProviderError as exc:
+                LOGINS.labels(provider.id, type(exc).__name__).inc()
+                audit(
+                    "login_failed",
+                    provider=provider.id,
+                    username=username[:256],
+                    outcome=type(exc).__name__,
+                    purpose="connected_apps",
+                )
+                await state.throttle.failed(provider.id, username, ip)
+                return _login_page(state, error=exc.public, username=username, chosen=provider.id, status=401)
+            LOGINS.labels(provider.id, "success").inc()
+            await state.throttle.succeeded(provider.id, username)
+            return await start_session(state, identity)
+        if isinstance(provider, RedirectProvider):
+            flow_id = secrets.token_urlsafe(24)
+            upstream_state = secrets.token_urlsafe(32)
+            binding = secrets.token_urlsafe(24)
+            try:
+                url, data = await provider.login_url(f"{state.config.issuer}/callback/{provider.id}", upstream_state)
+            except ProviderError as exc:
+                return pages.error(request, "Sign-in unavailable", exc.public, status=503)
+            sealer = state.grants.sealer
+            await state.store.save_flow(
+                flow_id,
+                {
+                    "purpose": "account",
+                    "approved": True,
+                    "provider": provider.id,
+                    "binding_hash": digest(binding),
+                    "upstream": {
+                        "data": sealer.seal(dict(data), context=f"flow:{flow_id}") if sealer.enabled else dict(data)
+                    },
+                },
+                FLOW_TTL,
+            )
+            await state.store.save_flow(f"up.{digest(upstream_state)}", {"flow_id": flow_id}, FLOW_TTL)
+            response = pages.redirect(url)
+            pages.set_flow(response, binding)
+            return response
+        return _login_page(state, error="Choose one of the sign-in options offered.", status=400)
+
+    @api.post("/revoke")
+    async def revoke(request: Request) -> Response:
+        state = get_state(request)
+        pages = state.pages
+        session = await _session(state, request)
+        try:
+            form = await read_form(request)
+        except OAuthError as exc:
+            return pages.error(request, "Invalid request", exc.description)
+        if session is None:
+            return _login_page(state, status=401)
+        if not same_secret(form.get("csrf"), digest(request.cookies.get(pages.csrf_cookie, ""))):
+            return pages.error(
+                request, "Request not accepted", "This form was not submitted from this site.", status=403
+            )
+        grant_id = form.get("grant", "")
+        grant = await state.store.get_grant(grant_id) if len(grant_id) <= 64 else None
+        if grant is None or grant["subject"] != session["subject"]:  # only one's own grants
+            return pages.error(request, "Not found", "That connection does not exist or is not yours.", status=404)
+        if await state.store.revoke_grant(grant_id, "user_disconnected"):
+            audit(
+                "grant_revoked",
+                grant_id=grant_id,
+                sub=session["subject"],
+                client_id=grant["client_id"],
+                reason="user_disconnected",
+            )
+        return pages.redirect(f"{state.config.issuer}/account?notice=disconnected")
+
+    @api.post("/logout")
+    async def logout(request: Request) -> Response:
+        state = get_state(request)
+        try:
+            form = await read_form(request)
+        except OAuthError as exc:
+            return state.pages.error(request, "Invalid request", exc.description)
+        if not same_secret(form.get("csrf"), digest(request.cookies.get(state.pages.csrf_cookie, ""))):
+            return state.pages.error(
+                request, "Request not accepted", "This form was not submitted from this site.", status=403
+            )
+        token = request.cookies.get(state.pages.session_cookie)
+        if token:
+            await state.store.redis.delete(_session_key(state, token))
+        response = state.pages.redirect(f"{state.config.issuer}/account")
+        state.pages.clear(response, session=True)
+        return response
+
+    return api
