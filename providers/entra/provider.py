@@ -1,10 +1,188 @@
-"""Placeholder: the entra provider is being built (see the upstream identity providers issue)."""
+"""Microsoft Entra ID sign-in: MSAL's authorization code flow (PKCE, nonce), ID token checks,
+groups from the token or Microsoft Graph, and a refresh-time re-check with app-only Graph.
+
+What the identity holds:
+
+* ``subject`` is ``{tid}:{oid}``: Microsoft's recommended key for a user (the object id is
+  stable and never reassigned; the tenant id keeps users of different allowed tenants apart
+  and keeps subjects unchanged if ``allowed_tenants`` is added later).
+* ``username`` is ``preferred_username`` (the UPN, usually), ``email`` the optional ``email``
+  claim, ``display_name`` ``name``.
+* ``groups`` are group object ids (GUIDs): the ``groups`` claim, or Microsoft Graph
+  ``transitiveMemberOf`` when Entra signals overage (``_claim_names.groups`` instead of
+  ``groups``, past 200 groups), when ``groups_from_graph: always``, or when
+  ``resolve_group_names`` is on (then ``group_names`` maps id -> displayName so mappings may
+  name groups). App roles (the ``roles`` claim) are added as ``role:<value>`` so a mapping can
+  say ``groups: ["role:Notes.Write"]``.
+* ``private`` keeps ``tid``, ``oid`` and the roles for the refresh-time re-check; no upstream
+  token is kept anywhere (MSAL's cache keeps app-only tokens only).
+
+At refresh (``refresh_check: graph``, the default) the user is looked up with an app-only token
+(client credentials in the user's tenant; application permissions ``User.Read.All`` and
+``GroupMember.Read.All``): a deleted user raises InvalidCredentials, a disabled one
+AccountDisabled, and the groups are read again so a user removed from a group loses its scopes.
+App roles cannot be re-read that cheaply (Graph has no transitive app-role lookup): the roles of
+sign-in time are kept until the next sign-in, bounded by the refresh token's absolute lifetime.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ssl
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import certifi
+import httpx
+
+from providers.base import AccountDisabled, Identity, InvalidCredentials, UpstreamRejected
 from providers.entra.config import EntraProviderConfig
+from providers.entra.graph import Graph
+from providers.entra.idtoken import IdTokenVerifier, JwksCache
+from providers.entra.msal_apps import MsalApps
+
+ROLE_PREFIX = "role:"
+_CALLBACK_KEYS = ("code", "state", "session_state", "client_info", "error", "error_description", "error_uri")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _strings(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 class EntraProvider:
+    """``RedirectProvider`` and ``RefreshProvider`` for Microsoft Entra ID."""
+
     def __init__(self, config: EntraProviderConfig) -> None:
-        raise NotImplementedError(f"provider {config.id!r}: the entra provider is not available in this version")
+        self.config = config
+        self.id = config.id
+        self.display_name = config.display_name
+        self._msal = MsalApps(config)
+        host = self._msal.authority_host
+        self.origins: tuple[str, ...] = (_origin(host),)
+        # Multi-tenant sign-in goes through /organizations; the tenant check is on the ID token.
+        self._signin_authority = "organizations" if config.allowed_tenants else config.tenant_id
+        self._graph_base = str(config.graph_url).rstrip("/")
+        self._scopes = ["email", *(self._graph_scope(s) for s in config.graph_scopes)]
+        self._http = httpx.AsyncClient(
+            verify=ssl.create_default_context(cafile=config.ca_file or certifi.where()),
+            trust_env=False,
+            timeout=config.timeout,
+            proxy=str(config.proxy) if config.proxy else None,
+            follow_redirects=False,
+        )
+        self._graph = Graph(self._graph_base, self._http)
+        self._verifier = IdTokenVerifier(
+            client_id=config.client_id,
+            authority_host=host,
+            tenants=config.tenants,
+            jwks=JwksCache(f"{host}/{self._signin_authority}/discovery/v2.0/keys", self._http),
+            v1_issuer_host=str(config.v1_issuer_host) if config.accept_v1_issuer else None,
+        )
+
+    def _graph_scope(self, scope: str) -> str:
+        return scope if "://" in scope else f"{self._graph_base}/{scope}"
+
+    # -- RedirectProvider ------------------------------------------------------------------
+    async def login_url(self, callback_url: str, state: str) -> tuple[str, Mapping[str, Any]]:
+        flow = await asyncio.to_thread(self._msal.start, self._signin_authority, self._scopes, callback_url, state)
+        if flow.get("state") != state or not isinstance(flow.get("auth_uri"), str):
+            raise UpstreamRejected("MSAL did not use the broker's state for the sign-in request")
+        return flow["auth_uri"], flow
+
+    async def handle_callback(self, callback_url: str, params: Mapping[str, str], flow: Mapping[str, Any]) -> Identity:
+        if not hmac.compare_digest(str(params.get("state", "")), str(flow.get("state", ""))):
+            raise UpstreamRejected("callback state differs from the sign-in request's")
+        if flow.get("redirect_uri") != callback_url:
+            raise UpstreamRejected("callback URL differs from the sign-in request's redirect_uri")
+        if params.get("error"):
+            raise UpstreamRejected(
+                f"Entra returned {str(params['error'])[:64]}: {str(params.get('error_description', ''))[:200]}"
+            )
+        if not params.get("code"):
+            raise UpstreamRejected("callback carries neither a code nor an error")
+        response = {k: str(params[k]) for k in _CALLBACK_KEYS if k in params}
+        result = await asyncio.to_thread(self._msal.redeem, self._signin_authority, dict(flow), response)
+        id_token = result.get("id_token")
+        if not isinstance(id_token, str):
+            raise UpstreamRejected("token response has no ID token")
+        claims = await self._verifier.verify(id_token, nonce=str(flow.get("nonce", "")))
+        delegated = result.get("access_token") if self.config.graph_scopes else None
+        groups, names = await self._groups(claims, delegated if isinstance(delegated, str) else None)
+        return self._identity(claims, groups, names)
+
+    # -- RefreshProvider -------------------------------------------------------------------
+    async def refresh(self, identity: Identity) -> Identity:
+        if self.config.refresh_check == "none":
+            return identity
+        tid, oid = identity.private.get("tid"), identity.private.get("oid")
+        if not isinstance(tid, str) or not isinstance(oid, str):
+            tid, _, oid = identity.subject.partition(":")
+        if tid.lower() not in self.config.tenants:
+            raise InvalidCredentials(f"tenant {tid} of {identity.username!r} is no longer allowed")
+        token = await self._app_token(tid)
+        user = await self._graph.user(token, oid)
+        if user is None:
+            raise InvalidCredentials(f"user {identity.username!r} ({tid}:{oid}) no longer exists in Entra")
+        if user.get("accountEnabled") is False:
+            raise AccountDisabled(f"user {identity.username!r} ({tid}:{oid}) is disabled in Entra")
+        members = await self._graph.member_groups(token, oid)
+        roles = _strings(identity.private.get("roles"))
+        return replace(
+            identity,
+            groups=frozenset(members) | {ROLE_PREFIX + r for r in roles},
+            group_names=self._names(members),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await asyncio.to_thread(self._msal.close)
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _app_token(self, tid: str) -> str:
+        return await asyncio.to_thread(self._msal.app_token, tid, [f"{self._graph_base}/.default"])
+
+    def _names(self, members: Mapping[str, str | None]) -> dict[str, str]:
+        if not self.config.resolve_group_names:
+            return {}
+        return {gid: name for gid, name in members.items() if name}
+
+    async def _groups(self, claims: Mapping[str, Any], delegated: str | None) -> tuple[set[str], dict[str, str]]:
+        names = claims.get("_claim_names")
+        overage = "groups" not in claims and isinstance(names, dict) and "groups" in names
+        if not (overage or self.config.groups_from_graph == "always" or self.config.resolve_group_names):
+            return set(_strings(claims.get("groups"))), {}
+        if delegated is not None:
+            members = await self._graph.member_groups(delegated, "me")
+        else:
+            members = await self._graph.member_groups(await self._app_token(str(claims["tid"])), str(claims["oid"]))
+        return set(members), self._names(members)
+
+    def _identity(self, claims: Mapping[str, Any], groups: set[str], names: dict[str, str]) -> Identity:
+        tid, oid = str(claims["tid"]), str(claims["oid"])
+        roles = _strings(claims.get("roles"))
+
+        def text(*keys: str) -> str | None:
+            for key in keys:
+                value = claims.get(key)
+                if isinstance(value, str) and value:
+                    return value
+            return None
+
+        return Identity(
+            provider_id=self.id,
+            subject=f"{tid}:{oid}",
+            username=text("preferred_username", "upn", "unique_name", "email") or oid,
+            email=text("email"),
+            display_name=text("name"),
+            groups=frozenset(groups | {ROLE_PREFIX + r for r in roles}),
+            group_names=names,
+            private={"tid": tid, "oid": oid, "roles": roles},
+        )

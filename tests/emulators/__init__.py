@@ -1,0 +1,1 @@
+"""Emulators of upstream services that cannot be reached from tests (Microsoft Entra ID)."""
