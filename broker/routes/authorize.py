@@ -123,6 +123,7 @@ def router(base: str) -> APIRouter:
             resource_uri=resource.uri,
             scopes=[s for s in resource.scopes if s.name in wanted],
             providers=providers,
+            chosen=_provider_for_hint(providers, params.get("login_hint", [""])[0]),
         )
         pages.set_csrf(response, csrf)
         return response
@@ -398,6 +399,16 @@ def _access_denied() -> OAuthError:
     from broker.oauth.errors import AccessDenied
 
     return AccessDenied("the user is not allowed to use this resource")
+
+
+def _provider_for_hint(providers: list[Any], login_hint: str) -> str:
+    """The provider whose email domain matches ``login_hint`` (user@domain), else the first."""
+    domain = login_hint.rpartition("@")[2].lower() if "@" in login_hint else ""
+    for provider in providers:
+        config = getattr(provider, "config", None)
+        if domain and domain in {d.lower() for d in getattr(config, "email_domains", [])}:
+            return str(provider.id)
+    return str(providers[0].id)
 
 
 def _provider_origins(providers: list[Any]) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from broker.devstack import Slapd
+from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import Broker, authorize_params, hidden_inputs, pkce_pair, register
 
 
@@ -136,3 +138,26 @@ def test_bad_form_input_gets_a_page_not_a_500(broker: Broker) -> None:
     assert httpx.post(f"{broker.base}/login", data={"flow": "x" * 5000}).status_code == 400
     assert httpx.get(f"{broker.base}/authorize").status_code == 400
     assert httpx.get(f"{broker.base}/callback/demo-ldap?state=nope").status_code == 400
+
+
+def test_login_hint_email_domain_preselects_its_provider(broker_factory: BrokerFactory, slapd: Slapd) -> None:
+    partner = f"""
+  - id: partner-ldap
+    type: ldap
+    display_name: Partner directory
+    email_domains: [partner.example]
+    urls: ["{slapd.url}"]
+    bind_dn: "{slapd.service_dn}"
+    bind_password: "{slapd.service_password}"
+    user_base_dn: ou=people,dc=demo,dc=local
+"""
+    with broker_factory(providers=partner) as broker, broker.client() as browser:
+        client = register(broker)
+        _, challenge = pkce_pair()
+        plain = browser.get("/authorize", params=authorize_params(client["client_id"], challenge))
+        assert 'value="demo-ldap" checked' in plain.text
+        hinted = browser.get(
+            "/authorize", params=authorize_params(client["client_id"], challenge, login_hint="ann@Partner.example")
+        )
+        assert 'value="partner-ldap" checked' in hinted.text
+        assert 'value="demo-ldap" checked' not in hinted.text
