@@ -1,0 +1,255 @@
+"""tools/call requests per second of a protected MCP server, with auth on versus off.
+
+Two runs of the same streamable-HTTP MCP server (MCP SDK ``MCPServer``, stateless, JSON
+responses, one uvicorn worker on uvloop + httptools) with one trivial tool: once behind
+mcp_app's ``BearerGuard`` (JWT verification with the verified-token cache, the in-memory
+revocation set fed from a real Redis, per-tool scope check), once without it. The load
+generator is ``wrk`` (C), so the server gets the CPU. Loopback only, bounded duration.
+
+Run: .venv/bin/python bench/mcp_calls.py [--duration 10] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ISSUER = "http://127.0.0.1:{port}"
+RESOURCE = "http://127.0.0.1:{port}/mcp"
+
+
+def serve(mode: str, port: int, key_file: str, redis_url: str) -> None:
+    """The server process: the MCP app, with or without the bearer guard."""
+    import uvicorn
+    from cryptography.hazmat.primitives import serialization
+    from jose import jwk
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Mount, Route
+
+    from broker.store.client import create_redis
+    from mcp_app.auth import BearerGuard
+    from mcp_app.revocations import RevocationWatcher
+    from mcp_app.verifier import BrokerTokenVerifier, JwksCache
+
+    pem = Path(key_file).read_bytes()
+    public = serialization.load_pem_private_key(pem, None).public_key()
+    public_pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    jwks = {
+        "keys": [
+            {**jwk.construct(public_pem.decode(), "ES256").to_dict(), "kid": "bench", "use": "sig", "alg": "ES256"}
+        ]
+    }
+    server = MCPServer(name="bench")
+
+    @server.tool(description="Echo")
+    async def echo(text: str) -> str:
+        return text
+
+    resource = RESOURCE.format(port=port)
+    mcp = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        stateless_http=True,
+        json_response=True,
+        transport_security=TransportSecuritySettings(
+            allowed_hosts=[f"127.0.0.1:{port}"], allowed_origins=[f"http://127.0.0.1:{port}"]
+        ),
+    )
+
+    async def jwks_route(_: Request) -> JSONResponse:
+        return JSONResponse(jwks)
+
+    app: object = mcp
+    if mode == "on":
+        redis = create_redis(redis_url)
+        watcher = RevocationWatcher(redis, key_prefix="bench")
+        http = httpx.AsyncClient()
+        verifier = BrokerTokenVerifier(
+            issuer=ISSUER.format(port=port),
+            resource=resource,
+            jwks=JwksCache(f"http://127.0.0.1:{port}/jwks.json", http),
+            revocations=watcher,
+        )
+        guard = BearerGuard(
+            mcp,
+            verifier=verifier,
+            path="/mcp",
+            resource_metadata_url=f"http://127.0.0.1:{port}/prm",
+            scopes_supported=["notes:read"],
+            tool_scopes={"echo": "notes:read"},
+        )
+
+        import contextlib
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: Starlette):  # type: ignore[no-untyped-def]
+            await watcher.start()
+            async with mcp.router.lifespan_context(mcp):
+                yield
+            await watcher.stop()
+
+        app = Starlette(routes=[Route("/jwks.json", jwks_route), Mount("/", app=guard)], lifespan=lifespan)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools"
+    )
+
+
+LUA = """
+wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["content-type"] = "application/json"
+wrk.headers["accept"] = "application/json, text/event-stream"
+%s
+"""
+
+
+def run_wrk(url: str, token: str | None, duration: int, connections: int, workdir: Path) -> dict[str, float]:
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hello"}}}
+    )
+    auth = f'wrk.headers["authorization"] = "Bearer {token}"' if token else ""
+    script = workdir / "call.lua"
+    script.write_text(LUA % (body, auth))
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50": latency.get("50", "?"),
+        "p99": latency.get("99", "?"),  # type: ignore[dict-item]
+        "errors": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--serve", choices=["on", "off"])
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--key-file")
+    parser.add_argument("--redis-url", default="")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.key_file, args.redis_url)
+        return
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: run `sudo apt-get install wrk` (or `make bench`, which installs it)")
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jose import jwt
+
+    from broker.devstack import RedisServer, free_port
+
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        (workdir / "key.pem").write_bytes(pem)
+        redis = RedisServer(workdir, persist=False).start()
+        results: dict[str, dict[str, float]] = {}
+        try:
+            for mode in ("off", "on"):
+                port = free_port()
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--serve",
+                        mode,
+                        "--port",
+                        str(port),
+                        "--key-file",
+                        str(workdir / "key.pem"),
+                        "--redis-url",
+                        redis.url,
+                    ],
+                    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                )
+                try:
+                    url = RESOURCE.format(port=port)
+                    for _ in range(100):
+                        try:
+                            httpx.get(url.replace("/mcp", "/nothing"), timeout=0.5)
+                            break
+                        except httpx.HTTPError:
+                            time.sleep(0.1)
+                    now = int(time.time())
+                    token = jwt.encode(
+                        {
+                            "iss": ISSUER.format(port=port),
+                            "aud": url,
+                            "sub": "bench",
+                            "client_id": "bench",
+                            "scope": "notes:read",
+                            "iat": now,
+                            "exp": now + 3600,
+                            "jti": "j",
+                            "sid": "s",
+                        },
+                        pem.decode(),
+                        algorithm="ES256",
+                        headers={"kid": "bench", "typ": "at+jwt"},
+                    )
+                    check = httpx.post(
+                        url,
+                        content=json.dumps(
+                            {
+                                "jsonrpc": "2.0",
+                                "id": 1,
+                                "method": "tools/call",
+                                "params": {"name": "echo", "arguments": {"text": "x"}},
+                            }
+                        ),
+                        headers={
+                            "authorization": f"Bearer {token}",
+                            "content-type": "application/json",
+                            "accept": "application/json, text/event-stream",
+                        },
+                    )
+                    assert check.status_code == 200 and '"x"' in check.text, check.text
+                    run_wrk(url, token if mode == "on" else None, 2, args.connections, workdir)  # warm-up
+                    results[mode] = run_wrk(
+                        url, token if mode == "on" else None, args.duration, args.connections, workdir
+                    )
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+        finally:
+            redis.stop()
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    for mode in ("off", "on"):
+        r = results[mode]
+        print(
+            f"auth {mode:<3}  {r['rps']:8.0f} tools/call per second   p50 {r['p50']:>8}   p99 {r['p99']:>8}"
+            f"   non-2xx {int(r['errors'])}"
+        )
+    cost = 1 - results["on"]["rps"] / results["off"]["rps"]
+    print(f"auth costs {cost * 100:.1f}% of unauthenticated tools/call throughput")
+
+
+if __name__ == "__main__":
+    main()
