@@ -136,3 +136,34 @@ def test_the_page_cannot_be_framed(broker: Broker, browser: Browser) -> None:
     expect(frame.get_by_role("button", name="Allow and continue")).to_have_count(0)
     framing.close()
     page.close()
+
+
+def test_redirect_provider_sign_in_through_entra(
+    broker_factory: BrokerFactory, browser: Browser, tmp_path: Path
+) -> None:
+    """Provider choice, then a real redirect round trip through the Entra emulator (HTTPS)."""
+    from tests.emulators.entra import EntraEmulator
+    from tests.providers.entra.test_broker_flows import MAPPINGS, provider_yaml
+
+    entra = EntraEmulator()
+    with entra.serve(tmp_path), broker_factory(providers=provider_yaml(entra), mappings=MAPPINGS) as broker:
+        entra.allow_redirect(f"{broker.base}/callback/entra")
+        entra.next_user = "alice"
+        context = browser.new_context(ignore_https_errors=True)  # the emulator's throwaway CA
+        page = context.new_page()
+        landed: list[str] = []
+        page.route(
+            f"{REDIRECT.rsplit('/', 1)[0]}/**",
+            lambda route: (landed.append(route.request.url), route.fulfill(status=200, body="Signed in."))[1],
+        )
+        client = register(broker)
+        _, challenge = pkce_pair()
+        query = "&".join(f"{k}={v}" for k, v in authorize_params(client["client_id"], challenge, state="e1").items())
+        page.goto(f"{broker.base}/authorize?{query}")
+        page.get_by_role("group", name="Sign in with").get_by_role("radio", name="Contoso (Microsoft Entra ID)").check()
+        page.get_by_role("button", name="Allow and continue").click()
+        expect(page.get_by_text("Signed in.")).to_be_visible()
+        query_back = parse_qs(urlsplit(landed[-1]).query)
+        assert query_back["state"] == ["e1"]
+        assert query_back["code"][0].startswith("ac.")
+        context.close()
