@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from broker.store.tokens import TokenStore
 from providers.base import AccountDisabled, Identity, InvalidCredentials, ProviderError, RefreshProvider
 
 _log = structlog.get_logger("mcp_broker.grants")
+UPSTREAM_LOCK_SECONDS = 10.0
 
 
 def identity_record(identity: Identity, sealer: Sealer) -> dict[str, Any]:
@@ -203,7 +205,43 @@ class GrantService:
         if record.get("state") == "rotated":
             return await self._replayed(grant, token, float(record["at"]), record["successor"])
 
-        allowed = await self._reevaluate(grant)
+        provider = self.providers.get(grant["identity"]["provider_id"])
+        locked = False
+        if isinstance(provider, RefreshProvider):
+            # One refresh at a time asks upstream: a provider that rotates its own refresh
+            # tokens would take a second, concurrent use as theft and end the upstream session.
+            locked = await self.store.lock_grant(grant_id, UPSTREAM_LOCK_SECONDS)
+            if not locked:
+                return await self._await_winner(grant, token, old_hash)
+        try:
+            return await self._rotate(client, grant, token, old_hash, current, narrowed)
+        finally:
+            if locked:
+                await self.store.unlock_grant(grant_id)
+
+    async def _await_winner(self, grant: Mapping[str, Any], token: str, old_hash: str) -> dict[str, Any]:
+        """Another request holds the grant's upstream lock: wait for its rotation and answer alike."""
+        deadline = time.monotonic() + UPSTREAM_LOCK_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            record = await self.store.get_refresh(grant["grant_id"], old_hash)
+            if record is None:
+                break
+            if record.get("state") == "rotated":
+                return await self._replayed(grant, token, float(record["at"]), record["successor"])
+        raise TemporarilyUnavailable(detail=f"concurrent refresh of grant {grant['grant_id']} did not finish")
+
+    async def _rotate(
+        self,
+        client: Client,
+        grant: Mapping[str, Any],
+        token: str,
+        old_hash: str,
+        current: list[str],
+        narrowed: list[str] | None,
+    ) -> dict[str, Any]:
+        grant_id = grant["grant_id"]
+        allowed, fresh = await self._reevaluate(grant)
         grant_scopes = [s for s in current if s in allowed]
         scopes = [s for s in (narrowed if narrowed is not None else current) if s in allowed]
         if not scopes:
@@ -222,6 +260,7 @@ class GrantService:
             new_ttl=idle,
             rotated_ttl=remaining,
             scopes=" ".join(grant_scopes),
+            identity=identity_record(fresh, self.sealer) if fresh is not None else None,
             now=now,
         )
         if result.outcome == "rotated":  # another request won the race
@@ -259,16 +298,18 @@ class GrantService:
         )
         raise InvalidGrant(detail=f"rotated refresh token of grant {grant['grant_id']} reused; grant revoked")
 
-    async def _reevaluate(self, grant: Mapping[str, Any]) -> frozenset[str]:
-        """Scopes the user may hold now, with fresh group data where the provider can give it."""
+    async def _reevaluate(self, grant: Mapping[str, Any]) -> tuple[frozenset[str], Identity | None]:
+        """Scopes the user may hold now, with fresh group data where the provider can give it,
+        and the fresh identity to store (None when the provider cannot refresh)."""
         identity = identity_from(grant["identity"], self.sealer)
         provider = self.providers.get(identity.provider_id)
         if provider is None:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
+        fresh: Identity | None = None
         if isinstance(provider, RefreshProvider):
             try:
                 with UPSTREAM_LATENCY.labels(identity.provider_id, "refresh").time():
-                    identity = await provider.refresh(identity)
+                    identity = fresh = await provider.refresh(identity)
             except (InvalidCredentials, AccountDisabled) as exc:
                 await self.store.revoke_grant(grant["grant_id"], "user_no_longer_valid")
                 raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None
@@ -289,4 +330,4 @@ class GrantService:
                 policy_version=self.policy.version,
             )
             raise InvalidGrant(detail="the user no longer holds any scope for this resource")
-        return decision.scopes
+        return decision.scopes, fresh

@@ -47,6 +47,7 @@ if r.state == 'rotated' then return {'rotated', rt} end
 redis.call('SET', KEYS[2], cjson.encode({state='rotated', at=tonumber(ARGV[1]), successor=ARGV[2]}), 'EX', ARGV[4])
 redis.call('SET', KEYS[3], '{"state":"active"}', 'EX', ARGV[3])
 g.scopes = ARGV[5]
+if ARGV[6] ~= '' then g.identity = cjson.decode(ARGV[6]) end
 g.last_refresh = tonumber(ARGV[1])
 g.refresh_count = (g.refresh_count or 0) + 1
 redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
@@ -157,8 +158,11 @@ class TokenStore:
         new_ttl: int,
         rotated_ttl: int,
         scopes: str,
+        identity: dict[str, Any] | None = None,
         now: float | None = None,
     ) -> RotateResult:
+        """Swap the refresh token (once), record the grant's scopes and, when the provider gave
+        fresh data (a rotated upstream refresh token, say), the identity, all in one step."""
         now = time.time() if now is None else now
         outcome, raw = await self._rotate(
             keys=[
@@ -166,13 +170,27 @@ class TokenStore:
                 self.keys.refresh(grant_id, old_hash),
                 self.keys.refresh(grant_id, new_hash),
             ],
-            args=[now, successor, max(1, new_ttl), max(1, rotated_ttl), scopes],
+            args=[
+                now,
+                successor,
+                max(1, new_ttl),
+                max(1, rotated_ttl),
+                scopes,
+                json.dumps(identity) if identity else "",
+            ],
         )
         outcome = _text(outcome)
         if outcome == "rotated":
             record = json.loads(raw)
             return RotateResult("rotated", float(record["at"]), record["successor"])
         return RotateResult(outcome)  # type: ignore[arg-type]
+
+    async def lock_grant(self, grant_id: str, seconds: float) -> bool:
+        """A short lock so one refresh at a time asks the upstream provider about a grant."""
+        return bool(await self.redis.set(f"{self.keys.grant(grant_id)}:lock", "1", nx=True, px=int(seconds * 1000)))
+
+    async def unlock_grant(self, grant_id: str) -> None:
+        await self.redis.delete(f"{self.keys.grant(grant_id)}:lock")
 
     async def revoke_grant(self, grant_id: str, reason: str) -> bool:
         """Mark the grant revoked and announce it to resource servers. True if it was active."""
