@@ -142,6 +142,14 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
     unique("mappings", [m.id for m in config.mappings], "id")
     unique("registration.static_clients", [c.client_id for c in config.registration.static_clients], "client_id")
 
+    for index, provider in enumerate(config.providers):
+        if getattr(provider, "use_upstream_refresh", False) and config.signing.key_encryption_key is None:
+            problems.append(
+                Problem(
+                    f"providers[{index}].use_upstream_refresh",
+                    "needs signing.key_encryption_key: upstream refresh tokens are kept only encrypted",
+                )
+            )
     providers = {p.id for p in config.providers}
     resources = {r.id: r for r in config.resources}
     for r_index, resource in enumerate(config.resources):

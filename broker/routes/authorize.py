@@ -347,7 +347,9 @@ def router(base: str) -> APIRouter:
                 request,
                 "Sign-in was not completed",
                 "The identity provider did not complete the sign-in. Return to the application and try again.",
-                return_url=_error_redirect(state, auth.redirect_uri, _access_denied(), auth.state),
+                return_url=_error_redirect(
+                    state, auth.redirect_uri, _access_denied("the sign-in was not completed upstream"), auth.state
+                ),
             )
         try:
             with UPSTREAM_LATENCY.labels(provider.id, "callback").time():
@@ -395,10 +397,10 @@ async def _account_callback(
     return await start_session(state, identity)
 
 
-def _access_denied() -> OAuthError:
+def _access_denied(description: str = "the user is not allowed to use this resource") -> OAuthError:
     from broker.oauth.errors import AccessDenied
 
-    return AccessDenied("the user is not allowed to use this resource")
+    return AccessDenied(description)
 
 
 def _provider_for_hint(providers: list[Any], login_hint: str) -> str:

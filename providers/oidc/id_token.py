@@ -1,0 +1,230 @@
+"""ID token validation, OpenID Connect Core 1.0 §3.1.3.7 (and §12.2 for a refreshed ID token).
+
+Checked here: a signature by a key of the OP's JWKS, with an algorithm the OP announced and
+that is asymmetric (the header's ``alg`` is matched against that list, never trusted); ``iss``
+equal to the issuer; ``aud`` containing the client id, and with several audiences an ``azp``
+equal to the client id; ``exp``, ``iat`` (and ``nbf`` if present) within a minute of leeway;
+the ``nonce`` of the login; ``sub`` present; ``at_hash`` when the token carries one.
+
+The key set is cached for an hour. A key id that is not in the cache triggers a refetch (the
+OP has rotated its keys), at most once per ``refetch_interval`` so that tokens naming unknown
+keys cannot make the broker hammer the OP; concurrent misses share one fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwk, jwt
+from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, JoseError
+
+from providers.base import UpstreamRejected, UpstreamUnavailable
+
+LEEWAY = 60
+_KEY_TYPE = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "EdDSA": "Ed25519", "Ed25519": "Ed25519"}
+_ACCEPTED_TYP = {"jwt", "application/jwt"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Published:
+    kid: str | None
+    alg: str | None
+    key: jwk.Key
+
+    def fits(self, alg: str) -> bool:
+        if self.alg is not None and self.alg != alg:
+            return False
+        if self.key.key_type != _KEY_TYPE.get(alg[:2]):
+            return False
+        curve = _CURVE.get(alg)
+        return curve is None or self.key.as_dict(private=False).get("crv") == curve
+
+
+class KeySet:
+    """The OP's signing keys (its JWKS), fetched through ``fetch`` and cached."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[object]],
+        *,
+        max_age: float = 3600,
+        refetch_interval: float = 60,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_age = max_age
+        self.refetch_interval = refetch_interval
+        self._fetch = fetch
+        self._clock = clock
+        self._keys: list[_Published] = []
+        self._fetched_at: float | None = None
+        self._forced_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def candidates(self, kid: str | None, alg: str) -> list[jwk.Key]:
+        """Keys that may have signed a token with this header: by ``kid``, else every key fit for ``alg``."""
+        found = self._match(kid, alg)
+        if found and not self._stale():
+            return found
+        async with self._lock:  # one fetch for concurrent misses
+            found = self._match(kid, alg)
+            if self._stale():
+                try:
+                    await self._load()
+                except UpstreamUnavailable:
+                    if not found:  # keys already known stay usable while the OP is unreachable
+                        raise
+                found = self._match(kid, alg)
+            if not found and self._may_refetch():
+                self._forced_at = self._clock()
+                await self._load()
+                found = self._match(kid, alg)
+        return found
+
+    def _stale(self) -> bool:
+        return self._fetched_at is None or self._clock() - self._fetched_at > self.max_age
+
+    def _may_refetch(self) -> bool:
+        return self._forced_at is None or self._clock() - self._forced_at >= self.refetch_interval
+
+    def _match(self, kid: str | None, alg: str) -> list[jwk.Key]:
+        return [p.key for p in self._keys if (kid is None or p.kid == kid) and p.fits(alg)]
+
+    async def _load(self) -> None:
+        document = await self._fetch()
+        keys = document.get("keys") if isinstance(document, Mapping) else None
+        if not isinstance(keys, list):
+            raise UpstreamRejected("the JWKS document has no keys list")
+        published: list[_Published] = []
+        for item in keys:
+            if not isinstance(item, Mapping) or item.get("kty") not in ("RSA", "EC", "OKP"):
+                continue  # symmetric or unknown key types never verify an ID token
+            if item.get("use", "sig") != "sig" or "verify" not in item.get("key_ops", ["verify"]):
+                continue
+            public = {k: v for k, v in item.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth", "k")}
+            try:
+                key = jwk.import_key(public)
+            except (JoseError, ValueError, TypeError):
+                continue  # one malformed key does not hide the others
+            kid, alg = item.get("kid"), item.get("alg")
+            published.append(
+                _Published(kid if isinstance(kid, str) else None, alg if isinstance(alg, str) else None, key)
+            )
+        self._keys = published
+        self._fetched_at = self._clock()
+
+
+def unverified_header(raw: str) -> dict[str, Any]:
+    """The JOSE header of a compact JWS, parsed but not trusted."""
+    parts = raw.split(".")
+    if len(parts) != 3:
+        raise UpstreamRejected("the ID token is not a compact JWS (encrypted ID tokens are not supported)")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+    except ValueError:
+        raise UpstreamRejected("the ID token header is not base64url JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
+        raise UpstreamRejected("the ID token header has no alg")
+    return header
+
+
+def at_hash(access_token: str, alg: str) -> str:
+    """OIDC Core §3.1.3.6: left half of the access token's hash, with the signature's hash function."""
+    if alg in ("EdDSA", "Ed25519"):
+        digest = hashlib.sha512(access_token.encode("ascii")).digest()
+    else:
+        digest = hashlib.new(f"sha{alg[2:]}", access_token.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode("ascii")
+
+
+class IdTokenVerifier:
+    """Verifies ID tokens issued by ``issuer`` to ``client_id``."""
+
+    def __init__(
+        self,
+        issuer: str,
+        client_id: str,
+        keys: KeySet,
+        *,
+        leeway: int = LEEWAY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.issuer = issuer
+        self.client_id = client_id
+        self.keys = keys
+        self.leeway = leeway
+        self._clock = clock
+
+    async def verify(
+        self,
+        raw: str,
+        *,
+        algorithms: Sequence[str],
+        nonce: str | None,
+        access_token: str | None = None,
+    ) -> dict[str, Any]:
+        """The verified claims; ``nonce`` None skips the nonce check (a refreshed ID token)."""
+        header = unverified_header(raw)
+        alg = header["alg"]
+        if alg not in algorithms:
+            raise UpstreamRejected(f"ID token signed with {alg[:20]!r}; accepted: {', '.join(algorithms)}")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
+            raise UpstreamRejected(f"token of type {str(typ)[:40]!r} is not an ID token")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise UpstreamRejected("the ID token header has a non-string kid")
+        keys = await self.keys.candidates(kid, alg)
+        if not keys:
+            raise UpstreamRejected(f"no key of the OP's JWKS matches the ID token (kid {str(kid)[:80]!r}, {alg})")
+        claims = self._signed_claims(raw, keys, alg)
+        self._check(claims, nonce)
+        if access_token is not None and "at_hash" in claims:
+            expected = at_hash(access_token, alg)
+            if not isinstance(claims["at_hash"], str) or not hmac.compare_digest(claims["at_hash"], expected):
+                raise UpstreamRejected("the ID token's at_hash does not match the access token")
+        return claims
+
+    @staticmethod
+    def _signed_claims(raw: str, keys: Sequence[jwk.Key], alg: str) -> dict[str, Any]:
+        for key in keys:
+            try:
+                return dict(jwt.decode(raw, key, algorithms=[alg]).claims)
+            except BadSignatureError:
+                continue
+            except (JoseError, ValueError) as exc:
+                raise UpstreamRejected(f"ID token rejected: {type(exc).__name__}") from None
+        raise UpstreamRejected("the ID token signature does not verify")
+
+    def _check(self, claims: dict[str, Any], nonce: str | None) -> None:
+        registry = jwt.JWTClaimsRegistry(
+            now=int(self._clock()),
+            leeway=self.leeway,
+            iss={"essential": True, "value": self.issuer},
+            sub={"essential": True},
+            aud={"essential": True, "value": self.client_id},
+            exp={"essential": True},
+            iat={"essential": True},
+        )
+        try:
+            registry.validate(claims)
+        except ExpiredTokenError:
+            raise UpstreamRejected("the ID token has expired") from None
+        except ClaimError as exc:
+            raise UpstreamRejected(f"ID token claim {exc.claim!r} refused: {exc.description}") from None
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        azp = claims.get("azp")
+        if (len(audiences) > 1 or azp is not None) and azp != self.client_id:
+            raise UpstreamRejected(f"ID token azp {str(azp)[:80]!r} is not this client (audiences {len(audiences)})")
+        if nonce is not None:
+            presented = claims.get("nonce")
+            if not isinstance(presented, str) or not hmac.compare_digest(presented, nonce):
+                raise UpstreamRejected("the ID token nonce does not match this sign-in")
