@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server slapd ldap-utils chromium
 PYTEST_WORKERS ?= 4
 
-.PHONY: help dev test check lint typecheck pytest system-deps install lock bench clean
+.PHONY: help dev test check lint typecheck pytest system-deps node-deps install lock bench clean
 
 help:
 	@echo "make dev    install everything and start the stack (broker :8000, MCP server :8001)"
@@ -20,6 +20,7 @@ system-deps:
 	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	[ -x /usr/sbin/slapd ] || command -v slapd >/dev/null 2>&1 || missing="$$missing slapd ldap-utils"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
@@ -35,6 +36,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# Test-only Node programs: a certified OpenID provider and the MCP TypeScript SDK client.
+NODE_DIRS := tests/oidc-op tests/e2e/ts-client
+node-deps:
+	@for dir in $(NODE_DIRS); do \
+	  if [ ! -d $$dir/node_modules ] || [ $$dir/package-lock.json -nt $$dir/node_modules ]; then \
+	    npm ci --prefix $$dir --no-audit --no-fund --loglevel=error && touch $$dir/node_modules; \
+	  fi; \
+	done
+
 install: system-deps $(STAMP)
 
 dev: install
@@ -47,7 +57,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: install
+pytest: install node-deps
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
 
 check: lint typecheck
@@ -61,7 +71,10 @@ lock:
 	/tmp/mcp-broker-lock/bin/pip freeze --exclude-editable | grep -v '^mcp-broker' > constraints.txt
 
 bench: install
-	$(BIN)/python bench/run.py
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq --no-install-recommends wrk >/dev/null; } || { echo "install wrk: sudo apt-get install wrk" >&2; exit 1; }
+	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/mcp_calls.py
+	$(BIN)/python bench/refresh.py
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache
