@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
+from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.routes import create_protected_resource_routes
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -21,6 +22,7 @@ from broker.middleware import RequestContextMiddleware
 from broker.store.client import RedisClient, create_redis
 from mcp_app.auth import BearerGuard
 from mcp_app.guard import HostOriginGuard
+from mcp_app.introspection import IntrospectionVerifier
 from mcp_app.notes import NotesStore
 from mcp_app.revocations import RevocationWatcher
 from mcp_app.settings import McpAppSettings
@@ -47,13 +49,27 @@ def create_app(settings: McpAppSettings) -> Starlette:
         if redis is not None
         else None
     )
-    verifier = BrokerTokenVerifier(
-        issuer=settings.issuer,
-        resource=settings.resource_url,
-        jwks=jwks,
-        revocations=watcher,
-        fail_closed=settings.fail_closed,
-    )
+    verifier: TokenVerifier
+    if settings.verification == "introspection":
+        assert settings.introspection_client_id
+        assert settings.introspection_client_secret
+        verifier = IntrospectionVerifier(
+            endpoint=f"{settings.issuer}/introspect",
+            client_id=settings.introspection_client_id,
+            client_secret=settings.introspection_client_secret.get_secret_value(),
+            resource=settings.resource_url,
+            http=http,
+            cache_seconds=settings.introspection_cache_seconds,
+        )
+        watcher = None  # the broker answers for revocations
+    else:
+        verifier = BrokerTokenVerifier(
+            issuer=settings.issuer,
+            resource=settings.resource_url,
+            jwks=jwks,
+            revocations=watcher,
+            fail_closed=settings.fail_closed,
+        )
     server = MCPServer(name="mcp-broker demo notes", instructions="A team notes server protected by mcp-broker.")
     notes = NotesStore(redis, f"{settings.redis_key_prefix}:notes") if redis is not None else None
     register_tools(server, notes)
@@ -87,12 +103,13 @@ def create_app(settings: McpAppSettings) -> Starlette:
                 checks["redis"] = "ok"
             except Exception as exc:
                 checks["redis"] = f"unreachable: {type(exc).__name__}"
-        if not jwks.loaded:
+        if settings.verification == "jwks" and not jwks.loaded:
             try:
                 await jwks.refresh()
             except (httpx.HTTPError, ValueError) as exc:
                 checks["signing_keys"] = f"broker JWKS unavailable: {type(exc).__name__}"
-        checks.setdefault("signing_keys", "ok" if jwks.loaded else "broker JWKS has no usable key")
+        if settings.verification == "jwks":
+            checks.setdefault("signing_keys", "ok" if jwks.loaded else "broker JWKS has no usable key")
         if watcher is not None:
             checks["revocations"] = "stale" if watcher.stale else "ok"
         ready = all(v == "ok" for v in checks.values())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +18,13 @@ class McpAppSettings(BaseSettings):
     issuer: str = Field(default="http://127.0.0.1:8000", description="The broker's issuer URL.")
     jwks_url: str | None = Field(default=None, description="Defaults to <issuer>/jwks.json.")
     redis_url: str | None = Field(default=None, description="Redis shared with the broker (revocations, notes).")
+    verification: Literal["jwks", "introspection"] = Field(
+        default="jwks",
+        description="Verify tokens locally (JWKS + revocations from Redis) or ask the broker (RFC 7662).",
+    )
+    introspection_client_id: str | None = Field(default=None, description="This server's client id at the broker.")
+    introspection_client_secret: SecretStr | None = None
+    introspection_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     redis_password: SecretStr | None = None
     redis_key_prefix: str = Field(default="mcpb", description="The broker's redis.key_prefix.")
     revocation_max_staleness: float = Field(
@@ -29,6 +38,14 @@ class McpAppSettings(BaseSettings):
     log_format: str = "json"
     metrics_port: int | None = Field(default=9090, description="Prometheus metrics port; unset or 0 to disable.")
     metrics_host: str = "0.0.0.0"
+
+    @model_validator(mode="after")
+    def _introspection_credentials(self) -> McpAppSettings:
+        if self.verification == "introspection" and not (
+            self.introspection_client_id and self.introspection_client_secret
+        ):
+            raise ValueError("verification=introspection needs introspection_client_id and introspection_client_secret")
+        return self
 
     @property
     def effective_jwks_url(self) -> str:

@@ -19,6 +19,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from broker.app import create_app as create_broker
 from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
+from tests.broker.conftest import broker_factory  # noqa: F401 - the broker fixture, shared
 from tests.broker.flows import Broker, broker_yaml
 from tests.http import running
 

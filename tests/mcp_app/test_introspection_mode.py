@@ -1,0 +1,72 @@
+"""mcp_app in introspection mode (RFC 7662), for servers that cannot reach Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from broker.devstack import free_port
+from mcp_app.app import create_app
+from mcp_app.settings import McpAppSettings
+from tests.broker.conftest import BrokerFactory
+from tests.broker.flows import INTROSPECTOR_SECRET, Broker, tokens_for
+from tests.http import running
+
+
+def call(url: str, token: str) -> int:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
+    headers = {"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream"}
+    return httpx.post(url, json=body, headers=headers).status_code
+
+
+@pytest.fixture
+def pair(broker_factory: BrokerFactory) -> Iterator[tuple[Broker, str, str]]:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    with broker_factory(resource=resource) as broker:
+        settings = McpAppSettings(
+            resource_url=resource,
+            issuer=broker.base,
+            verification="introspection",
+            introspection_client_id="notes-server",
+            introspection_client_secret=INTROSPECTOR_SECRET,  # type: ignore[arg-type]
+            introspection_cache_seconds=0.5,
+        )
+        with running(create_app(settings), port):
+            yield broker, resource, f"http://127.0.0.1:{port}/mcp"
+
+
+def test_tokens_are_checked_at_the_broker(pair: tuple[Broker, str, str]) -> None:
+    broker, resource, url = pair
+    client, tokens = tokens_for(broker, "bob", resource=resource)
+    assert call(url, tokens["access_token"]) == 200
+    httpx.post(f"{broker.base}/revoke", data={"token": tokens["refresh_token"], "client_id": client["client_id"]})
+    time.sleep(0.6)  # the short positive cache
+    assert call(url, tokens["access_token"]) == 401
+    _, other = tokens_for(broker, "bob", resource="http://127.0.0.1:8002/mcp", scope="other:use")
+    assert call(url, other["access_token"]) == 401
+    assert call(url, "garbage") == 401
+
+
+def test_wrong_credentials_fail_closed(broker_factory: BrokerFactory) -> None:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    with broker_factory(resource=resource) as broker:
+        settings = McpAppSettings(
+            resource_url=resource,
+            issuer=broker.base,
+            verification="introspection",
+            introspection_client_id="notes-server",
+            introspection_client_secret="wrong",  # type: ignore[arg-type]
+        )
+        with running(create_app(settings), port):
+            _, tokens = tokens_for(broker, "bob", resource=resource)
+            assert call(f"http://127.0.0.1:{port}/mcp", tokens["access_token"]) == 401
+
+
+def test_settings_need_credentials() -> None:
+    with pytest.raises(ValueError, match="needs introspection_client_id"):
+        McpAppSettings(verification="introspection")
