@@ -60,9 +60,14 @@ class RevocationWatcher:
         members = await self.redis.zrangebyscore(self.set_key, now, "+inf")
         self._revoked = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
+    def _done(self) -> bool:
+        # A cancellation swallowed inside redis-py still shows as a pending cancel request.
+        task = asyncio.current_task()
+        return self._stopping or (task is not None and task.cancelling() > 0)
+
     async def _run(self) -> None:
         backoff = 0.1
-        while not self._stopping:
+        while not self._done():
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
@@ -70,7 +75,7 @@ class RevocationWatcher:
                 self._last_ok = time.monotonic()
                 self._synced.set()
                 backoff = 0.1
-                while not self._stopping:
+                while not self._done():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
@@ -81,7 +86,7 @@ class RevocationWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._stopping:
+                if self._done():
                     break
                 _log.warning("revocation_feed_lost", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
                 await asyncio.sleep(backoff)

@@ -98,7 +98,12 @@ def test_dev_stack_comes_up_and_sigint_stops_everything(tmp_path: Path) -> None:
         assert (tmp_path / "redis" / "appendonlydir").is_dir()  # append-only file on
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave a stack behind, even when the test fails
+            proc.communicate()
+            raise
     assert proc.returncode == 0, output
     assert "mcp-broker dev stack is running" in output
     assert f"http://127.0.0.1:{mcp_port}/mcp" in output
