@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from broker.config.loader import ENV_VAR, ConfigError, config_path, load_config
+from broker.config.models import BrokerConfig
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -23,20 +24,28 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(command: str, explicit: str | None) -> tuple[Path, BrokerConfig] | int:
+    """The configuration named by ``--config`` or the environment, or the exit code after saying why not."""
+    path = config_path(explicit)
+    if path is None:
+        print(f"mcp-broker {command}: give --config FILE or set {ENV_VAR}", file=sys.stderr)
+        return 2
+    try:
+        return path, load_config(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from broker.log import configure_logging
 
-    path = config_path(args.config)
-    if path is None:
-        print(f"mcp-broker serve: give --config FILE or set {ENV_VAR}", file=sys.stderr)
-        return 2
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 1
+    loaded = _load("serve", args.config)
+    if isinstance(loaded, int):
+        return loaded
+    path, config = loaded
     if config.redis.url is None:
         print(
             "mcp-broker serve: redis.url is not set; set it, or use `mcp-broker dev` for a private Redis",
@@ -95,15 +104,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from providers.base import Identity, LookupProvider, ProviderError
     from providers.registry import UnsupportedProvider, open_provider
 
-    path = config_path(args.config)
-    if path is None:
-        print(f"mcp-broker explain: give --config FILE or set {ENV_VAR}", file=sys.stderr)
-        return 2
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 1
+    loaded = _load("explain", args.config)
+    if isinstance(loaded, int):
+        return loaded
+    _, config = loaded
     provider_config = next((p for p in config.providers if p.id == args.provider), None)
     if provider_config is None:
         known = ", ".join(p.id for p in config.providers) or "none"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator
+
+from providers.net import is_loopback_host
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -30,17 +31,6 @@ def parse_duration(value: object) -> int:
 
 Duration = Annotated[int, BeforeValidator(parse_duration)]
 """A positive number of seconds, written as an integer or with a unit (s, m, h, d)."""
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_public_url(url: str, *, what: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import SplitResult, urlsplit
 
-from broker.config.types import is_loopback_host
+from providers.net import is_loopback_host
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
 _FORBIDDEN_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "ftp", "ws", "wss"})

@@ -21,7 +21,6 @@ from broker.oauth.errors import OAuthError
 from broker.routes.forms import read_form
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
-from broker.web.pages import same_secret
 from providers.base import Identity, PasswordProvider, ProviderError, RedirectProvider
 
 SESSION_TTL = 1800
@@ -138,10 +137,8 @@ def router(base: str) -> APIRouter:
             form = await read_form(request)
         except OAuthError as exc:
             return pages.error(request, "Invalid request", exc.description)
-        if not (form.get("csrf") and same_secret(form.get("csrf"), digest(request.cookies.get(pages.csrf_cookie, "")))):
-            return pages.error(
-                request, "Request not accepted", "This form was not submitted from this site.", status=403
-            )
+        if not pages.csrf_ok(request, form.get("csrf")):
+            return pages.csrf_refused(request)
         provider = state.providers.get(form.get("provider", ""))
         if isinstance(provider, PasswordProvider):
             username = form.get("username", "").strip()
@@ -210,10 +207,8 @@ def router(base: str) -> APIRouter:
             return pages.error(request, "Invalid request", exc.description)
         if session is None:
             return _login_page(state, status=401)
-        if not same_secret(form.get("csrf"), digest(request.cookies.get(pages.csrf_cookie, ""))):
-            return pages.error(
-                request, "Request not accepted", "This form was not submitted from this site.", status=403
-            )
+        if not pages.csrf_ok(request, form.get("csrf")):
+            return pages.csrf_refused(request)
         grant_id = form.get("grant", "")
         grant = await state.store.get_grant(grant_id) if len(grant_id) <= 64 else None
         if grant is None or grant["subject"] != session["subject"]:  # only one's own grants
@@ -235,10 +230,8 @@ def router(base: str) -> APIRouter:
             form = await read_form(request)
         except OAuthError as exc:
             return state.pages.error(request, "Invalid request", exc.description)
-        if not same_secret(form.get("csrf"), digest(request.cookies.get(state.pages.csrf_cookie, ""))):
-            return state.pages.error(
-                request, "Request not accepted", "This form was not submitted from this site.", status=403
-            )
+        if not state.pages.csrf_ok(request, form.get("csrf")):
+            return state.pages.csrf_refused(request)
         token = request.cookies.get(state.pages.session_cookie)
         if token:
             await state.store.redis.delete(_session_key(state, token))

@@ -140,17 +140,9 @@ def router(base: str) -> APIRouter:
         if loaded is None:
             return pages.error(request, *EXPIRED)
         flow, auth, client = loaded
-        if not (
-            same_secret(form.get("csrf"), flow["csrf_hash"])
-            and same_secret(request.cookies.get(pages.csrf_cookie), flow["csrf_hash"])
-        ):
+        if not pages.csrf_ok(request, form.get("csrf"), flow["csrf_hash"]):
             _log.warning("csrf_check_failed", client_id=client.client_id)
-            return pages.error(
-                request,
-                "Request not accepted",
-                "This form was not submitted from the sign-in page. Return to the application and start again.",
-                status=403,
-            )
+            return pages.csrf_refused(request)
         if flow.get("approved"):
             return pages.error(request, *EXPIRED)
         if form.get("decision") != "approve":
@@ -229,16 +221,8 @@ def router(base: str) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         flow, auth, client, provider = checked
-        if not (
-            same_secret(form.get("csrf"), flow["csrf_hash"])
-            and same_secret(request.cookies.get(pages.csrf_cookie), flow["csrf_hash"])
-        ):
-            return pages.error(
-                request,
-                "Request not accepted",
-                "This form was not submitted from the sign-in page. Return to the application and start again.",
-                status=403,
-            )
+        if not pages.csrf_ok(request, form.get("csrf"), flow["csrf_hash"]):
+            return pages.csrf_refused(request)
         if not isinstance(provider, PasswordProvider):
             return pages.error(request, "Invalid request", "This sign-in option does not take a password.")
         username = form.get("username", "").strip()

@@ -86,6 +86,22 @@ class Pages:
             request_id=getattr(request.state, "request_id", None),
         )
 
+    def csrf_ok(self, request: Request, presented: str | None, expected_hash: str | None = None) -> bool:
+        """Double-submit check: the form's token and the CSRF cookie agree (and, for a sign-in
+        flow, both match the hash the flow stored). Constant-time throughout."""
+        cookie = request.cookies.get(self.csrf_cookie)
+        if expected_hash is None:
+            expected_hash = digest(cookie) if cookie else None
+        return same_secret(presented, expected_hash) and same_secret(cookie, expected_hash)
+
+    def csrf_refused(self, request: Request) -> HTMLResponse:
+        return self.error(
+            request,
+            "Request not accepted",
+            "This form was not submitted from this site's sign-in page. Go back to the application and start again.",
+            status=403,
+        )
+
     def redirect(self, url: str, *, status: int = 303) -> RedirectResponse:
         response = RedirectResponse(url, status_code=status)
         response.headers.update({"cache-control": "no-store", "referrer-policy": "no-referrer"})

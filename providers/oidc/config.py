@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
 from providers.base import ProviderConfig
+from providers.net import is_loopback_host
 
 # Parameters the provider sets itself; ``authorize_params`` may not override them.
 PROTOCOL_PARAMS = frozenset(
@@ -26,17 +26,6 @@ PROTOCOL_PARAMS = frozenset(
         "request_uri",
     }
 )
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_endpoint_url(url: str, *, what: str) -> str:

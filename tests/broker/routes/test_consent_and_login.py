@@ -60,7 +60,7 @@ def test_consent_post_without_the_csrf_cookie_is_refused(broker: Broker) -> None
     # A cross-site auto-submitted form: right hidden fields, but no cookie.
     forged = httpx.post(f"{broker.base}/consent", data={**hidden_inputs(page.text), "decision": "approve"})
     assert forged.status_code == 403
-    assert "not submitted from the sign-in page" in forged.text
+    assert "not submitted from this site" in forged.text
 
 
 def test_consent_post_with_a_wrong_csrf_token_is_refused(broker: Broker) -> None:
