@@ -39,6 +39,10 @@ def create_app(settings: McpAppSettings) -> Starlette:
         create_redis(
             settings.redis_url,
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            sentinel_password=(
+                settings.redis_sentinel_password.get_secret_value() if settings.redis_sentinel_password else None
+            ),
+            ca_file=settings.redis_ca_file,
             client_name="mcp-app",
         )
         if settings.redis_url

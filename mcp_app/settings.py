@@ -26,6 +26,8 @@ class McpAppSettings(BaseSettings):
     introspection_client_secret: SecretStr | None = None
     introspection_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = Field(default=None, description="For a redis+sentinel:// URL.")
+    redis_ca_file: str | None = Field(default=None, description="CA bundle for rediss:// connections.")
     redis_key_prefix: str = Field(default="mcpb", description="The broker's redis.key_prefix.")
     revocation_max_staleness: float = Field(
         default=30.0, gt=0, description="Seconds without news from Redis before the revocation view counts as stale."

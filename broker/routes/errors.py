@@ -6,9 +6,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker.oauth.errors import InvalidClient, InvalidRequest, OAuthError, ServerError
+from broker.oauth.errors import InvalidClient, InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable
 
 _log = structlog.get_logger("mcp_broker.errors")
 NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
@@ -38,6 +39,15 @@ def install(app: FastAPI) -> None:
             "error_description": str(exc.detail),
         }
         return JSONResponse(body, status_code=exc.status_code, headers=NO_STORE)
+
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
+        # Redis unreachable or failing over: a retry soon will work (refresh retries are safe
+        # within the reuse grace window).
+        _log.error("redis_unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+        response = oauth_error_response(TemporarilyUnavailable())
+        response.headers["retry-after"] = "2"
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
