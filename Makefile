@@ -45,7 +45,14 @@ node-deps:
 	  fi; \
 	done
 
-install: system-deps $(STAMP)
+# checkov pins packaging<24, which pytest 9 cannot share: it gets a virtual environment of its own.
+CHECKOV_STAMP := $(VENV)/checkov/.installed
+$(CHECKOV_STAMP): deploy/checkov-requirements.txt
+	@test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install -q --disable-pip-version-check -r deploy/checkov-requirements.txt
+	@touch $(CHECKOV_STAMP)
+
+install: system-deps $(STAMP) $(CHECKOV_STAMP)
 
 dev: install
 	$(BIN)/mcp-broker dev
