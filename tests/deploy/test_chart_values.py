@@ -224,12 +224,17 @@ REJECTED = {
         _set("secrets.adminToken", {"enabled": True, "key": "t", "value": "short"}),
         "at least 32 characters",
     ),
-    "mcp_app with sentinel auth": (
-        _set("redis.sentinelAuth", {"enabled": True, "key": "p", "existingSecret": "s"}),
-        "mcp_app cannot authenticate to Redis Sentinels",
-    ),
-    "mcp_app with a private redis ca": (_set("redis.tls.caSecret", "redis-ca"), "mcp_app cannot be given a private"),
 }
+
+
+def test_mcp_app_gets_the_sentinel_password_and_the_redis_ca() -> None:
+    values = example("entra-only")
+    values["redis"]["sentinelAuth"] = {"enabled": True, "key": "p", "existingSecret": "s"}
+    values["redis"]["tls"] = {"caSecret": "redis-ca", "caKey": "ca.crt"}
+    rendered = render(values)
+    env = {e["name"]: e for e in containers(rendered.get("Deployment", MCP))[0]["env"]}
+    assert env["MCP_APP_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "s", "key": "p"}
+    assert env["MCP_APP_REDIS_CA_FILE"]["value"] == "/etc/mcp-broker/redis-ca/ca.crt"
 
 
 @pytest.mark.parametrize("case", REJECTED.keys())

@@ -396,12 +396,6 @@ Cross-checks that the schema cannot express. Rendered (as nothing) by configmap.
 {{- end }}
 {{- if .Values.mcpApp.enabled }}
 {{- $_ = include "mcp-broker.resourceUrl" . }}
-{{- if .Values.redis.sentinelAuth.enabled }}
-{{- fail "mcp_app cannot authenticate to Redis Sentinels (it has no Sentinel password setting): disable redis.sentinelAuth or mcpApp" }}
-{{- end }}
-{{- if .Values.redis.tls.caSecret }}
-{{- fail "mcp_app cannot be given a private Redis CA (it has no CA file setting): use a Redis certificate from a public CA, or disable mcpApp" }}
-{{- end }}
 {{- if and (eq (include "mcp-broker.resourceHost" .) (include "mcp-broker.issuerHost" .)) (eq (include "mcp-broker.resourcePath" .) (default "/" (include "mcp-broker.issuerPath" .))) }}
 {{- fail "mcpApp.resourceUrl and config.issuer share host and path: give the MCP server a path of its own (e.g. /mcp)" }}
 {{- end }}
