@@ -129,7 +129,16 @@ def create_app(
             if redis is None:
                 await client.aclose()
 
-    app = FastAPI(title="mcp-broker", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="mcp-broker",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # FastAPI's built-in OpenTelemetry hooks: unused here (metrics are Prometheus, logs are
+        # structlog), and they cost a few environment lookups on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     errors.install(app)
     app.include_router(health.router)
     discovery.install(app, config.issuer, base)

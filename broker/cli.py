@@ -60,7 +60,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         prepare()  # before prometheus_client is imported anywhere
         from broker import metrics
 
-        metrics.serve(config.metrics.port, config.metrics.host)
+        try:
+            metrics.serve(config.metrics.port, config.metrics.host)
+        except OSError as exc:
+            print(
+                f"mcp-broker serve: cannot serve metrics on {config.metrics.host}:{config.metrics.port} "
+                f"({exc.strerror}); set metrics.port, or metrics.enabled: false",
+                file=sys.stderr,
+            )
+            return 1
     uvicorn.run(
         "broker.asgi:app",
         factory=True,

@@ -77,6 +77,14 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+class _NamedWriteLogger(structlog.WriteLogger):
+    """structlog's line writer to stdout, with a ``name`` for ``add_logger_name``."""
+
+    def __init__(self, name: str = "mcp_broker", *_: Any) -> None:
+        super().__init__(sys.stdout)
+        self.name = name
+
+
 def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = True) -> None:
     """Route structlog and the standard library (uvicorn, httpx, ...) through one pipeline."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
@@ -92,10 +100,13 @@ def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = T
         if use_console
         else structlog.processors.JSONRenderer()
     )
+    # Our own events take structlog's direct path (no stdlib logging on the hot path: a filtered
+    # level costs nothing, a kept one is rendered once and written); other libraries' stdlib
+    # records are rendered by the same processors through ProcessorFormatter below.
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, *([] if use_console else [structlog.processors.format_exc_info]), renderer],
+        logger_factory=_NamedWriteLogger,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=cache,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -50,7 +50,15 @@ def run(args: argparse.Namespace) -> int:
         prepare()  # before prometheus_client is imported anywhere
         from broker import metrics
 
-        metrics.serve(settings.metrics_port, settings.metrics_host)
+        try:
+            metrics.serve(settings.metrics_port, settings.metrics_host)
+        except OSError as exc:
+            print(
+                f"mcp-app: cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror}); "
+                "set MCP_APP_METRICS_PORT, or 0 to disable",
+                file=sys.stderr,
+            )
+            return 1
     from mcp_app.app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)

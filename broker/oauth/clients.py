@@ -19,6 +19,7 @@ from broker.store.tokens import TokenStore
 AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
 AUTH_METHODS: tuple[AuthMethod, ...] = ("none", "client_secret_post", "client_secret_basic")
 GRANT_TYPES = ("authorization_code", "refresh_token")
+CLIENT_CACHE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class ClientRegistry:
             )
             for c in config.static_clients
         }
+        self._recent: dict[str, tuple[float, Client]] = {}
 
     async def get(self, client_id: str | None) -> Client | None:
         if not client_id or len(client_id) > 2000:
@@ -147,8 +149,19 @@ class ClientRegistry:
                 return None
             client: Client | None = await self.documents.get(client_id)
             return client
+        cached = self._recent.get(client_id)
+        if cached is not None and time.monotonic() - cached[0] < CLIENT_CACHE_SECONDS:
+            return cached[1]
+        # Registrations never change, so a few seconds of caching is safe; the idle TTL is
+        # refreshed on every miss, which is often enough for a lifetime measured in days.
         record = await self.store.get_client(client_id, touch_ttl=self.config.registration_idle_ttl)
-        return Client.from_record(record) if record else None
+        if record is None:
+            return None
+        client = Client.from_record(record)
+        if len(self._recent) >= 10_000:
+            self._recent.clear()
+        self._recent[client_id] = (time.monotonic(), client)
+        return client
 
     async def register(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """RFC 7591 §3: validate, store (secret hashed), answer with the secret once."""

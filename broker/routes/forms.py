@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from fastapi import Request
 
 from broker.oauth.errors import InvalidRequest
@@ -16,18 +18,24 @@ async def read_form(request: Request) -> dict[str, str]:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
         raise InvalidRequest("the request body is too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # bounded even without a Content-Length
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise InvalidRequest("the request body is too large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
-        form = await request.form(max_files=0, max_fields=100)
-    except Exception:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=100)
+    except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("the request body is not a valid form") from None
     out: dict[str, str] = {}
-    for key in form:
-        values = form.getlist(key)
-        if len(values) > 1:
+    seen: set[str] = set()
+    for key, value in pairs:
+        if key in seen:
             raise InvalidRequest(f"parameter {key} must appear at most once")
-        value = values[0]
-        if not isinstance(value, str):
-            raise InvalidRequest(f"parameter {key} must be text")
+        seen.add(key)
         if value != "":  # RFC 6749 §3.1: a parameter sent without a value is treated as omitted
             out[key] = value
     return out

@@ -144,6 +144,13 @@ class TokenStore:
         raw = await self.redis.get(self.keys.grant(grant_id))
         return json.loads(raw) if raw else None
 
+    async def get_grant_and_refresh(
+        self, grant_id: str, refresh_hash: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Both records in one round trip (one slot, so MGET works on Cluster too)."""
+        grant, refresh = await self.redis.mget([self.keys.grant(grant_id), self.keys.refresh(grant_id, refresh_hash)])
+        return (json.loads(grant) if grant else None, json.loads(refresh) if refresh else None)
+
     async def get_refresh(self, grant_id: str, refresh_hash: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.keys.refresh(grant_id, refresh_hash))
         return json.loads(raw) if raw else None
