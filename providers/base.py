@@ -102,7 +102,12 @@ class RedirectProvider(Protocol):
 
 @runtime_checkable
 class RefreshProvider(Protocol):
-    """Looks a user up again at refresh time, so group changes upstream take effect."""
+    """Looks a user up again at refresh time, so group changes upstream take effect.
+
+    A provider whose re-check spends an upstream refresh token sets
+    ``refresh_spends_upstream_token = True``: the broker then never runs two re-checks of one
+    grant at once.
+    """
 
     async def refresh(self, identity: Identity) -> Identity:
         """Return fresh data, or raise InvalidCredentials / AccountDisabled if the user is gone."""

@@ -60,6 +60,13 @@ class TokensConfig(_Section):
     refresh_reuse_grace: Duration = Field(
         default=5, le=60, description="A rotated refresh token replayed within this window gets the same answer."
     )
+    upstream_recheck_interval: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="Seconds a user's upstream re-check (groups, account state) is reused by later refreshes. "
+        "0: every refresh asks the provider.",
+    )
 
 
 class SigningConfig(_Section):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -73,6 +73,7 @@ class GrantService:
     policies: PolicyHolder
     providers: Mapping[str, object]
     sealer: Sealer
+    _rechecked: dict[tuple[str, str], tuple[float, Identity]] = field(default_factory=dict)
 
     @property
     def policy(self) -> Policy:
@@ -178,7 +179,7 @@ class GrantService:
         if grant_id is None or token is None:
             raise InvalidGrant(detail="malformed refresh token")
         old_hash = digest(token)
-        grant = await self.store.get_grant(grant_id)
+        grant, record = await self.store.get_grant_and_refresh(grant_id, old_hash)
         if grant is None:
             raise InvalidGrant(detail=f"grant {grant_id} unknown or expired")
         if grant["client_id"] != client.client_id:
@@ -199,7 +200,6 @@ class GrantService:
                 raise InvalidScope(detail=f"refresh asked for {asked}, grant holds {current}")
             narrowed = asked
 
-        record = await self.store.get_refresh(grant_id, old_hash)
         if record is None:
             raise InvalidGrant(detail=f"refresh token unknown or expired for grant {grant_id}")
         if record.get("state") == "rotated":
@@ -207,9 +207,14 @@ class GrantService:
 
         provider = self.providers.get(grant["identity"]["provider_id"])
         locked = False
-        if isinstance(provider, RefreshProvider):
-            # One refresh at a time asks upstream: a provider that rotates its own refresh
-            # tokens would take a second, concurrent use as theft and end the upstream session.
+        if (
+            isinstance(provider, RefreshProvider)
+            and getattr(provider, "refresh_spends_upstream_token", False)
+            and self._recent(grant) is None
+        ):
+            # One refresh at a time asks upstream when the re-check spends an upstream refresh
+            # token: a provider that rotates them would take a second, concurrent use as theft
+            # and end the upstream session. (A directory lookup needs no such care.)
             locked = await self.store.lock_grant(grant_id, UPSTREAM_LOCK_SECONDS)
             if not locked:
                 return await self._await_winner(grant, token, old_hash)
@@ -298,6 +303,23 @@ class GrantService:
         )
         raise InvalidGrant(detail=f"rotated refresh token of grant {grant['grant_id']} reused; grant revoked")
 
+    def _recent(self, grant: Mapping[str, Any]) -> Identity | None:
+        interval = self.config.tokens.upstream_recheck_interval
+        if not interval:
+            return None
+        key = (grant["identity"]["provider_id"], grant["identity"]["subject"])
+        hit = self._rechecked.get(key)
+        if hit is None or time.monotonic() - hit[0] > interval:
+            return None
+        return hit[1]
+
+    def _remember(self, identity: Identity) -> None:
+        if not self.config.tokens.upstream_recheck_interval:
+            return
+        if len(self._rechecked) >= 10_000:
+            self._rechecked.clear()
+        self._rechecked[(identity.provider_id, identity.subject)] = (time.monotonic(), identity)
+
     async def _reevaluate(self, grant: Mapping[str, Any]) -> tuple[frozenset[str], Identity | None]:
         """Scopes the user may hold now, with fresh group data where the provider can give it,
         and the fresh identity to store (None when the provider cannot refresh)."""
@@ -306,10 +328,14 @@ class GrantService:
         if provider is None:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
         fresh: Identity | None = None
-        if isinstance(provider, RefreshProvider):
+        recent = self._recent(grant)
+        if recent is not None:
+            identity = recent  # re-checked upstream moments ago (tokens.upstream_recheck_interval)
+        elif isinstance(provider, RefreshProvider):
             try:
                 with UPSTREAM_LATENCY.labels(identity.provider_id, "refresh").time():
                     identity = fresh = await provider.refresh(identity)
+                self._remember(fresh)
             except (InvalidCredentials, AccountDisabled) as exc:
                 await self.store.revoke_grant(grant["grant_id"], "user_no_longer_valid")
                 raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None

@@ -263,10 +263,15 @@ class LdapProvider:
         while frontier and cfg.nested_groups and cfg.group_base_dn and depth < cfg.nested_depth:
             depth += 1
             nxt: set[str] = set()
-            for group_dn in frontier:
-                parents = self._search(
-                    cfg.group_base_dn, cfg.group_filter.replace("{dn}", escape_filter_chars(group_dn)), [name_attr]
+            # One search per nesting level (in batches of 50): the parents of every group found so far.
+            ordered = sorted(frontier)
+            parents = []
+            for start in range(0, len(ordered), 50):
+                terms = "".join(
+                    cfg.group_filter.replace("{dn}", escape_filter_chars(dn)) for dn in ordered[start : start + 50]
                 )
+                parents += self._search(cfg.group_base_dn, f"(|{terms})", [name_attr])
+            if parents:
                 for e in parents:
                     names.setdefault(e["dn"], _first(e, name_attr) or _rdn_value(e["dn"]))
                     if e["dn"] not in groups:  # cycle guard

@@ -294,6 +294,8 @@ class OidcProvider:
 class RefreshingOidcProvider(OidcProvider):
     """``RedirectProvider`` and ``RefreshProvider``: each broker refresh refreshes upstream too."""
 
+    refresh_spends_upstream_token = True  # the broker serialises re-checks of one grant
+
     async def refresh(self, identity: Identity) -> Identity:
         refresh_token = identity.private.get("refresh_token")
         sub = identity.private.get("sub")
