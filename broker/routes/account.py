@@ -17,8 +17,7 @@ from fastapi.responses import Response
 
 from broker.audit import audit
 from broker.metrics import LOGINS, UPSTREAM_LATENCY
-from broker.oauth.errors import OAuthError
-from broker.routes.forms import read_form
+from broker.routes.forms import read_page_form
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
 from providers.base import Identity, PasswordProvider, ProviderError, RedirectProvider
@@ -133,10 +132,9 @@ def router(base: str) -> APIRouter:
     async def login(request: Request) -> Response:
         state = get_state(request)
         pages = state.pages
-        try:
-            form = await read_form(request)
-        except OAuthError as exc:
-            return pages.error(request, "Invalid request", exc.description)
+        form = await read_page_form(request, pages)
+        if not isinstance(form, dict):
+            return form
         if not pages.csrf_ok(request, form.get("csrf")):
             return pages.csrf_refused(request)
         provider = state.providers.get(form.get("provider", ""))
@@ -201,10 +199,9 @@ def router(base: str) -> APIRouter:
         state = get_state(request)
         pages = state.pages
         session = await _session(state, request)
-        try:
-            form = await read_form(request)
-        except OAuthError as exc:
-            return pages.error(request, "Invalid request", exc.description)
+        form = await read_page_form(request, pages)
+        if not isinstance(form, dict):
+            return form
         if session is None:
             return _login_page(state, status=401)
         if not pages.csrf_ok(request, form.get("csrf")):
@@ -226,10 +223,9 @@ def router(base: str) -> APIRouter:
     @api.post("/logout")
     async def logout(request: Request) -> Response:
         state = get_state(request)
-        try:
-            form = await read_form(request)
-        except OAuthError as exc:
-            return state.pages.error(request, "Invalid request", exc.description)
+        form = await read_page_form(request, state.pages)
+        if not isinstance(form, dict):
+            return form
         if not state.pages.csrf_ok(request, form.get("csrf")):
             return state.pages.csrf_refused(request)
         token = request.cookies.get(state.pages.session_cookie)

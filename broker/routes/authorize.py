@@ -26,7 +26,7 @@ from broker.oauth.errors import OAuthError
 from broker.oauth.grants import identity_record
 from broker.oauth.redirects import is_loopback_redirect
 from broker.oauth.tokens import new_grant_id, new_handle
-from broker.routes.forms import read_form
+from broker.routes.forms import read_page_form
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
 from broker.web.pages import same_secret
@@ -132,10 +132,9 @@ def router(base: str) -> APIRouter:
     async def consent(request: Request) -> Response:
         state = get_state(request)
         pages = state.pages
-        try:
-            form = await read_form(request)
-        except OAuthError as exc:
-            return pages.error(request, "Invalid request", exc.description)
+        form = await read_page_form(request, pages)
+        if not isinstance(form, dict):
+            return form
         loaded = await _load(state, form.get("flow"))
         if loaded is None:
             return pages.error(request, *EXPIRED)
@@ -213,10 +212,9 @@ def router(base: str) -> APIRouter:
     async def login(request: Request) -> Response:
         state = get_state(request)
         pages = state.pages
-        try:
-            form = await read_form(request)
-        except OAuthError as exc:
-            return pages.error(request, "Invalid request", exc.description)
+        form = await read_page_form(request, pages)
+        if not isinstance(form, dict):
+            return form
         checked = await _approved_flow(state, request, form.get("flow"))
         if isinstance(checked, Response):
             return checked

@@ -5,8 +5,10 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from fastapi import Request
+from fastapi.responses import HTMLResponse
 
-from broker.oauth.errors import InvalidRequest
+from broker.oauth.errors import InvalidRequest, OAuthError
+from broker.web.pages import Pages
 
 MAX_FORM_BYTES = 64 * 1024
 
@@ -39,3 +41,11 @@ async def read_form(request: Request) -> dict[str, str]:
         if value != "":  # RFC 6749 §3.1: a parameter sent without a value is treated as omitted
             out[key] = value
     return out
+
+
+async def read_page_form(request: Request, pages: Pages) -> dict[str, str] | HTMLResponse:
+    """``read_form`` for the browser pages: a bad form is a readable page, not JSON."""
+    try:
+        return await read_form(request)
+    except OAuthError as exc:
+        return pages.error(request, "Invalid request", exc.description)
