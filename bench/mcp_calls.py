@@ -72,7 +72,17 @@ def serve(mode: str, port: int, key_file: str, redis_url: str) -> None:
     async def jwks_route(_: Request) -> JSONResponse:
         return JSONResponse(jwks)
 
-    app: object = mcp
+    # The same outer app in both runs, so the difference is the guard alone.
+    app: object = Starlette(routes=[Route("/jwks.json", jwks_route), Mount("/", app=mcp)], lifespan=None)
+
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def plain_lifespan(_: Starlette):  # type: ignore[no-untyped-def]
+        async with mcp.router.lifespan_context(mcp):
+            yield
+
+    app = Starlette(routes=[Route("/jwks.json", jwks_route), Mount("/", app=mcp)], lifespan=plain_lifespan)
     if mode == "on":
         redis = create_redis(redis_url)
         watcher = RevocationWatcher(redis, key_prefix="bench")
@@ -91,8 +101,6 @@ def serve(mode: str, port: int, key_file: str, redis_url: str) -> None:
             scopes_supported=["notes:read"],
             tool_scopes={"echo": "notes:read"},
         )
-
-        import contextlib
 
         @contextlib.asynccontextmanager
         async def lifespan(_: Starlette):  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ from mcp.server.auth.provider import AccessToken
 from broker.metrics import VERIFY_CACHE
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
+_HIT, _MISS = VERIFY_CACHE.labels("hit"), VERIFY_CACHE.labels("miss")
 
 
 class Revocations(Protocol):
@@ -112,11 +113,11 @@ class BrokerTokenVerifier:
         if cached is not None:
             if cached.expires_at is not None and cached.expires_at + self.leeway > time.time():
                 self.hits += 1
-                VERIFY_CACHE.labels("hit").inc()
+                _HIT.inc()
                 return None if self._revoked(cached) else cached
             del self._cache[digest]
         self.misses += 1
-        VERIFY_CACHE.labels("miss").inc()
+        _MISS.inc()
         claims = await self._verify(token)
         if claims is None:
             return None
