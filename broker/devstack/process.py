@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -37,8 +38,21 @@ def find_binary(name: str, package: str, extra_dirs: tuple[str, ...] = ("/usr/sb
     return found
 
 
+_PORTS = range(20000, 32000)  # below Linux's ephemeral range (32768-60999)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A loopback port free right now, chosen outside the ephemeral range: between this check and
+    the server's bind, outgoing connections (which take ephemeral ports) cannot grab it."""
+    for _ in range(200):
+        port = secrets.randbelow(len(_PORTS)) + _PORTS.start
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: let the kernel pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
