@@ -10,15 +10,12 @@
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -34,10 +31,10 @@ from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
 from tests.broker.flows import broker_yaml
 from tests.http import running
+from tests.node import ensure_npm_packages
 
 CLIENT_DIR = Path(__file__).resolve().parent / "ts-client"
 SDK_PACKAGE = "@modelcontextprotocol/sdk"
-NPM_TIMEOUT = 300
 START_TIMEOUT = 30
 SCRIPT_TIMEOUT = 120
 REDIRECT_URI = "http://127.0.0.1:33419/callback"  # never listened on: the script stops at the redirect
@@ -45,28 +42,7 @@ PASSWORDS = {"alice": "demo-alice", "bob": "demo-bob", "carol": "demo-carol"}
 
 
 def ensure_packages() -> None:
-    """``npm ci`` into tests/e2e/ts-client unless node_modules matches package-lock.json already."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError("npm is not installed: the TypeScript SDK test needs Node.js 20+ and npm")
-    lock_path = (
-        Path(tempfile.gettempdir()) / f"mcp-broker-ts-client-{hashlib.sha256(bytes(CLIENT_DIR)).hexdigest()[:12]}.lock"
-    )
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker installs, the others wait and reuse
-        installed = CLIENT_DIR / "node_modules" / ".package-lock.json"
-        if installed.exists() and installed.stat().st_mtime >= (CLIENT_DIR / "package-lock.json").stat().st_mtime:
-            return
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=CLIENT_DIR,
-            capture_output=True,
-            text=True,
-            timeout=NPM_TIMEOUT,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"npm ci in {CLIENT_DIR} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    ensure_npm_packages(CLIENT_DIR, "the TypeScript SDK tests")
 
 
 def sdk_version() -> str:

@@ -8,13 +8,9 @@ pages until the OP redirects back to the relying party.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,36 +19,15 @@ from typing import Any
 import httpx
 
 from broker.devstack.process import ChildProcess, wait_until
+from tests.node import ensure_npm_packages
 
 OP_DIR = Path(__file__).resolve().parents[2] / "oidc-op"
-NPM_TIMEOUT = 300
 START_TIMEOUT = 30
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
 
 
 def ensure_packages() -> None:
-    """``npm ci`` into tests/oidc-op unless node_modules matches package-lock.json already."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError("npm is not installed: the OIDC tests need Node.js 20+ and npm")
-    lock_path = (
-        Path(tempfile.gettempdir()) / f"mcp-broker-oidc-op-{hashlib.sha256(bytes(OP_DIR)).hexdigest()[:12]}.lock"
-    )
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker installs, the others wait and reuse
-        installed = OP_DIR / "node_modules" / ".package-lock.json"
-        if installed.exists() and installed.stat().st_mtime >= (OP_DIR / "package-lock.json").stat().st_mtime:
-            return
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=OP_DIR,
-            capture_output=True,
-            text=True,
-            timeout=NPM_TIMEOUT,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"npm ci in {OP_DIR} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    ensure_npm_packages(OP_DIR, "the OIDC tests")
 
 
 @dataclass
