@@ -44,3 +44,25 @@ def running(
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def wait_ready(url: str, proc: Any, timeout: float = 30, describe: Any = None) -> Any:
+    """Poll ``url`` until it answers 200 (return that response), failing as soon as the server
+    process ``proc`` exits; ``describe()`` adds context (e.g. the server's log) to a failure."""
+    import httpx
+
+    def why() -> str:
+        return f":\n{describe()}" if describe is not None else ""
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}{why()}")
+        try:
+            response = httpx.get(url, timeout=2)
+            if response.status_code == 200:
+                return response
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never became ready{why()}")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from broker.devstack import RedisServer, Slapd, free_port
 from tests.broker.flows import Broker, broker_yaml, refresh, tokens_for
+from tests.http import wait_ready
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -43,16 +43,7 @@ def test_metrics_from_a_two_worker_broker(tmp_path: Path, redis_server: RedisSer
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "broker exited"
-            assert time.monotonic() < deadline, "broker did not start"
-            time.sleep(0.2)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
         broker = Broker(f"http://127.0.0.1:{port}", None)  # type: ignore[arg-type]
         client, tokens = tokens_for(broker, "alice")
         for _ in range(3):

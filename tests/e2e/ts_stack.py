@@ -16,7 +16,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -24,13 +23,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from broker.app import create_app as create_broker
 from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
 from tests.broker.flows import broker_yaml
-from tests.http import running
+from tests.http import running, wait_ready
 from tests.node import ensure_npm_packages
 
 CLIENT_DIR = Path(__file__).resolve().parent / "ts-client"
@@ -88,7 +85,7 @@ def start_stack(redis_server: RedisServer, slapd: Slapd, state: Path) -> Iterato
             [sys.executable, "-m", "mcp_app.cli", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
         stack.callback(_stop, proc)
-        _wait_ready(f"http://127.0.0.1:{mcp_port}/readyz", proc, log)
+        wait_ready(f"http://127.0.0.1:{mcp_port}/readyz", proc, describe=lambda: log.read_text()[-2000:])
         yield TsStack(issuer=config.issuer, mcp_url=mcp_url, mcp_log=log)
 
 
@@ -99,20 +96,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mcp_app exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} never became ready:\n{log.read_text()[-2000:]}")
 
 
 @dataclass

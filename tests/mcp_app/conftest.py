@@ -5,12 +5,10 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -21,7 +19,7 @@ from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
 from tests.broker.conftest import broker_factory  # noqa: F401 - the broker fixture, shared
 from tests.broker.flows import Broker, broker_yaml
-from tests.http import running
+from tests.http import running, wait_ready
 
 ADMIN_TOKEN = "admin-" + "a" * 40
 
@@ -73,7 +71,7 @@ def stack(redis_server: RedisServer, slapd: Slapd) -> Iterator[Stack]:
                 stderr=subprocess.DEVNULL,
             )
             stack.callback(_stop, proc)
-            _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+            wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
             urls.append(f"http://127.0.0.1:{port}/mcp")
             metrics.append(f"http://127.0.0.1:{metrics_port}/metrics")
         yield Stack(Broker(config.issuer, config), urls, resource, metrics)
@@ -85,19 +83,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "mcp_app exited"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never became ready")
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from broker.devstack import free_port
+from tests.http import wait_ready
 
 
 def _children_of(pid: int) -> dict[int, str]:
@@ -52,20 +53,6 @@ def _services(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> list[int
     raise AssertionError(f"expected redis-server and slapd children, found {_children_of(proc.pid)}")
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            response = httpx.get(url, timeout=2)
-            if response.status_code == 200:
-                return response
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never became ready")
-
-
 def test_dev_stack_comes_up_and_sigint_stops_everything(tmp_path: Path) -> None:
     broker_port, mcp_port = free_port(), free_port()
     proc = subprocess.Popen(
@@ -88,8 +75,8 @@ def test_dev_stack_comes_up_and_sigint_stops_everything(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        broker = _wait_ready(f"http://127.0.0.1:{broker_port}/readyz", proc)
-        mcp = _wait_ready(f"http://127.0.0.1:{mcp_port}/readyz", proc)
+        broker = wait_ready(f"http://127.0.0.1:{broker_port}/readyz", proc, 60)
+        mcp = wait_ready(f"http://127.0.0.1:{mcp_port}/readyz", proc, 60)
         assert broker.json()["checks"] == {"redis": "ok", "signing_keys": "ok"}
         assert mcp.json()["checks"] == {"redis": "ok", "signing_keys": "ok", "revocations": "ok"}
         unauthenticated = httpx.post(f"http://127.0.0.1:{mcp_port}/mcp", json={})
