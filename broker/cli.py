@@ -86,7 +86,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_dev(args: argparse.Namespace) -> int:
     from broker.devstack.process import MissingBinary
-    from broker.devstack.stack import DevOptions, run_dev
+    from broker.devstack.stack import DevOptions, PortInUse, run_dev
 
     opts = DevOptions(
         state_dir=Path(args.state_dir or os.environ.get("MCP_BROKER_STATE_DIR") or ".state").resolve(),
@@ -96,7 +96,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     )
     try:
         return run_dev(opts)
-    except MissingBinary as exc:
+    except (MissingBinary, PortInUse) as exc:
         print(f"mcp-broker dev: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -20,6 +20,16 @@ from broker.devstack import RedisServer, Slapd
 _skipped: list[str] = []
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Each xdist worker (and every process it starts) picks free ports from its own slice of
+    20000-32000, so two workers never race for one port between choosing it and binding it."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0:
+        size = 12000 // int(count)
+        low = 20000 + int(worker[2:]) * size
+        os.environ["MCP_BROKER_FREE_PORTS"] = f"{low}-{low + size}"
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped:
         _skipped.append(report.nodeid)

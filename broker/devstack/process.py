@@ -38,20 +38,36 @@ def find_binary(name: str, package: str, extra_dirs: tuple[str, ...] = ("/usr/sb
     return found
 
 
-_PORTS = range(20000, 32000)  # below Linux's ephemeral range (32768-60999)
+_DEFAULT_PORTS = (20000, 32000)  # below Linux's ephemeral range (32768-60999)
+_handed_out: set[int] = set()
+
+
+def _port_range() -> range:
+    """Where :func:`free_port` looks: ``MCP_BROKER_FREE_PORTS`` (``LOW-HIGH``) or 20000-32000.
+    Processes that pick ports side by side (test workers) give each other disjoint ranges."""
+    spec = os.environ.get("MCP_BROKER_FREE_PORTS", "")
+    low, _, high = spec.partition("-")
+    if low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535:
+        return range(int(low), int(high))
+    return range(*_DEFAULT_PORTS)
 
 
 def free_port() -> int:
-    """A loopback port free right now, chosen outside the ephemeral range: between this check and
-    the server's bind, outgoing connections (which take ephemeral ports) cannot grab it."""
+    """A loopback port free right now, never handed out before by this process, chosen outside
+    the ephemeral range: between this check and the server's bind, outgoing connections (which
+    take ephemeral ports) cannot grab it, nor can a second call here."""
+    ports = _port_range()
     for _ in range(200):
-        port = secrets.randbelow(len(_PORTS)) + _PORTS.start
+        port = secrets.randbelow(len(ports)) + ports.start
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: let the kernel pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

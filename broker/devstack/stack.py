@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -32,6 +33,25 @@ class DevOptions:
     broker_port: int = 8000
     mcp_port: int = 8001
     log_format: str = "auto"
+
+
+class PortInUse(RuntimeError):
+    """A port the dev stack was asked to serve on is taken."""
+
+
+def _listen(port: int, option: str) -> socket.socket:
+    """A loopback listening socket, bound before anything else starts: a taken port is reported
+    at once, and no child service picking a free port can take it (0 picks any free port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise PortInUse(f"127.0.0.1:{port} is not free ({exc.strerror}); choose another with {option}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -90,20 +110,24 @@ Explain who gets what:
 """
 
 
-async def _serve(servers: list[uvicorn.Server], on_started: str) -> None:
+async def _serve(servers: list[tuple[uvicorn.Server, socket.socket]], on_started: str) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
     waiter = asyncio.create_task(stop.wait())
+
     # uvicorn exposes `started` only as a flag, so poll it.
-    while not all(s.started for s in servers) and not any(t.done() for t in tasks) and not stop.is_set():  # noqa: ASYNC110
+    def started() -> bool:
+        return all(server.started for server, _ in servers)
+
+    while not started() and not any(t.done() for t in tasks) and not stop.is_set():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    if all(s.started for s in servers):
+    if started():
         print(on_started, file=sys.stderr, flush=True)
     done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
-    for server in servers:
+    for server, _sock in servers:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     waiter.cancel()
@@ -119,6 +143,13 @@ def run_dev(opts: DevOptions) -> int:
 
     configure_logging("info", opts.log_format)
     opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    broker_sock = _listen(opts.broker_port, "--broker-port")
+    try:
+        mcp_sock = _listen(opts.mcp_port, "--mcp-port")
+    except PortInUse:
+        broker_sock.close()
+        raise
+    opts = replace(opts, broker_port=broker_sock.getsockname()[1], mcp_port=mcp_sock.getsockname()[1])
     redis_server = RedisServer(opts.state_dir, persist=True)
     slapd = Slapd(opts.state_dir)
     started: list[RedisServer | Slapd] = []
@@ -148,21 +179,27 @@ def run_dev(opts: DevOptions) -> int:
             port=opts.mcp_port,
         )
         mcp_asgi = create_mcp_app(mcp_settings)
-        servers: list[uvicorn.Server] = [
-            _Server(
-                uvicorn.Config(
-                    broker_app,
-                    host="127.0.0.1",
-                    port=opts.broker_port,
-                    log_config=None,
-                    access_log=False,
-                    lifespan="on",
-                )
+        servers: list[tuple[uvicorn.Server, socket.socket]] = [
+            (
+                _Server(
+                    uvicorn.Config(
+                        broker_app,
+                        host="127.0.0.1",
+                        port=opts.broker_port,
+                        log_config=None,
+                        access_log=False,
+                        lifespan="on",
+                    )
+                ),
+                broker_sock,
             ),
-            _Server(
-                uvicorn.Config(
-                    mcp_asgi, host="127.0.0.1", port=opts.mcp_port, log_config=None, access_log=False, lifespan="on"
-                )
+            (
+                _Server(
+                    uvicorn.Config(
+                        mcp_asgi, host="127.0.0.1", port=opts.mcp_port, log_config=None, access_log=False, lifespan="on"
+                    )
+                ),
+                mcp_sock,
             ),
         ]
         asyncio.run(_serve(servers, banner(opts, redis_server.display_url, slapd.url)))
@@ -170,3 +207,5 @@ def run_dev(opts: DevOptions) -> int:
     finally:
         for service in reversed(started):
             service.stop()
+        broker_sock.close()
+        mcp_sock.close()

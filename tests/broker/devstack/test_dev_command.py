@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,8 +76,12 @@ def test_dev_stack_comes_up_and_sigint_stops_everything(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        broker = wait_ready(f"http://127.0.0.1:{broker_port}/readyz", proc, 60)
-        mcp = wait_ready(f"http://127.0.0.1:{mcp_port}/readyz", proc, 60)
+
+        def log() -> str:  # the dev command's own words, when it exits early
+            return proc.stdout.read() if proc.stdout is not None and proc.poll() is not None else ""
+
+        broker = wait_ready(f"http://127.0.0.1:{broker_port}/readyz", proc, 60, log)
+        mcp = wait_ready(f"http://127.0.0.1:{mcp_port}/readyz", proc, 60, log)
         assert broker.json()["checks"] == {"redis": "ok", "signing_keys": "ok"}
         assert mcp.json()["checks"] == {"redis": "ok", "signing_keys": "ok", "revocations": "ok"}
         unauthenticated = httpx.post(f"http://127.0.0.1:{mcp_port}/mcp", json={})
@@ -128,7 +133,18 @@ def test_children_die_even_if_the_parent_is_killed(tmp_path: Path) -> None:
 def test_missing_binary_is_a_one_line_error(tmp_path: Path) -> None:
     env = {**os.environ, "MCP_BROKER_REDIS_SERVER": str(tmp_path / "no-such-redis-server")}
     result = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "dev", "--state-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "dev",
+            "--state-dir",
+            str(tmp_path),
+            "--broker-port",
+            "0",
+            "--mcp-port",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -140,3 +156,23 @@ def test_missing_binary_is_a_one_line_error(tmp_path: Path) -> None:
         "mcp-broker dev: redis-server is not installed: run `sudo apt-get install redis-server` "
         "(or `make dev`, which installs it)"
     )
+
+
+def test_a_taken_port_is_a_one_line_error_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        argv = [sys.executable, "-m", "broker.cli", "dev", "--state-dir", str(tmp_path), "--broker-port", "0"]
+        result = subprocess.run(
+            [*argv, "--mcp-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"mcp-broker dev: 127.0.0.1:{port} is not free (Address already in use); choose another with --mcp-port"
+    )
+    assert not (tmp_path / "redis").exists()  # no service was started
