@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import hashlib
 import signal
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -23,6 +26,17 @@ from broker.policy.evaluate import Policy
 _log = structlog.get_logger("mcp_broker.policy")
 
 
+@dataclass(frozen=True)
+class ReloadAttempt:
+    """The outcome of the latest reload attempt, for IT asking "did my change take effect?"."""
+
+    attempt: int
+    at: float
+    reason: str
+    outcome: Literal["applied", "rejected", "unchanged"]
+    problems: tuple[str, ...] = ()
+
+
 class PolicyHolder:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
@@ -30,6 +44,11 @@ class PolicyHolder:
         self.path = Path(config.policy_file) if config.policy_file else None
         self._digest = self._read_digest()
         self._wake = asyncio.Event()
+        self.last_reload: ReloadAttempt | None = None
+
+    def _record(self, reason: str, outcome: Literal["applied", "rejected", "unchanged"], problems: list[str]) -> None:
+        attempt = self.last_reload.attempt + 1 if self.last_reload else 1
+        self.last_reload = ReloadAttempt(attempt, time.time(), reason, outcome, tuple(problems))
 
     def _read_digest(self) -> str | None:
         if self.path is None:
@@ -46,18 +65,22 @@ class PolicyHolder:
         try:
             resources, mappings = load_policy_file(self.path, self.config)
         except ConfigError as exc:
+            problems = [str(p) for p in exc.problems]
+            self._record(reason, "rejected", problems)
             _log.error(
                 "policy_reload_rejected",
                 file=str(self.path),
                 reason=reason,
-                problems=[str(p) for p in exc.problems],
+                problems=problems,
                 policy_version=self.current.version,
             )
             return False
         candidate = Policy(resources, mappings)
         if candidate.version == self.current.version:
+            self._record(reason, "unchanged", [])
             return False
         previous, self.current = self.current, candidate
+        self._record(reason, "applied", [])
         audit(
             "mapping_reloaded",
             file=str(self.path),

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
@@ -36,10 +36,19 @@ class RevokedView(BaseModel):
     revoked: list[str]
 
 
+class ReloadView(BaseModel):
+    attempt: int = Field(description="Counts reload attempts since the broker started")
+    at: float = Field(description="When, in seconds since the epoch")
+    reason: str = Field(description="`file_changed` or `signal` (SIGHUP)")
+    outcome: str = Field(description="`applied`, `rejected` (the previous policy stays) or `unchanged`")
+    problems: list[str] = Field(description="Why a rejected file was rejected, each with its path in the file")
+
+
 class PolicyView(BaseModel):
     version: str
     resources: list[str]
     rules: int
+    last_reload: ReloadView | None = Field(description="The latest reload of the policy file; null before any")
 
 
 async def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> BrokerState:
@@ -76,8 +85,16 @@ def router(base: str) -> APIRouter:
 
     @api.get("/policy", summary="The policy in force")
     async def policy(state: Admin) -> PolicyView:
+        last = state.policies.last_reload
         return PolicyView(
-            version=state.policy.version, resources=sorted(state.policy.by_uri), rules=len(state.policy.rules)
+            version=state.policy.version,
+            resources=sorted(state.policy.by_uri),
+            rules=len(state.policy.rules),
+            last_reload=None
+            if last is None
+            else ReloadView(
+                attempt=last.attempt, at=last.at, reason=last.reason, outcome=last.outcome, problems=list(last.problems)
+            ),
         )
 
     @api.get("/explain", summary="Which scopes a user gets, and which rules decide")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ldap3
 import pytest
 import yaml
@@ -18,6 +19,8 @@ from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
 from tests.broker.flows import Broker, broker_yaml, refresh, tokens_for
 from tests.http import running
+
+ADMIN_TOKEN = "admin-" + "p" * 40
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,7 @@ def policy_broker(redis_server: RedisServer, own_slapd: Slapd, tmp_path: Path) -
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({"resources": data.pop("resources"), "mappings": data.pop("mappings")}))
     data["policy_file"] = str(policy)
+    data["admin"] = {"token": ADMIN_TOKEN}
     config = parse_config(yaml.safe_dump(data))
     with running(create_app(config), port):
         yield Broker(config.issuer, config), policy
@@ -72,13 +76,28 @@ def _policy(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _reload_and_wait(broker: Broker, path: Path, content: dict[str, Any] | str) -> None:
+def _last_reload(broker: Broker) -> dict[str, Any] | None:
+    view = httpx.get(f"{broker.base}/admin/policy", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    last: dict[str, Any] | None = view["last_reload"]
+    return last
+
+
+def _reload_and_wait(broker: Broker, path: Path, content: dict[str, Any] | str) -> dict[str, Any]:
+    """Replace the policy file and wait until the broker has read it (it polls every 2 s);
+    the admin API's account of that reload attempt."""
+    before = _last_reload(broker)
     text = content if isinstance(content, str) else yaml.safe_dump(content)
     # Write beside and rename, as a ConfigMap update swaps files atomically.
     temp = path.with_suffix(".tmp")
     temp.write_text(text)
     temp.replace(path)
-    time.sleep(2.6)  # the broker polls the file every 2 s
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        last = _last_reload(broker)
+        if last is not None and last != before:
+            return last
+        time.sleep(0.1)
+    raise AssertionError("the broker never reloaded the policy file")
 
 
 def test_a_policy_reload_takes_effect_at_the_next_refresh(policy_broker: tuple[Broker, Path]) -> None:
@@ -87,7 +106,7 @@ def test_a_policy_reload_takes_effect_at_the_next_refresh(policy_broker: tuple[B
     assert tokens["scope"] == "notes:read notes:write"
     policy = _policy(path)
     policy["mappings"] = [m for m in policy["mappings"] if m["id"] != "writers-write"]
-    _reload_and_wait(broker, path, policy)
+    assert _reload_and_wait(broker, path, policy)["outcome"] == "applied"
     after = refresh(broker, client["client_id"], tokens["refresh_token"]).json()
     assert after["scope"] == "notes:read"
 
@@ -97,9 +116,11 @@ def test_an_invalid_policy_file_leaves_the_old_policy_working(policy_broker: tup
     client, tokens = tokens_for(broker, "bob")
     policy = _policy(path)
     policy["mappings"][0]["scopes"] = ["no-such-scope"]  # fails validation
-    _reload_and_wait(broker, path, policy)
+    rejected = _reload_and_wait(broker, path, policy)
+    assert rejected["outcome"] == "rejected"
+    assert any("mappings[0].scopes" in problem and "no-such-scope" in problem for problem in rejected["problems"])
     assert refresh(broker, client["client_id"], tokens["refresh_token"]).json()["scope"] == "notes:read"
-    _reload_and_wait(broker, path, "mappings: [unclosed")  # not even YAML
+    assert _reload_and_wait(broker, path, "mappings: [unclosed")["outcome"] == "rejected"  # not even YAML
     _, fresh = tokens_for(broker, "bob")
     assert fresh["scope"] == "notes:read"
 
@@ -109,6 +130,6 @@ def test_removing_every_rule_denies_the_refresh(policy_broker: tuple[Broker, Pat
     client, tokens = tokens_for(broker, "bob")
     policy = _policy(path)
     policy["mappings"] = [m for m in policy["mappings"] if m["id"] == "writers-write"]
-    _reload_and_wait(broker, path, policy)
+    assert _reload_and_wait(broker, path, policy)["outcome"] == "applied"
     denied = refresh(broker, client["client_id"], tokens["refresh_token"])
     assert denied.json()["error"] == "invalid_grant"
