@@ -82,6 +82,7 @@ bench: install
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/mcp_calls.py
 	$(BIN)/python bench/refresh.py
+	$(BIN)/python bench/login_timing.py
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache

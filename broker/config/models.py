@@ -160,6 +160,16 @@ class LoginProtectionConfig(_Section):
         default=30, ge=1, le=100000, description="Failed logins per client IP in the window."
     )
     window: Duration = Field(default=900, description="Counting and lockout window.")
+    failure_floor: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description=(
+            "Seconds: a refused password sign-in is answered no sooner than this after it began, so "
+            "'wrong password' and 'unknown user' take the same time (and guessing is slower). "
+            "A directory that cannot be reached is answered at once."
+        ),
+    )
 
 
 class MetricsConfig(_Section):

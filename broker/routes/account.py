@@ -16,11 +16,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from broker.audit import audit
-from broker.metrics import LOGINS, UPSTREAM_LATENCY
+from broker.metrics import LOGINS
 from broker.routes.forms import read_page_form
+from broker.security.password_login import password_login
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
-from providers.base import Identity, PasswordProvider, ProviderError, RedirectProvider
+from providers.base import Identity, PasswordProvider, ProviderError, RedirectProvider, UpstreamUnavailable
 
 SESSION_TTL = 1800
 FLOW_TTL = 600
@@ -141,7 +142,15 @@ def router(base: str) -> APIRouter:
         if isinstance(provider, PasswordProvider):
             username = form.get("username", "").strip()
             ip = request.client.host if request.client else None
-            if not (await state.throttle.check(provider.id, username, ip)).allowed:
+            outcome = await password_login(
+                state.throttle,
+                provider,
+                username,
+                form.get("password", ""),
+                ip,
+                failure_floor=state.config.login_protection.failure_floor,
+            )
+            if outcome.retry_after:
                 return _login_page(
                     state,
                     error="Too many failed sign-in attempts. Try again later.",
@@ -149,22 +158,22 @@ def router(base: str) -> APIRouter:
                     chosen=provider.id,
                     status=429,
                 )
-            try:
-                with UPSTREAM_LATENCY.labels(provider.id, "login").time():
-                    identity = await provider.login(username, form.get("password", ""))
-            except ProviderError as exc:
-                LOGINS.labels(provider.id, type(exc).__name__).inc()
+            if outcome.error is not None:
                 audit(
                     "login_failed",
                     provider=provider.id,
                     username=username[:256],
-                    outcome=type(exc).__name__,
+                    outcome=type(outcome.error).__name__,
                     purpose="connected_apps",
+                    client_ip=ip,
                 )
-                await state.throttle.failed(provider.id, username, ip)
-                return _login_page(state, error=exc.public, username=username, chosen=provider.id, status=401)
+                status = 503 if isinstance(outcome.error, UpstreamUnavailable) else 401
+                return _login_page(
+                    state, error=outcome.error.public, username=username, chosen=provider.id, status=status
+                )
+            assert outcome.identity is not None
+            identity = outcome.identity
             LOGINS.labels(provider.id, "success").inc()
-            await state.throttle.succeeded(provider.id, username)
             return await start_session(state, identity)
         if isinstance(provider, RedirectProvider):
             flow_id = secrets.token_urlsafe(24)

@@ -27,13 +27,12 @@ from broker.oauth.grants import identity_record
 from broker.oauth.redirects import is_loopback_redirect
 from broker.oauth.tokens import new_grant_id, new_handle
 from broker.routes.forms import read_page_form
+from broker.security.password_login import password_login
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
 from broker.web.pages import same_secret
 from providers.base import (
-    AccountDisabled,
     Identity,
-    InvalidCredentials,
     PasswordProvider,
     ProviderError,
     RedirectProvider,
@@ -226,8 +225,15 @@ def router(base: str) -> APIRouter:
         username = form.get("username", "").strip()
         password = form.get("password", "")
         client_ip = request.client.host if request.client else None
-        verdict = await state.throttle.check(provider.id, username, client_ip)
-        if not verdict.allowed:
+        outcome = await password_login(
+            state.throttle,
+            provider,
+            username,
+            password,
+            client_ip,
+            failure_floor=state.config.login_protection.failure_floor,
+        )
+        if outcome.retry_after:
             audit(
                 "login_failed",
                 provider=provider.id,
@@ -236,7 +242,7 @@ def router(base: str) -> APIRouter:
                 outcome="Throttled",
                 client_ip=client_ip,
             )
-            minutes = max(1, (verdict.retry_after + 59) // 60)
+            minutes = max(1, (outcome.retry_after + 59) // 60)
             return _login_page(
                 state,
                 form["flow"],
@@ -248,21 +254,15 @@ def router(base: str) -> APIRouter:
                 status=429,
                 error=f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
             )
-        try:
-            with UPSTREAM_LATENCY.labels(provider.id, "login").time():
-                identity = await provider.login(username, password)
-        except (InvalidCredentials, AccountDisabled, UpstreamUnavailable, ProviderError) as exc:
+        if outcome.error is not None:
+            exc = outcome.error
             flow["attempts"] = int(flow.get("attempts", 0)) + 1
-            outcome = type(exc).__name__
-            LOGINS.labels(provider.id, outcome).inc()
-            if isinstance(exc, InvalidCredentials):
-                await state.throttle.failed(provider.id, username, client_ip)
             audit(
                 "login_failed",
                 provider=provider.id,
                 username=username[:256],
                 client_id=client.client_id,
-                outcome=outcome,
+                outcome=type(exc).__name__,
                 attempt=flow["attempts"],
                 client_ip=client_ip,
             )
@@ -275,7 +275,7 @@ def router(base: str) -> APIRouter:
                     status=429,
                 )
             await state.store.update_flow(form["flow"], flow)
-            response = _login_page(
+            return _login_page(
                 state,
                 form["flow"],
                 form["csrf"],
@@ -286,8 +286,8 @@ def router(base: str) -> APIRouter:
                 username=username,
                 status=503 if isinstance(exc, UpstreamUnavailable) else 401,
             )
-            return response
-        await state.throttle.succeeded(provider.id, username)
+        assert outcome.identity is not None
+        identity = outcome.identity
         return await _finish(state, request, form["flow"], auth, client, identity)
 
     @api.get(f"{base}/callback/{{provider_id}}", summary="Upstream identity provider callback", include_in_schema=False)

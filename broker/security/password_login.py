@@ -1,0 +1,55 @@
+"""Password sign-in, guarded the same way wherever a form takes a password.
+
+The throttle is asked before the directory; a wrong password or unknown user is counted against
+the username and the client IP; and every refused answer takes at least ``failure_floor`` seconds
+from the start of the attempt. Without the floor, "wrong password" and "unknown user" differ by a
+search result's parsing time (``bench/login_timing.py`` measures it), which tells an attacker
+whether a username exists; with it, both answer at the floor, and guessing is slower too.
+A directory that cannot be reached is answered at once: that is not a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from broker.metrics import LOGINS, UPSTREAM_LATENCY
+from broker.security.throttle import LoginThrottle
+from providers.base import Identity, InvalidCredentials, PasswordProvider, ProviderError, UpstreamUnavailable
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    """Exactly one of: ``identity`` (signed in), ``error`` (refused), ``retry_after`` > 0 (throttled)."""
+
+    identity: Identity | None = None
+    error: ProviderError | None = None
+    retry_after: int = 0
+
+
+async def password_login(
+    throttle: LoginThrottle,
+    provider: PasswordProvider,
+    username: str,
+    password: str,
+    client_ip: str | None,
+    *,
+    failure_floor: float,
+) -> LoginOutcome:
+    verdict = await throttle.check(provider.id, username, client_ip)
+    if not verdict.allowed:
+        return LoginOutcome(retry_after=verdict.retry_after)
+    started = time.monotonic()
+    try:
+        with UPSTREAM_LATENCY.labels(provider.id, "login").time():
+            identity = await provider.login(username, password)
+    except ProviderError as exc:
+        LOGINS.labels(provider.id, type(exc).__name__).inc()
+        if isinstance(exc, InvalidCredentials):
+            await throttle.failed(provider.id, username, client_ip)
+        if not isinstance(exc, UpstreamUnavailable):
+            await asyncio.sleep(max(0.0, failure_floor - (time.monotonic() - started)))
+        return LoginOutcome(error=exc)
+    await throttle.succeeded(provider.id, username)
+    return LoginOutcome(identity=identity)
