@@ -21,6 +21,7 @@ from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.policy.holder import PolicyHolder
 from broker.routes import account, admin, authorize, discovery, errors, health, register, token
+from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.state import BrokerState
 from broker.store.client import RedisClient, create_redis
@@ -105,6 +106,13 @@ def create_app(
                 per_user=config.login_protection.max_failures_per_user,
                 per_ip=config.login_protection.max_failures_per_ip,
                 window=config.login_protection.window,
+            ),
+            registrations=RateLimit(
+                client,
+                keys,
+                name="reg",
+                limit=config.registration.dynamic_registration_per_ip,
+                window=config.registration.dynamic_registration_window,
             ),
         )
         try:

@@ -13,6 +13,7 @@ import structlog
 
 AuditEvent = Literal[
     "client_registered",
+    "registration_throttled",
     "consent_granted",
     "consent_denied",
     "consent_revoked",

@@ -14,6 +14,7 @@ from broker.oauth.revocation import RevocationService
 from broker.oauth.signing import KeyRing
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
+from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
@@ -36,6 +37,7 @@ class BrokerState:
     pages: Pages
     introspection_resources: Mapping[str, list[str]]
     throttle: LoginThrottle
+    registrations: RateLimit
 
     @property
     def policy(self) -> Policy:

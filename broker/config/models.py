@@ -126,6 +126,15 @@ class RegistrationConfig(_Section):
     dynamic_registration_allowed_redirect_hosts: list[str] = Field(
         default_factory=list, description="If set, only these redirect hosts may register."
     )
+    dynamic_registration_per_ip: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Registration requests accepted per client IP within the window; then HTTP 429.",
+    )
+    dynamic_registration_window: Duration = Field(
+        default=3600, description="The window of dynamic_registration_per_ip."
+    )
     registration_idle_ttl: Duration = Field(default=30 * 86400, description="Unused registrations expire.")
     client_metadata_documents: bool = Field(default=True, description="Accept URL client_ids (CIMD).")
     cimd_trusted_domains: list[str] = Field(

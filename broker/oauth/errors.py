@@ -82,6 +82,17 @@ class TemporarilyUnavailable(OAuthError):
     default_description = "The authorization server is temporarily unavailable."
 
 
+class TooManyRequests(TemporarilyUnavailable):
+    """A per-client limit was reached: HTTP 429 with ``Retry-After`` (RFC 6585 §4)."""
+
+    status = 429
+    default_description = "Too many requests; try again later."
+
+    def __init__(self, description: str | None = None, *, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(description, detail=detail)
+        self.retry_after = retry_after
+
+
 class InvalidRedirectUri(OAuthError):
     error = "invalid_redirect_uri"
     default_description = "A redirect URI is not allowed."

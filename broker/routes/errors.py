@@ -9,7 +9,14 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from broker.oauth.errors import InvalidClient, InvalidRequest, OAuthError, ServerError, TemporarilyUnavailable
+from broker.oauth.errors import (
+    InvalidClient,
+    InvalidRequest,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+    TooManyRequests,
+)
 
 _log = structlog.get_logger("mcp_broker.errors")
 NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
@@ -19,6 +26,8 @@ def oauth_error_response(exc: OAuthError, *, basic_challenge: bool = False) -> J
     headers = dict(NO_STORE)
     if isinstance(exc, InvalidClient) and basic_challenge:
         headers["www-authenticate"] = 'Basic realm="mcp-broker", charset="UTF-8"'
+    if isinstance(exc, TooManyRequests):
+        headers["retry-after"] = str(exc.retry_after)
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 

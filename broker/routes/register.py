@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from broker.audit import audit
-from broker.oauth.errors import AccessDenied, InvalidClientMetadata
+from broker.oauth.errors import AccessDenied, InvalidClientMetadata, TooManyRequests
 from broker.routes.errors import NO_STORE
 from broker.state import get_state
 
@@ -23,6 +23,14 @@ def router(base: str) -> APIRouter:
         state = get_state(request)
         if not state.config.registration.dynamic_registration:
             raise AccessDenied("dynamic client registration is disabled; use a client ID metadata document")
+        client_ip = request.client.host if request.client else "unknown"
+        allowance = await state.registrations.hit(client_ip)
+        if not allowance.allowed:
+            audit("registration_throttled", client_ip=client_ip, retry_after=allowance.retry_after)
+            raise TooManyRequests(
+                f"too many client registrations from this address; try again in {allowance.retry_after} s",
+                retry_after=allowance.retry_after,
+            )
         body = await request.body()
         if len(body) > MAX_BODY:
             raise InvalidClientMetadata("the registration request is too large")

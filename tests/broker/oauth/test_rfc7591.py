@@ -112,3 +112,21 @@ def test_redirect_host_allow_list(broker_factory: BrokerFactory) -> None:
         refused = post(broker, {"redirect_uris": ["https://elsewhere.example.com/cb"]})
         assert refused.status_code == 400
         assert "not allowed to register" in refused.json()["error_description"]
+
+
+def test_registrations_per_address_are_limited(broker_factory: BrokerFactory) -> None:
+    with broker_factory(registration="  dynamic_registration_per_ip: 3\n  dynamic_registration_window: 1h") as broker:
+        body = {
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "client_name": "Flood",
+            "token_endpoint_auth_method": "none",
+        }
+        assert post(broker, body).status_code == 201
+        assert post(broker, {"redirect_uris": "not a list"}).status_code == 400  # invalid ones count too
+        assert post(broker, body).status_code == 201
+        refused = post(broker, body)
+        assert refused.status_code == 429
+        assert refused.json()["error"] == "temporarily_unavailable"
+        assert "too many client registrations" in refused.json()["error_description"]
+        assert 3500 <= int(refused.headers["retry-after"]) <= 3600
+        assert refused.headers["cache-control"] == "no-store"
