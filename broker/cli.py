@@ -108,7 +108,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     import json
 
     from broker.policy import Policy
-    from broker.policy.explain import explain, render
+    from broker.policy.explain import explain, given_identity, render
     from providers.base import Identity, LookupProvider, ProviderError
     from providers.registry import UnsupportedProvider, open_provider
 
@@ -125,12 +125,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     async def identity() -> Identity:
         if args.groups is not None:
             groups = [g.strip() for g in args.groups.split(",") if g.strip()]
-            return Identity(
-                provider_id=args.provider,
-                subject=args.user or "(given groups)",
-                username=args.user or "(given groups)",
-                groups=frozenset(groups),
-            )
+            return given_identity(provider_config, args.user, frozenset(groups))
         provider = open_provider(provider_config)
         try:
             if not isinstance(provider, LookupProvider):

@@ -24,6 +24,11 @@ class Identity:
     claim values); ``group_names`` maps an identifier to a human or short name where the
     provider knows one, so mappings may use either. ``private`` is provider-only state (for
     example what a refresh-time re-check needs) and is never shown to clients.
+
+    ``username_is_unique`` is the provider's word that no other account can present this
+    username (a directory search that refuses ambiguity, an Entra UPN); only then may a grant
+    rule's ``users:`` name the user by username rather than by subject. An OIDC
+    ``preferred_username`` is not unique by the spec (OIDC Core §5.7) and often user-editable.
     """
 
     provider_id: str
@@ -34,6 +39,7 @@ class Identity:
     groups: frozenset[str] = frozenset()
     group_names: Mapping[str, str] = field(default_factory=dict)
     private: Mapping[str, Any] = field(default_factory=dict)
+    username_is_unique: bool = False
 
 
 class ProviderError(Exception):
@@ -133,6 +139,12 @@ class ProviderConfig(BaseModel):
         description="Stable identifier used in mappings, callback URLs and audit events.",
     )
     display_name: str = Field(min_length=1, max_length=80, description="Shown on the login page.")
+
+    @property
+    def usernames_are_unique(self) -> bool:
+        """Whether this provider's usernames identify one account (see ``Identity``)."""
+        return True
+
     email_domains: list[str] = Field(
         default_factory=list,
         description="Email domains routed straight to this provider from the login page.",

@@ -48,6 +48,7 @@ def identity_record(identity: Identity, sealer: Sealer) -> dict[str, Any]:
         "display_name": identity.display_name,
         "groups": sorted(identity.groups),
         "group_names": dict(identity.group_names),
+        "username_is_unique": identity.username_is_unique,
         "private": sealer.seal(dict(identity.private), context=f"identity:{identity.provider_id}:{identity.subject}"),
     }
 
@@ -61,6 +62,7 @@ def identity_from(record: Mapping[str, Any], sealer: Sealer) -> Identity:
         display_name=record.get("display_name"),
         groups=frozenset(record.get("groups", [])),
         group_names=dict(record.get("group_names", {})),
+        username_is_unique=record.get("username_is_unique") is True,
         private=sealer.open(record.get("private"), context=f"identity:{record['provider_id']}:{record['subject']}"),
     )
 

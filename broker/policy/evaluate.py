@@ -41,7 +41,11 @@ def _matches(rule: MappingRule, identity: Identity) -> bool:
     if rule.provider != identity.provider_id:
         return False
     users = {u.lower() for u in rule.users}
-    if identity.username.lower() in users or identity.subject.lower() in users:
+    if identity.subject.lower() in users:
+        return True
+    # A username is only as good as the provider's word that nobody else can present it: a
+    # grant needs that; a deny matches regardless (naming yourself into a deny gains nothing).
+    if identity.username.lower() in users and (identity.username_is_unique or rule.effect == "deny"):
         return True
     if not rule.groups:
         return False

@@ -5,7 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from broker.policy.evaluate import Policy
-from providers.base import Identity
+from providers.base import Identity, ProviderConfig
+
+
+def given_identity(provider: ProviderConfig, user: str | None, groups: frozenset[str]) -> Identity:
+    """A hypothetical user of ``provider`` holding ``groups`` (``explain --groups``). ``user`` is
+    taken as a username, and as a subject too where it can be one: always for providers whose
+    usernames are unique, else only when it has the provider's subject form (``<id>:<sub>``)."""
+    name = user or "(given groups)"
+    as_subject = provider.usernames_are_unique or name.startswith(f"{provider.id}:")
+    return Identity(
+        provider_id=provider.id,
+        subject=name if as_subject else "(given groups)",
+        username=name,
+        groups=groups,
+        username_is_unique=provider.usernames_are_unique,
+    )
 
 
 def explain(policy: Policy, identity: Identity, resource_uri: str | None = None) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 
 from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
-from broker.policy.explain import explain
+from broker.policy.explain import explain, given_identity
 from broker.state import BrokerState, get_state
-from providers.base import Identity, LookupProvider, ProviderError
+from providers.base import LookupProvider, ProviderError
 
 
 class GrantView(BaseModel):
@@ -106,9 +106,8 @@ def router(base: str) -> APIRouter:
             raise InvalidRequest(f"no provider {provider!r}")
         if groups is not None:
             names = frozenset(g.strip() for g in groups.split(",") if g.strip())
-            who = Identity(
-                provider_id=provider, subject=user or "(given groups)", username=user or "(given groups)", groups=names
-            )
+            settings = next(p for p in state.config.providers if p.id == provider)
+            who = given_identity(settings, user, names)
         elif user and isinstance(upstream, LookupProvider):
             try:
                 who = await upstream.lookup(user)

@@ -236,6 +236,7 @@ class LdapProvider:
             groups=frozenset(groups),
             group_names=names,
             private={"dn": entry["dn"]},
+            username_is_unique=True,  # the search refuses a username that matches two entries
         )
 
     def _groups(self, user_dn: str, member_of: list[str]) -> tuple[set[str], dict[str, str]]:

@@ -14,6 +14,7 @@ Sample configuration::
         scopes: [openid, profile, email, groups, offline_access]
         groups_claim: groups                       # or a dotted path: realm_access.roles
         username_claim: preferred_username         # falls back to a verified email, then sub
+        unique_usernames: false                    # true only if the OP keeps usernames unique and fixed
         use_upstream_refresh: true                 # re-read groups upstream at every broker refresh
         authorize_params: {prompt: consent}        # offline_access wants consent (OIDC Core §11)
 

@@ -60,6 +60,14 @@ class OidcProviderConfig(ProviderConfig):
     username_claim: str = Field(
         default="preferred_username", min_length=1, description="Falls back to a verified email, then sub."
     )
+    unique_usernames: bool = Field(
+        default=False,
+        description=(
+            "Set true only if the OP guarantees username_claim is unique and users cannot change it; then "
+            "grant rules may name this provider's users by username. Otherwise they name subjects "
+            "(`<provider id>:<sub>`), and a username in a deny rule still matches."
+        ),
+    )
     use_upstream_refresh: bool = Field(
         default=False, description="Keep the upstream refresh token to re-check groups at refresh."
     )
@@ -94,3 +102,7 @@ class OidcProviderConfig(ProviderConfig):
         if reserved:
             raise ValueError(f"authorize_params cannot set {', '.join(reserved)}: the provider sets them itself")
         return params
+
+    @property
+    def usernames_are_unique(self) -> bool:
+        return self.unique_usernames

@@ -264,7 +264,8 @@ class OidcProvider:
         sub = str(claims["sub"])
         email = claims.get("email") if isinstance(claims.get("email"), str) else None
         verified_email = email if claims.get("email_verified") is True else None
-        username = _string(lookup(claims, self.config.username_claim)) or verified_email or sub
+        claimed = _string(lookup(claims, self.config.username_claim))
+        username = claimed or verified_email or sub
         groups = _groups(lookup(source, self.config.groups_claim), self.config.groups_claim)
         return Identity(
             provider_id=self.id,
@@ -274,6 +275,7 @@ class OidcProvider:
             display_name=_string(claims.get("name")),
             groups=frozenset(groups),
             private=private,
+            username_is_unique=self.config.unique_usernames if claimed else username == sub,
         )
 
     async def _userinfo(self, metadata: ProviderMetadata, token: Mapping[str, Any], sub: str) -> dict[str, Any]:

@@ -44,10 +44,15 @@ def rule(
     )  # type: ignore[arg-type]
 
 
-def person(*groups: str, username: str = "alice", provider: str = "corp") -> Identity:
+def person(*groups: str, username: str = "alice", provider: str = "corp", unique: bool = True) -> Identity:
     names = {g: g.split(",")[0].removeprefix("cn=") for g in groups}
     return Identity(
-        provider_id=provider, subject=f"sub-{username}", username=username, groups=frozenset(groups), group_names=names
+        provider_id=provider,
+        subject=f"sub-{username}",
+        username=username,
+        groups=frozenset(groups),
+        group_names=names,
+        username_is_unique=unique,
     )
 
 
@@ -71,6 +76,28 @@ def test_grants_by_name_and_by_id() -> None:
 
 def test_user_rules() -> None:
     assert POLICY.evaluate(NOTES, person(username="carol")).scopes == {"notes:read", "notes:write", "notes:admin"}
+    assert POLICY.evaluate(NOTES, person(username="CAROL")).scopes == {"notes:read", "notes:write", "notes:admin"}
+
+
+def test_a_username_the_provider_does_not_vouch_for_grants_nothing_but_still_denies() -> None:
+    # An OIDC preferred_username anyone may pick: "carol" here could be anybody.
+    assert POLICY.evaluate(NOTES, person(username="carol", unique=False)).scopes == frozenset()
+    by_subject = Policy([NOTES], [rule("carol-admin", ["notes:admin"], users=["sub-carol"])])
+    assert by_subject.evaluate(NOTES, person(username="carol", unique=False)).scopes == {
+        "notes:read",
+        "notes:write",
+        "notes:admin",
+    }
+    deny = Policy(
+        [NOTES],
+        [
+            rule("writers", ["notes:write"], groups=[WRITERS_DN]),
+            rule("no-mallory", ["notes:write"], users=["mallory"], effect="deny"),
+        ],
+    )
+    denied = deny.evaluate(NOTES, person(WRITERS_DN, username="mallory", unique=False))
+    assert denied.scopes == {"notes:read"}  # write denied; read (which write implied) stays
+    assert denied.denied_by == {"notes:write": ["no-mallory"]}
 
 
 def test_deny_wins_and_removes_what_implies_the_denied_scope() -> None:

@@ -67,3 +67,17 @@ def test_the_admin_api_gives_the_same_answer(broker_factory: BrokerFactory) -> N
         scopes = {s["scope"]: s for s in response.json()["resources"][0]["scopes"]}
         assert scopes["notes:write"]["granted_by"] == ["writers-write"]
         assert scopes["notes:read"]["granted"] is True
+
+
+def test_a_given_user_of_a_provider_whose_usernames_are_not_unique() -> None:
+    from broker.policy.explain import given_identity
+    from providers.ldap.config import LdapProviderConfig
+    from providers.oidc.config import OidcProviderConfig
+
+    oidc = OidcProviderConfig(id="okta", display_name="Okta", issuer="https://op.example", client_id="c")
+    by_name = given_identity(oidc, "alice", frozenset({"g"}))
+    assert (by_name.username, by_name.subject, by_name.username_is_unique) == ("alice", "(given groups)", False)
+    assert given_identity(oidc, "okta:00u1", frozenset()).subject == "okta:00u1"  # the subject form
+    ldap = LdapProviderConfig(id="corp", display_name="Corp", urls=["ldap://dir.example"], user_base_dn="dc=x")
+    assert given_identity(ldap, "alice", frozenset()).subject == "alice"
+    assert given_identity(ldap, "alice", frozenset()).username_is_unique

@@ -62,6 +62,7 @@ async def test_sign_in_builds_the_identity_from_the_id_token(
     assert identity.provider_id == "entra"
     assert identity.subject == f"{TENANT}:{alice.oid}"
     assert identity.username == "alice@contoso.example"
+    assert identity.username_is_unique  # a UPN: its domain is verified by one tenant
     assert identity.email == "alice@contoso.example"
     assert identity.display_name == "Alice Example"
     # the groups claim (nested all-staff included, as Entra does), the app role as role:<value>
@@ -179,6 +180,7 @@ async def test_v1_issuer_only_when_configured(entra: EntraEmulator, make_provide
 
     identity = await sign_in(make_provider(accept_v1_issuer=True), entra, "bob")
     assert identity.username == "bob@contoso.example"  # from upn
+    assert identity.username_is_unique
 
 
 async def test_allowed_tenants_sign_in_through_organizations(

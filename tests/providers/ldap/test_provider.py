@@ -42,6 +42,7 @@ async def provider(slapd: Slapd) -> Any:
 async def test_alice_logs_in_with_groups(provider: LdapProvider) -> None:
     identity = await provider.login("alice", "demo-alice")
     assert identity.username == "alice"
+    assert identity.username_is_unique  # the search refuses a name that matches two entries
     assert identity.email == "alice@demo.local"
     assert identity.display_name == "Alice Example"
     assert len(identity.subject) == 36  # entryUUID

@@ -173,11 +173,20 @@ async def test_alice_signs_in_with_her_groups(make_provider: ProviderFactory, op
     assert identity.provider_id == "test-oidc"
     assert identity.subject == "test-oidc:alice"
     assert identity.username == "alice"
+    assert not identity.username_is_unique  # preferred_username: OIDC Core §5.7 says not to rely on it
     assert identity.email == "alice@example.test"
     assert identity.display_name == "Alice"
     assert identity.groups == {"mcp-readers", "mcp-writers"}
     assert set(identity.private) == {"sub", "id_token"}  # no upstream refresh token kept
     assert claims_of(identity.private["id_token"])["iss"] == op.issuer
+
+
+async def test_usernames_are_vouched_for_only_when_the_admin_says_the_op_keeps_them_unique(
+    make_provider: ProviderFactory,
+) -> None:
+    assert (await login(make_provider(unique_usernames=True), "alice")).username_is_unique
+    # A fallback to the verified email is never unique by configuration.
+    assert not (await login(make_provider(username_claim="upn", unique_usernames=True), "bob")).username_is_unique
 
 
 async def test_carol_signs_in_with_no_groups(make_provider: ProviderFactory) -> None:
