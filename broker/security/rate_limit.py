@@ -6,8 +6,7 @@ leaves abuse to the server; RFC 9700 §4.15 and the MCP security best practices 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from broker.security.throttle import Verdict
 from broker.store.client import RedisClient
 from broker.store.keys import Keys, digest
 
@@ -16,12 +15,6 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return {n, redis.call('TTL', KEYS[1])}
 """
-
-
-@dataclass(frozen=True)
-class Allowance:
-    allowed: bool
-    retry_after: int = 0
 
 
 class RateLimit:
@@ -35,9 +28,9 @@ class RateLimit:
     def _key(self, subject: str) -> str:
         return f"{self.keys.prefix}:{{rl:{self.name}:{digest(subject)[:32]}}}"
 
-    async def hit(self, subject: str) -> Allowance:
+    async def hit(self, subject: str) -> Verdict:
         """Count one request by ``subject`` (a client IP); refused once the window's limit is passed."""
         count, ttl = await self._hit(keys=[self._key(subject)], args=[self.window])
         if int(count) > self.limit:
-            return Allowance(False, max(int(ttl), 1))
-        return Allowance(True)
+            return Verdict(False, max(int(ttl), 1))
+        return Verdict(True)

@@ -54,23 +54,27 @@ def _services(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> list[int
     raise AssertionError(f"expected redis-server and slapd children, found {_children_of(proc.pid)}")
 
 
+def dev_command(state_dir: Path, broker_port: int | str, mcp_port: int | str, *extra: str) -> list[str]:
+    """``mcp-broker dev`` as a user types it (port 0: any free port)."""
+    return [
+        sys.executable,
+        "-m",
+        "broker.cli",
+        "dev",
+        "--state-dir",
+        str(state_dir),
+        "--broker-port",
+        str(broker_port),
+        "--mcp-port",
+        str(mcp_port),
+        *extra,
+    ]
+
+
 def test_dev_stack_comes_up_and_sigint_stops_everything(tmp_path: Path) -> None:
     broker_port, mcp_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "dev",
-            "--state-dir",
-            str(tmp_path),
-            "--broker-port",
-            str(broker_port),
-            "--mcp-port",
-            str(mcp_port),
-            "--log-format",
-            "json",
-        ],
+        dev_command(tmp_path, broker_port, mcp_port, "--log-format", "json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -106,18 +110,7 @@ def test_dev_stack_comes_up_and_sigint_stops_everything(tmp_path: Path) -> None:
 
 def test_children_die_even_if_the_parent_is_killed(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "dev",
-            "--state-dir",
-            str(tmp_path),
-            "--broker-port",
-            str(free_port()),
-            "--mcp-port",
-            str(free_port()),
-        ],
+        dev_command(tmp_path, free_port(), free_port()),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -133,18 +126,7 @@ def test_children_die_even_if_the_parent_is_killed(tmp_path: Path) -> None:
 def test_missing_binary_is_a_one_line_error(tmp_path: Path) -> None:
     env = {**os.environ, "MCP_BROKER_REDIS_SERVER": str(tmp_path / "no-such-redis-server")}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "dev",
-            "--state-dir",
-            str(tmp_path),
-            "--broker-port",
-            "0",
-            "--mcp-port",
-            "0",
-        ],
+        dev_command(tmp_path, 0, 0),
         capture_output=True,
         text=True,
         timeout=60,
@@ -163,9 +145,8 @@ def test_a_taken_port_is_a_one_line_error_before_anything_starts(tmp_path: Path)
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        argv = [sys.executable, "-m", "broker.cli", "dev", "--state-dir", str(tmp_path), "--broker-port", "0"]
         result = subprocess.run(
-            [*argv, "--mcp-port", str(port)],
+            dev_command(tmp_path, 0, port),
             capture_output=True,
             text=True,
             timeout=60,
