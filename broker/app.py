@@ -120,12 +120,17 @@ def create_app(
         except Exception as exc:  # readiness reports it; the process stays up to say so
             _log.error("signing_keys_unavailable", error=str(exc))
         refresher = asyncio.create_task(_refresh_keys(keyring))
+        preparing = [
+            asyncio.create_task(prepare())
+            for p in upstreams.values()
+            if (prepare := getattr(p, "prepare", None)) is not None
+        ]
         watcher = asyncio.create_task(policies.watch())
         _log.info("broker_started", issuer=config.issuer, version=__version__, policy_version=policies.current.version)
         try:
             yield
         finally:
-            for task in (refresher, watcher):
+            for task in (refresher, watcher, *preparing):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

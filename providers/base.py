@@ -91,7 +91,8 @@ class RedirectProvider(Protocol):
     ``flow`` is JSON-serialisable data (nonce, PKCE verifier, ...) the broker keeps for the
     callback, encrypted at rest, for ten minutes at most. A provider may also expose
     ``origins: tuple[str, ...]`` (the origins its login URL can point at) so the consent page's
-    ``form-action`` policy allows the redirect there, and ``aclose()`` to release connections.
+    ``form-action`` policy allows the redirect there, ``prepare()`` (awaited in the background at
+    start, so slow or failing work there delays nothing), and ``aclose()`` to release connections.
     """
 
     id: str

@@ -15,6 +15,7 @@ user or their session is gone) is ``InvalidCredentials``. Exception texts never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import secrets
 import ssl
@@ -31,6 +32,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from providers.base import (
     Identity,
     InvalidCredentials,
+    ProviderError,
     RedirectProvider,
     RefreshProvider,
     UpstreamRejected,
@@ -74,6 +76,12 @@ class OidcProvider:
         if self._metadata is not None:
             found.append(origin(self._metadata.authorization_endpoint))
         return tuple(dict.fromkeys(found))
+
+    async def prepare(self) -> None:
+        """Read the discovery document before the first sign-in, so ``origins`` names the
+        authorization endpoint from the start; an OP that is down now is tried again at sign-in."""
+        with contextlib.suppress(ProviderError):
+            await self.metadata()
 
     async def aclose(self) -> None:
         oauth, self._oauth = self._oauth, None

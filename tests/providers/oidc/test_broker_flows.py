@@ -5,6 +5,7 @@ callback, the token exchange and refreshes, and what the user sees when somethin
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -273,3 +274,13 @@ async def test_concurrent_refreshes_ask_the_op_once(broker_factory: BrokerFactor
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
         assert len({a.json()["refresh_token"] for a in answers}) == 1
         assert op.hits("/token") - before == 1
+
+
+def test_discovery_is_read_at_start_not_at_the_first_sign_in(broker_factory: BrokerFactory, op: TestOP) -> None:
+    # So the very first consent page's CSP form-action already names the authorization endpoint.
+    before = op.hits("/.well-known/openid-configuration")
+    with oidc_broker(broker_factory, op):
+        deadline = time.monotonic() + 15
+        while op.hits("/.well-known/openid-configuration") == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert op.hits("/.well-known/openid-configuration") > before
