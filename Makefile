@@ -83,6 +83,7 @@ bench: install
 	$(BIN)/python bench/mcp_calls.py
 	$(BIN)/python bench/refresh.py
 	$(BIN)/python bench/login_timing.py
+	$(BIN)/python bench/ldap_pool.py
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache

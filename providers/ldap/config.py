@@ -45,6 +45,15 @@ class LdapProviderConfig(ProviderConfig):
     )
     connect_timeout: float = Field(default=5.0, gt=0, le=60)
     operation_timeout: float = Field(default=10.0, gt=0, le=120)
+    pool_size: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description=(
+            "Service-account connections per process: searches beyond this many at once wait. Raise it "
+            "for a distant directory (bench/ldap_pool.py shows the effect of latency)."
+        ),
+    )
 
     @field_validator("urls")
     @classmethod

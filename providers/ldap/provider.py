@@ -8,6 +8,7 @@ a disabled or locked account, and a directory that cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import ssl
@@ -54,8 +55,12 @@ class LdapProvider:
             for url in config.urls
         ]
         self._pool = ldap3.ServerPool(servers, ldap3.FIRST, active=1, exhaust=30)
-        self._service: ldap3.Connection | None = None
+        # Service-account connections: at most pool_size searches run at once, each on a bound
+        # connection of its own; idle ones are kept for the next search.
+        self._idle: list[ldap3.Connection] = []
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(config.pool_size)
+        self._closed = False
         self._attributes = sorted(
             {
                 config.username_attribute,
@@ -84,45 +89,61 @@ class LdapProvider:
             conn.start_tls()
         return conn
 
-    def _service_connection(self) -> ldap3.Connection:
+    def _borrow(self) -> ldap3.Connection:
         with self._lock:
-            if self._service is not None and self._service.bound and not self._service.closed:
-                return self._service
-            password = self.config.bind_password.get_secret_value() if self.config.bind_password else None
-            conn = self._connect(self.config.bind_dn, password)
-            if not conn.bind():
-                raise UpstreamUnavailable(f"service account bind failed: {conn.result.get('description')}")
-            self._service = conn
-            return conn
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.bound and not conn.closed:
+                    return conn
+        password = self.config.bind_password.get_secret_value() if self.config.bind_password else None
+        conn = self._connect(self.config.bind_dn, password)
+        if not conn.bind():
+            description = conn.result.get("description")
+            conn.unbind()
+            raise UpstreamUnavailable(f"service account bind failed: {description}")
+        return conn
+
+    def _give_back(self, conn: ldap3.Connection, healthy: bool) -> None:
+        with self._lock:
+            if healthy and not self._closed:
+                self._idle.append(conn)
+                return
+        with contextlib.suppress(Exception):
+            conn.unbind()
 
     def _search(
         self, base: str, search_filter: str, attributes: Iterable[str], scope: Any = ldap3.SUBTREE
     ) -> list[Any]:
-        for attempt in range(2):
-            conn = self._service_connection()
-            try:
-                with self._lock:
+        if not self._slots.acquire(timeout=self.config.operation_timeout):
+            raise UpstreamUnavailable(f"all {self.config.pool_size} directory connections stayed busy")
+        try:
+            for attempt in range(2):
+                conn = self._borrow()
+                healthy = False
+                try:
                     conn.search(base, search_filter, search_scope=scope, attributes=list(attributes), size_limit=1000)
                     result, entries = conn.result, list(conn.response or [])
-            except (
-                ldap_errors.LDAPSocketOpenError,
-                ldap_errors.LDAPSocketReceiveError,
-                ldap_errors.LDAPSessionTerminatedByServerError,
-                ldap_errors.LDAPCommunicationError,
-            ):
-                with self._lock:
-                    self._service = None
-                if attempt:
-                    raise
-                continue
-            if result.get("result") not in (0, 4, 32):  # success, size limit, no such object
-                if attempt == 0 and result.get("result") in (51, 52, 80, -1):
-                    with self._lock:
-                        self._service = None
-                    continue
-                raise UpstreamUnavailable(f"search failed: {result.get('description')}")
-            return [e for e in entries if e.get("type") == "searchResEntry"]
-        return []
+                    code = result.get("result")
+                    healthy = code in (0, 4, 32)  # success, size limit, no such object
+                except (
+                    ldap_errors.LDAPSocketOpenError,
+                    ldap_errors.LDAPSocketReceiveError,
+                    ldap_errors.LDAPSessionTerminatedByServerError,
+                    ldap_errors.LDAPCommunicationError,
+                ):
+                    if attempt:
+                        raise
+                    continue  # a connection the server dropped: once more on a fresh one
+                finally:
+                    self._give_back(conn, healthy)
+                if not healthy:
+                    if attempt == 0 and code in (51, 52, 80, -1):  # busy, unavailable, other: retry fresh
+                        continue
+                    raise UpstreamUnavailable(f"search failed: {result.get('description')}")
+                return [e for e in entries if e.get("type") == "searchResEntry"]
+            return []
+        finally:
+            self._slots.release()
 
     # -- the protocol ----------------------------------------------------------------------
     async def login(self, username: str, password: str) -> Identity:
@@ -143,9 +164,11 @@ class LdapProvider:
 
     async def aclose(self) -> None:
         with self._lock:
-            if self._service is not None:
-                self._service.unbind()
-                self._service = None
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.unbind()
 
     # -- work done in threads --------------------------------------------------------------
     def _guard(self, func: Any, *args: Any) -> Any:

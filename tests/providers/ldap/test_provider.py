@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,27 @@ async def test_directory_down_is_not_a_wrong_password(slapd: Slapd) -> None:
     with pytest.raises(UpstreamUnavailable) as caught:
         await ldap.login("alice", "demo-alice")
     assert "try again" in caught.value.public
+    await ldap.aclose()
+
+
+async def test_searches_run_side_by_side_on_a_bounded_pool_of_connections(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, pool_size=3))
+    found = await asyncio.gather(*(ldap.lookup(name) for name in ["alice", "bob", "carol"] * 8))
+    assert [i.username for i in found] == ["alice", "bob", "carol"] * 8
+    assert 1 <= len(ldap._idle) <= 3  # kept for the next searches, never more than the pool
+    await ldap.aclose()
+    assert ldap._idle == []
+
+
+async def test_a_pool_that_stays_busy_is_unavailable_not_a_wrong_password(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, pool_size=1, operation_timeout=0.2))
+    ldap._slots.acquire()  # one long search holds the only connection
+    try:
+        with pytest.raises(UpstreamUnavailable, match="directory connections stayed busy"):
+            await ldap.lookup("alice")
+    finally:
+        ldap._slots.release()
+    assert (await ldap.lookup("alice")).username == "alice"
     await ldap.aclose()
 
 
