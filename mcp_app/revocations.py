@@ -17,6 +17,9 @@ from broker.store.client import RedisClient
 
 _log = structlog.get_logger("mcp_app.revocations")
 
+PING_EVERY = 1.0  # seconds of silence on the feed before asking Redis whether it is still there
+RECONNECT_AFTER = 5.0  # seconds without any answer before the feed is taken for dead and reopened
+
 
 class RevocationWatcher:
     def __init__(self, redis: RedisClient, *, key_prefix: str = "mcpb", max_staleness: float = 30.0) -> None:
@@ -72,17 +75,22 @@ class RevocationWatcher:
             try:
                 await pubsub.subscribe(self.channel)
                 await self._load()  # after subscribing, so nothing published in between is lost
-                self._last_ok = time.monotonic()
+                self._last_ok = last_ping = time.monotonic()
                 self._synced.set()
                 backoff = 0.1
                 while not self._done():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                    if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        self._revoked.add(data.decode() if isinstance(data, bytes) else str(data))
-                    else:
-                        await pubsub.ping()
-                    self._last_ok = time.monotonic()
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=PING_EVERY / 2)
+                    now = time.monotonic()
+                    if message is not None:  # the server spoke (a revocation, or a pong): the feed is alive
+                        self._last_ok = now
+                        if message.get("type") == "message":
+                            data = message["data"]
+                            self._revoked.add(data.decode() if isinstance(data, bytes) else str(data))
+                    elif now - self._last_ok > RECONNECT_AFTER:
+                        raise ConnectionError(f"no answer from Redis for {RECONNECT_AFTER:g} s")
+                    if now - self._last_ok >= PING_EVERY and now - last_ping >= PING_EVERY:
+                        await pubsub.ping()  # answered by a pong message, read above
+                        last_ping = now
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -1,0 +1,96 @@
+"""The revocation view: loaded at start, kept current through pub/sub, reopened after a
+disconnect, quiet when nothing happens, and stale (so callers fail closed) when Redis is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from broker.devstack import RedisServer
+from broker.store.client import create_redis
+from mcp_app.revocations import RevocationWatcher
+
+
+async def eventually(check: object, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A Redis of this test's own, so its command counts and its death touch nobody else."""
+    server = RedisServer(tmp_path, persist=False).start()
+    yield server
+    server.stop()
+
+
+async def test_loaded_at_start_then_current_through_pubsub(
+    redis_client: aioredis.Redis, redis_server: RedisServer
+) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    await redis_client.zadd(f"{prefix}:{{revoked}}", {"g-before": time.time() + 600, "g-expired": time.time() - 1})
+    watcher = RevocationWatcher(create_redis(redis_server.url), key_prefix=prefix)
+    await watcher.start()
+    try:
+        assert watcher.is_revoked("g-before")
+        assert not watcher.is_revoked("g-expired")  # past its tokens' lifetime: no longer kept
+        await redis_client.publish(f"{prefix}:revocations", "g-later")
+        await eventually(lambda: watcher.is_revoked("g-later"), 1.0)
+        assert not watcher.stale
+    finally:
+        await watcher.stop()
+
+
+async def test_an_idle_watcher_barely_talks_to_redis(own_redis: RedisServer) -> None:
+    client = create_redis(own_redis.url)
+    watcher = RevocationWatcher(client, key_prefix="idle")
+    await watcher.start()
+    try:
+        before = (await client.info("stats"))["total_commands_processed"]
+        await asyncio.sleep(3)
+        after = (await client.info("stats"))["total_commands_processed"]
+        assert after - before <= 10  # a ping a second at most (it once spun on its own pongs)
+        assert not watcher.stale
+    finally:
+        await watcher.stop()
+        await client.aclose()
+
+
+async def test_a_dropped_feed_is_reopened_and_what_was_missed_is_loaded(own_redis: RedisServer) -> None:
+    client = create_redis(own_redis.url)
+    watcher = RevocationWatcher(client, key_prefix="drop")
+    await watcher.start()
+    admin: aioredis.Redis = aioredis.Redis.from_url(own_redis.url)
+    try:
+        # A revocation whose message this watcher never got (as if published while it was away).
+        await admin.zadd("drop:{revoked}", {"g-missed": time.time() + 600})
+        assert not watcher.is_revoked("g-missed")
+        assert await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 1
+        await eventually(lambda: watcher.is_revoked("g-missed"))  # reloaded on reconnecting
+        await admin.publish("drop:revocations", "g-after")
+        await eventually(lambda: watcher.is_revoked("g-after"), 1.0)
+    finally:
+        await watcher.stop()
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_the_view_goes_stale_when_redis_is_gone(own_redis: RedisServer) -> None:
+    client = create_redis(own_redis.url)
+    watcher = RevocationWatcher(client, key_prefix="gone", max_staleness=1.0)
+    await watcher.start()
+    try:
+        assert not watcher.stale
+        own_redis.stop()
+        await eventually(lambda: watcher.stale, 5.0)
+    finally:
+        await watcher.stop()
+        await client.aclose()
