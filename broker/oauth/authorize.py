@@ -59,8 +59,12 @@ def redirect_with(redirect_uri: str, params: Mapping[str, str | None]) -> str:
 
 
 def canonical_resource(value: str) -> str:
-    """RFC 8707 resource as clients send it: accept an upper-case scheme or host and a trailing slash."""
-    parts = urlsplit(value)
+    """RFC 8707 resource as clients send it: accept an upper-case scheme or host and a trailing slash.
+    A value that is not a URL at all (``https://[x]/``) comes back as it was, matching nothing."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
     path = parts.path.rstrip("/") if parts.path not in ("", "/") else ""
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
 

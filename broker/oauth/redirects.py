@@ -3,16 +3,32 @@ and how a presented URI is matched (exact, except the port of a loopback redirec
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import SplitResult, urlsplit
 
 from providers.net import is_loopback_host
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 _FORBIDDEN_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "ftp", "ws", "wss"})
 
 
-def _split(uri: str) -> SplitResult | None:
+def valid_host(host: str | None) -> bool:
+    """A DNS name or an IP address: nothing that could break out of a header (a CSP source) or a URL."""
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_DNS_NAME.match(host))
+
+
+def _split(uri: object) -> SplitResult | None:
+    if not isinstance(uri, str):
+        return None
     try:
         parts = urlsplit(uri)
         _ = parts.port  # raises ValueError on a bad port
@@ -44,8 +60,8 @@ def registration_problem(uri: object, application_type: str) -> str | None:
         return f"{uri!r}: wildcards are not allowed"
     scheme = parts.scheme.lower()
     if scheme == "https":
-        if not parts.hostname:
-            return f"{uri!r} has no host"
+        if not valid_host(parts.hostname):
+            return f"{uri!r} has no valid host name"
         if parts.username or parts.password:
             return f"{uri!r} must not contain credentials"
         return None

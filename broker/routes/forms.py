@@ -13,21 +13,27 @@ from broker.web.pages import Pages
 MAX_FORM_BYTES = 64 * 1024
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise InvalidRequest("the request body must be application/x-www-form-urlencoded")
+async def read_body(request: Request, limit: int, too_large: OAuthError) -> bytes:
+    """The request body, refused with ``too_large`` as soon as it passes ``limit`` bytes: by its
+    Content-Length before reading, else while streaming (nothing larger is ever held in memory)."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
-        raise InvalidRequest("the request body is too large")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise too_large
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():  # bounded even without a Content-Length
         size += len(chunk)
-        if size > MAX_FORM_BYTES:
-            raise InvalidRequest("the request body is too large")
+        if size > limit:
+            raise too_large
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise InvalidRequest("the request body must be application/x-www-form-urlencoded")
+    body = await read_body(request, MAX_FORM_BYTES, InvalidRequest("the request body is too large"))
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=100)
     except (UnicodeDecodeError, ValueError):

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClientMetadata, TooManyRequests
 from broker.routes.errors import NO_STORE
+from broker.routes.forms import read_body
 from broker.state import get_state
 
 MAX_BODY = 16 * 1024
@@ -31,12 +32,10 @@ def router(base: str) -> APIRouter:
                 f"too many client registrations from this address; try again in {allowance.retry_after} s",
                 retry_after=allowance.retry_after,
             )
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise InvalidClientMetadata("the registration request is too large")
+        body = await read_body(request, MAX_BODY, InvalidClientMetadata("the registration request is too large"))
         try:
             metadata = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deep enough to exhaust the parser
             raise InvalidClientMetadata("the body must be a JSON object") from None
         if not isinstance(metadata, dict):
             raise InvalidClientMetadata("the body must be a JSON object")

@@ -13,6 +13,7 @@ plain-http loopback issuer (development) browsers refuse ``Secure``, so the pref
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from broker.oauth.redirects import valid_host
 from broker.store.keys import digest
 
 _env = Environment(
@@ -31,11 +33,24 @@ _env = Environment(
 PRODUCT = "mcp-broker"
 
 
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
+
+
 def _origin_source(uri: str) -> str | None:
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return f"{parts.scheme}://{parts.netloc}"
-    return f"{parts.scheme}:" if parts.scheme else None
+    """The CSP source for a form target, or None for anything that is not a plain origin (a
+    crafted host must never add directives to the header)."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not valid_host(parts.hostname) or parts.username or parts.password:
+            return None
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        return f"{scheme}://{host}{f':{port}' if port is not None else ''}"
+    return f"{scheme}:" if _SCHEME.match(scheme) else None
 
 
 def security_headers(form_targets: Iterable[str] = ()) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -130,3 +131,44 @@ def test_registrations_per_address_are_limited(broker_factory: BrokerFactory) ->
         assert "too many client registrations" in refused.json()["error_description"]
         assert 3500 <= int(refused.headers["retry-after"]) <= 3600
         assert refused.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("uris", [[123], [{"a": 1}], [None], [""]])
+def test_redirect_uris_that_are_not_strings_are_a_clear_error(broker: Broker, uris: list[object]) -> None:
+    response = post(broker, {"redirect_uris": uris, "token_endpoint_auth_method": "none"})
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_redirect_uri")
+
+
+def test_deeply_nested_json_is_a_clear_error(broker: Broker) -> None:
+    response = httpx.post(
+        f"{broker.base}/register", content=b"[" * 100_000, headers={"content-type": "application/json"}
+    )
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_client_metadata")
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(broker: Broker) -> None:
+    big = b'{"client_name": "' + b"x" * 20_000 + b'"}'
+    declared = httpx.post(f"{broker.base}/register", content=big, headers={"content-type": "application/json"})
+    assert (declared.status_code, declared.json()["error"]) == (400, "invalid_client_metadata")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused while streaming
+        for _ in range(1000):
+            yield b" " * 1024
+
+    streamed = httpx.post(f"{broker.base}/register", content=chunks(), headers={"content-type": "application/json"})
+    assert (streamed.status_code, streamed.json()["error"]) == (400, "invalid_client_metadata")
+    assert "too large" in streamed.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://evil.example; script-src 'unsafe-inline'/cb",
+        "https://evil.example%20x/cb",
+        "https://ex ample.com/cb",
+        "https:///cb",
+    ],
+)
+def test_a_redirect_host_must_be_a_host_name(broker: Broker, uri: str) -> None:
+    response = post(broker, {"redirect_uris": [uri], "token_endpoint_auth_method": "none"})
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_redirect_uri")

@@ -19,7 +19,10 @@ def _error(broker: Broker, **over: str | None) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(response.headers["location"]).query).items()}
 
 
-@pytest.mark.parametrize("resource", [None, "https://not-configured.example.com/mcp", "http://127.0.0.1:8001/other"])
+@pytest.mark.parametrize(
+    "resource",
+    [None, "https://not-configured.example.com/mcp", "http://127.0.0.1:8001/other", "https://[x]/", "http://[::1"],
+)
 def test_unknown_or_missing_resource_is_invalid_target(broker: Broker, resource: str | None) -> None:
     assert _error(broker, resource=resource)["error"] == "invalid_target"
 
@@ -57,6 +60,17 @@ def test_token_request_for_another_resource(broker: Broker) -> None:
     response = exchange(broker, client["client_id"], auth, resource="http://127.0.0.1:8002/mcp")
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_target"
+
+
+@pytest.mark.parametrize("resource", ["https://[x]/", "http://[::1"])
+def test_a_resource_that_is_not_a_url_is_invalid_target_at_the_token_endpoint(broker: Broker, resource: str) -> None:
+    client = register(broker)
+    auth = login(broker, client["client_id"])
+    response = exchange(broker, client["client_id"], auth, resource=resource)
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_target")
+    tokens = exchange(broker, client["client_id"], login(broker, client["client_id"])).json()
+    moved = refresh(broker, client["client_id"], tokens["refresh_token"], resource=resource)
+    assert (moved.status_code, moved.json()["error"]) == (400, "invalid_target")
 
 
 def test_refresh_cannot_change_the_resource(broker: Broker) -> None:
