@@ -24,7 +24,13 @@ from broker.metrics import REFRESH_REUSE, TOKENS_ISSUED, TOKENS_REFRESHED, UPSTR
 from broker.oauth import pkce, redirects
 from broker.oauth.authorize import find_resource
 from broker.oauth.clients import Client
-from broker.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget, TemporarilyUnavailable
+from broker.oauth.errors import (
+    InvalidGrant,
+    InvalidScope,
+    InvalidTarget,
+    TemporarilyUnavailable,
+    UnauthorizedClient,
+)
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.oauth.tokens import mint_access_token, new_handle, open_for, parse_handle, seal_for
@@ -174,8 +180,8 @@ class GrantService:
 
     # -- refresh_token ---------------------------------------------------------------------
     async def refresh(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
-        if "refresh_token" not in client.grant_types:
-            raise InvalidGrant(detail=f"client {client.client_id} may not use refresh tokens")
+        if "refresh_token" not in client.grant_types:  # RFC 6749 §5.2
+            raise UnauthorizedClient(detail=f"client {client.client_id} may not use refresh tokens")
         token = form.get("refresh_token")
         grant_id = parse_handle("rt", token)
         if grant_id is None or token is None:

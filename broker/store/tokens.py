@@ -54,6 +54,12 @@ redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
 return {'ok', ''}
 """
 
+_INDEX_GRANT = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local want = tonumber(ARGV[1]) + 60 - tonumber(redis.call('TIME')[1])
+if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) end
+"""
+
 _REVOKE = """
 local grant = redis.call('GET', KEYS[1])
 if not grant then return 0 end
@@ -91,6 +97,7 @@ class TokenStore:
         self._take_code = redis.register_script(_TAKE_CODE)
         self._rotate = redis.register_script(_ROTATE)
         self._revoke = redis.register_script(_REVOKE)
+        self._index_grant = redis.register_script(_INDEX_GRANT)
 
     # -- clients ---------------------------------------------------------------------------
     async def save_client(self, client_id: str, record: dict[str, Any], ttl: int) -> None:
@@ -137,8 +144,11 @@ class TokenStore:
             pipe.set(self.keys.grant(grant_id), json.dumps(grant), ex=grant_ttl)
             pipe.set(self.keys.refresh(grant_id, refresh_hash), '{"state":"active"}', ex=refresh_ttl)
             await pipe.execute()
-        await self.redis.zadd(self.keys.user_grants(grant["subject"]), {grant_id: grant["expires_at"]})
-        await self.redis.expireat(self.keys.user_grants(grant["subject"]), int(grant["expires_at"]) + 60)
+        # The user's index lives as long as their longest grant: a newer, shorter grant (after a
+        # lifetime was lowered) must not cut it short and hide older grants from revocation.
+        await self._index_grant(
+            keys=[self.keys.user_grants(grant["subject"])], args=[int(grant["expires_at"]), grant_id]
+        )
 
     async def get_grant(self, grant_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.keys.grant(grant_id))
@@ -206,6 +216,7 @@ class TokenStore:
             TOKENS_REVOKED.labels(reason).inc()
         grant = await self.get_grant(grant_id)
         expires_at = float(grant["expires_at"]) if grant else time.time() + 3600
+        await self.redis.zremrangebyscore(self.keys.revoked(), "-inf", time.time())  # past their tokens' lifetime
         await self.redis.zadd(self.keys.revoked(), {grant_id: expires_at})
         await self.redis.publish(self.keys.revocation_channel(), grant_id)
         return changed

@@ -220,6 +220,15 @@ def test_refresh_with_another_clients_token(broker: Broker) -> None:
     assert stolen.json()["error"] == "invalid_grant"
 
 
+def test_a_client_without_the_refresh_grant_is_unauthorized_for_it(broker: Broker) -> None:
+    client = register(broker, grant_types=["authorization_code"])
+    tokens = exchange(broker, client["client_id"], login(broker, client["client_id"])).json()
+    assert "refresh_token" not in tokens
+    _, other_tokens = tokens_for(broker)
+    response = refresh(broker, client["client_id"], other_tokens["refresh_token"])
+    assert (response.status_code, response.json()["error"]) == (400, "unauthorized_client")  # RFC 6749 §5.2
+
+
 def test_reuse_within_grace_gets_the_same_answer_and_after_it_revokes(broker: Broker) -> None:
     client, tokens = tokens_for(broker)
     first = refresh(broker, client["client_id"], tokens["refresh_token"]).json()

@@ -126,3 +126,28 @@ def test_keys_of_one_grant_share_a_slot(tmp_path: Path) -> None:
     assert key_slot(keys.grant("a").encode()) != key_slot(keys.grant("b").encode()) or True
     # A brace inside a subject cannot move the hash tag.
     assert keys.user_grants("evil}{x").count("{") == 1
+
+
+async def test_the_token_store_works_on_a_cluster(cluster: ClusterSetup) -> None:
+    """Every multi-key step of a grant's life (create, rotate, revoke, the user's index) on Cluster."""
+    import time
+
+    from broker.store.tokens import TokenStore
+
+    client = create_redis(cluster.url, password=cluster.password)
+    store = TokenStore(client, Keys("clustertest"))
+    now = time.time()
+    grant = {"grant_id": "g-cl", "subject": "alice", "status": "active", "expires_at": now + 600, "scopes": "a"}
+    try:
+        await store.create_grant(grant, "h1", refresh_ttl=600, grant_ttl=600)
+        assert await store.user_grant_ids("alice") == ["g-cl"]
+        first = await store.rotate_refresh("g-cl", "h1", "h2", successor="s", new_ttl=600, rotated_ttl=600, scopes="a")
+        assert first.outcome == "ok"
+        again = await store.rotate_refresh("g-cl", "h1", "h3", successor="t", new_ttl=600, rotated_ttl=600, scopes="a")
+        assert (again.outcome, again.successor) == ("rotated", "s")
+        assert await store.revoke_grant("g-cl", "test")
+        assert "g-cl" in await store.revoked()
+        gone = await store.rotate_refresh("g-cl", "h2", "h4", successor="u", new_ttl=600, rotated_ttl=600, scopes="a")
+        assert gone.outcome == "revoked"
+    finally:
+        await client.aclose()
