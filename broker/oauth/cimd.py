@@ -98,10 +98,33 @@ def url_problem(url: str, trusted_domains: Sequence[str] = ()) -> str | None:
     return None
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix: the IPv4 address is the last 32 bits
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: operator-chosen layouts, so never trusted
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a translated or tunnelled IPv6 address reaches: IPv4-mapped, NAT64, 6to4,
+    Teredo (its server, where the packets go first)."""
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour:
+        return address.sixtofour
+    if address.teredo:
+        return address.teredo[0]
+    return None
+
+
 def is_public_address(address: Address) -> bool:
-    """Globally routable unicast: not private, loopback, link-local, multicast, reserved or unspecified."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return is_public_address(address.ipv4_mapped)
+    """Globally routable unicast: not private, loopback, link-local, multicast, reserved or unspecified,
+    nor an IPv6 address that leads to an IPv4 address that is one (NAT64 to 169.254.169.254, say)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _LOCAL_NAT64:
+            return False
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return is_public_address(inner)
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 

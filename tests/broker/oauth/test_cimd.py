@@ -334,6 +334,11 @@ def test_url_rules(url: str, trusted: list[str], problem: str | None) -> None:
         ("ff02::1", False),
         ("::ffff:127.0.0.1", False),
         ("::ffff:93.184.215.14", True),
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 to 169.254.169.254
+        ("64:ff9b::5db8:d70e", True),  # NAT64 to a public address
+        ("64:ff9b:1:5db8:d7:e00::", False),  # local-use NAT64 prefix: whatever it embeds
+        ("2002:a9fe:a9fe::1", False),  # 6to4 from 169.254.169.254
+        ("2002:5db8:d70e::1", True),
     ],
 )
 def test_public_addresses(address: str, public: bool) -> None:
