@@ -69,6 +69,7 @@ class LdapProvider:
                 config.display_name_attribute,
                 "memberOf",
                 "userAccountControl",
+                "msDS-User-Account-Control-Computed",  # AD computes the lockout bit only here
                 "pwdAccountLockedTime",
             }
         )
@@ -85,9 +86,25 @@ class LdapProvider:
             read_only=True,
         )
         conn.open()
-        if self.config.start_tls and not self.config.urls[0].startswith("ldaps://"):
-            conn.start_tls()
+        # Decided by the server the pool picked (failover may land on a plain ldap:// URL), and
+        # a failed StartTLS stops here: no password is ever sent in the clear.
+        if self.config.start_tls and not conn.server.ssl:
+            try:
+                started = bool(conn.start_tls())
+                why = str(conn.result.get("description")) if conn.result else "no answer"
+            except ldap_errors.LDAPException as exc:
+                started, why = False, str(exc)
+            if not started:
+                self._close(conn)
+                raise UpstreamUnavailable(f"StartTLS failed: {why}")
         return conn
+
+    def _close(self, conn: ldap3.Connection) -> None:
+        """Unbind, and drop the connection from the server pool, which otherwise keeps every
+        connection ever made (a user's password included) for the life of the process."""
+        with contextlib.suppress(Exception):
+            conn.unbind()
+        self._pool.pool_states.pop(conn, None)
 
     def _borrow(self) -> ldap3.Connection:
         with self._lock:
@@ -99,7 +116,7 @@ class LdapProvider:
         conn = self._connect(self.config.bind_dn, password)
         if not conn.bind():
             description = conn.result.get("description")
-            conn.unbind()
+            self._close(conn)
             raise UpstreamUnavailable(f"service account bind failed: {description}")
         return conn
 
@@ -108,8 +125,11 @@ class LdapProvider:
             if healthy and not self._closed:
                 self._idle.append(conn)
                 return
-        with contextlib.suppress(Exception):
-            conn.unbind()
+            # One connection found dead: the idle ones most likely went the same way (a
+            # directory restart, an idle time-out), so the retry opens a fresh one.
+            stale, self._idle = self._idle, []
+        for other in [conn, *stale]:
+            self._close(other)
 
     def _search(
         self, base: str, search_filter: str, attributes: Iterable[str], scope: Any = ldap3.SUBTREE
@@ -167,8 +187,7 @@ class LdapProvider:
             self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.unbind()
+            self._close(conn)
 
     # -- work done in threads --------------------------------------------------------------
     def _guard(self, func: Any, *args: Any) -> Any:
@@ -201,7 +220,7 @@ class LdapProvider:
             bound = conn.bind()
             code = conn.result.get("result")
         finally:
-            conn.unbind()
+            self._close(conn)
         if entry is None:  # the bind above keeps unknown users as slow as known ones
             raise InvalidCredentials(f"unknown user {username!r}")
         if not bound:
@@ -232,12 +251,13 @@ class LdapProvider:
 
     @staticmethod
     def _locked(entry: dict[str, Any]) -> bool:
+        """Disabled or locked: Active Directory's account-control flags (read without a schema,
+        so they arrive as text; AD keeps the lockout bit current only in the computed
+        attribute), or an OpenLDAP ppolicy lock."""
         attrs = entry.get("attributes", {})
-        control = attrs.get("userAccountControl")
-        if isinstance(control, list):
-            control = control[0] if control else None
-        if isinstance(control, int) and control & (_AD_DISABLED | _AD_LOCKOUT):
-            return True
+        for name in ("userAccountControl", "msDS-User-Account-Control-Computed"):
+            if _flags(attrs.get(name)) & (_AD_DISABLED | _AD_LOCKOUT):
+                return True
         return bool(attrs.get("pwdAccountLockedTime"))
 
     def _identity(self, entry: dict[str, Any]) -> Identity:
@@ -305,6 +325,18 @@ class LdapProvider:
         for dn in groups:
             names.setdefault(dn, _rdn_value(dn))
         return groups, names
+
+
+def _flags(value: Any) -> int:
+    """An integer attribute as ldap3 returns it without a schema (``['514']``), or 0."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        return int(str(value).strip()) if value is not None else 0
+    except ValueError:
+        return 0
 
 
 def _first(entry: dict[str, Any], name: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import ldap3
 import pytest
 
 from broker.devstack import DemoDirectory, Slapd, free_port
-from providers.base import InvalidCredentials, UpstreamUnavailable
+from providers.base import AccountDisabled, InvalidCredentials, UpstreamUnavailable
 from providers.ldap.config import LdapProviderConfig
 from providers.ldap.provider import LdapProvider
 from tests.tls import make_ca
@@ -133,10 +134,60 @@ async def test_lookup_without_password(provider: LdapProvider) -> None:
         await provider.lookup("nobody")
 
 
+# Active Directory's account-control attributes, with AD's own OIDs, for a real slapd to serve.
+AD_SCHEMA = """
+attributetype ( 1.2.840.113556.1.4.8 NAME 'userAccountControl'
+  EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+attributetype ( 1.2.840.113556.1.4.1460 NAME 'msDS-User-Account-Control-Computed'
+  EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.4203.666.11.99.1 NAME 'adAccountControl' AUXILIARY
+  MAY ( userAccountControl $ msDS-User-Account-Control-Computed ) )
+"""
+
+
+@pytest.fixture(scope="module")
+def ad_like_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    state = tmp_path_factory.mktemp("ad-like-slapd")
+    (state / "ad.schema").write_text(AD_SCHEMA)
+    server = Slapd(state, schemas=(state / "ad.schema",)).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [("userAccountControl", "514"), ("msDS-User-Account-Control-Computed", "16")],  # disabled; locked out
+)
+async def test_an_ad_account_disabled_or_locked_is_refused_at_sign_in_and_at_refresh(
+    ad_like_slapd: Slapd, attribute: str, value: str
+) -> None:
+    admin = ad_like_slapd.admin_connection()
+    alice = f"uid=alice,ou=people,{BASE}"
+    assert admin.modify(alice, {"objectClass": [(ldap3.MODIFY_ADD, ["adAccountControl"])]}), admin.result
+    ldap = LdapProvider(config_for(ad_like_slapd))
+    try:
+        assert admin.modify(alice, {"userAccountControl": [(ldap3.MODIFY_REPLACE, ["512"])]}), admin.result
+        identity = await ldap.login("alice", "demo-alice")  # a normal account
+        assert admin.modify(alice, {attribute: [(ldap3.MODIFY_REPLACE, [value])]}), admin.result
+        with pytest.raises(AccountDisabled):
+            await ldap.login("alice", "demo-alice")
+        with pytest.raises(AccountDisabled):
+            await ldap.refresh(identity)
+    finally:
+        for name in ("userAccountControl", "msDS-User-Account-Control-Computed"):  # each may be absent
+            admin.modify(alice, {name: [(ldap3.MODIFY_DELETE, [])]})
+        assert admin.modify(alice, {"objectClass": [(ldap3.MODIFY_DELETE, ["adAccountControl"])]}), admin.result
+        admin.unbind()
+        await ldap.aclose()
+
+
 def test_locked_account_markers() -> None:
-    assert LdapProvider._locked({"attributes": {"userAccountControl": 514}})  # AD: ACCOUNTDISABLE
-    assert LdapProvider._locked({"attributes": {"userAccountControl": [528]}})  # AD: LOCKOUT
-    assert not LdapProvider._locked({"attributes": {"userAccountControl": 512}})
+    # As ldap3 returns them without a schema: text.
+    assert LdapProvider._locked({"attributes": {"userAccountControl": ["514"]}})  # AD: ACCOUNTDISABLE
+    assert LdapProvider._locked({"attributes": {"userAccountControl": "528"}})  # AD: LOCKOUT
+    assert LdapProvider._locked({"attributes": {"msDS-User-Account-Control-Computed": ["16"]}})
+    assert not LdapProvider._locked({"attributes": {"userAccountControl": ["512"]}})
+    assert not LdapProvider._locked({"attributes": {"userAccountControl": ["not a number"]}})
     assert LdapProvider._locked({"attributes": {"pwdAccountLockedTime": ["000001010000Z"]}})  # OpenLDAP ppolicy
     assert not LdapProvider._locked({"attributes": {}})
 
@@ -198,6 +249,35 @@ async def test_starttls_with_the_test_ca(tls_slapd: tuple[Slapd, Path]) -> None:
     ldap = LdapProvider(config_for(slapd, start_tls=True, ca_file=str(ca)))
     assert (await ldap.login("bob", "demo-bob")).username == "bob"
     await ldap.aclose()
+
+
+async def test_starttls_follows_failover_to_a_plain_url(tls_slapd: tuple[Slapd, Path]) -> None:
+    slapd, ca = tls_slapd
+    dead = f"ldaps://127.0.0.1:{free_port()}"  # the first server is down: the pool moves to ldap://
+    ldap = LdapProvider(config_for(slapd, urls=[dead, slapd.url], start_tls=True, ca_file=str(ca), connect_timeout=1))
+    assert (await ldap.login("bob", "demo-bob")).username == "bob"
+    assert [c.tls_started for c in ldap._idle] == [True]  # the service connection, at least, ran StartTLS
+    await ldap.aclose()
+
+
+async def test_a_server_that_cannot_starttls_gets_no_password(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, start_tls=True))  # the session's slapd has no TLS
+    with pytest.raises(UpstreamUnavailable, match="StartTLS failed"):
+        await ldap.login("alice", "demo-alice")
+    await ldap.aclose()
+
+
+async def test_connections_are_not_kept_after_use(slapd: Slapd) -> None:
+    # ldap3's server pool remembers every connection made through it (password included)
+    # unless told to forget: after many sign-ins only the idle service connections remain.
+    ldap = LdapProvider(config_for(slapd))
+    for n in range(20):
+        password = "demo-alice" if n % 2 else "wrong"
+        with contextlib.suppress(InvalidCredentials):
+            await ldap.login("alice", password)
+    assert len(ldap._pool.pool_states) <= ldap.config.pool_size
+    await ldap.aclose()
+    assert ldap._pool.pool_states == {}
 
 
 async def test_tls_verification_is_on_by_default(tls_slapd: tuple[Slapd, Path]) -> None:
