@@ -108,10 +108,9 @@ def create_app(settings: McpAppSettings) -> Starlette:
             except Exception as exc:
                 checks["redis"] = f"unreachable: {type(exc).__name__}"
         if settings.verification == "jwks" and not jwks.loaded:
-            try:
-                await jwks.refresh()
-            except (httpx.HTTPError, ValueError) as exc:
-                checks["signing_keys"] = f"broker JWKS unavailable: {type(exc).__name__}"
+            await jwks.refresh_if_due()  # rate-limited: probes cannot make it hammer the broker
+            if not jwks.loaded and jwks.last_error:
+                checks["signing_keys"] = f"broker JWKS unavailable: {jwks.last_error}"
         if settings.verification == "jwks":
             checks.setdefault("signing_keys", "ok" if jwks.loaded else "broker JWKS has no usable key")
         if watcher is not None:

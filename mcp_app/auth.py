@@ -112,8 +112,8 @@ class BearerGuard:
         await self.app(scope, receive, send)
 
     def _needed_scope(self, body: bytes) -> str | None:
-        if b"tools/call" not in body:
-            return None
+        # Parsed every time: a byte search for "tools/call" would miss "tools\/call" and other
+        # escapes JSON allows, and such a call would skip the 403 step-up challenge.
         try:
             message: Any = json.loads(body)
         except ValueError:

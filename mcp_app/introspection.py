@@ -57,7 +57,13 @@ class IntrospectionVerifier:
         if response.status_code != 200:
             _log.warning("introspection_refused", status=response.status_code)
             return None
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):  # a proxy's error page, say: not an answer, so not active
+            _log.warning("introspection_unreadable", content_type=response.headers.get("content-type"))
+            return None
         if (
             body.get("active") is not True
             or body.get("aud") != self.resource

@@ -19,6 +19,7 @@ _log = structlog.get_logger("mcp_app.revocations")
 
 PING_EVERY = 1.0  # seconds of silence on the feed before asking Redis whether it is still there
 RECONNECT_AFTER = 5.0  # seconds without any answer before the feed is taken for dead and reopened
+RELOAD_EVERY = 300.0  # seconds between reloads of the set, which drop grants past their tokens' life
 
 
 class RevocationWatcher:
@@ -29,6 +30,7 @@ class RevocationWatcher:
         self.max_staleness = max_staleness
         self._revoked: set[str] = set()
         self._last_ok = 0.0
+        self._loaded_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._stopping = False
@@ -62,6 +64,7 @@ class RevocationWatcher:
         now = time.time()
         members = await self.redis.zrangebyscore(self.set_key, now, "+inf")
         self._revoked = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        self._loaded_at = time.monotonic()
 
     def _done(self) -> bool:
         # A cancellation swallowed inside redis-py still shows as a pending cancel request.
@@ -88,6 +91,10 @@ class RevocationWatcher:
                             self._revoked.add(data.decode() if isinstance(data, bytes) else str(data))
                     elif now - self._last_ok > RECONNECT_AFTER:
                         raise ConnectionError(f"no answer from Redis for {RECONNECT_AFTER:g} s")
+                    if now - self._loaded_at >= RELOAD_EVERY:
+                        # Ids heard on the feed carry no expiry; the set in Redis does, so a
+                        # reload forgets grants whose tokens have all expired (bounded memory).
+                        await self._load()
                     if now - self._last_ok >= PING_EVERY and now - last_ping >= PING_EVERY:
                         await pubsub.ping()  # answered by a pong message, read above
                         last_ping = now

@@ -1,7 +1,8 @@
 """Verify the broker's access tokens locally: the MCP SDK ``TokenVerifier`` any MCP server reuses.
 
 RFC 9068 JWTs checked against the broker's JWKS (fetched once, cached, refetched on an
-unknown ``kid`` at most every ``min_refetch_interval`` seconds), with explicit algorithms,
+unknown ``kid`` and after ``max_age``, never more than once per ``min_refetch_interval`` seconds
+whether the fetch works or not, once a second while no key is known), with explicit algorithms,
 ``typ: at+jwt``, ``iss``, ``aud`` equal to this server's canonical URI (RFC 8707), and
 ``exp``/``nbf`` with a small leeway. Verified tokens are cached by hash until they expire.
 """
@@ -9,6 +10,7 @@ unknown ``kid`` at most every ``min_refetch_interval`` seconds), with explicit a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Sequence
@@ -36,39 +38,67 @@ class Revocations(Protocol):
 
 
 class JwksCache:
-    def __init__(self, url: str, http: httpx.AsyncClient, *, min_refetch_interval: float = 30.0) -> None:
+    def __init__(
+        self, url: str, http: httpx.AsyncClient, *, min_refetch_interval: float = 30.0, max_age: float = 3600.0
+    ) -> None:
         self.url = url
         self._http = http
         self._keys: dict[str, Key] = {}
         self._fetched_at = 0.0
+        self._attempted_at = -1e9
         self._min_interval = min_refetch_interval
+        self._max_age = max_age
         self._lock = asyncio.Lock()
+        self.last_error: str | None = None
 
     @property
     def loaded(self) -> bool:
         return bool(self._keys)
 
     async def refresh(self) -> None:
-        response = await self._http.get(self.url, timeout=5.0)
-        response.raise_for_status()
+        """Fetch the JWKS now; raise ``httpx.HTTPError`` or ``ValueError`` if it cannot be had."""
+        self._attempted_at = time.monotonic()
+        try:
+            response = await self._http.get(self.url, timeout=5.0)
+            response.raise_for_status()
+            document = response.json()
+            if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+                raise ValueError("not a JWK set")
+        except (httpx.HTTPError, ValueError) as exc:
+            self.last_error = type(exc).__name__
+            raise
         keys: dict[str, Key] = {}
-        for entry in response.json().get("keys", []):
+        for entry in document["keys"]:
+            if not isinstance(entry, dict):
+                continue
             alg, kid = entry.get("alg"), entry.get("kid")
             if alg in ALLOWED_ALGORITHMS and isinstance(kid, str) and entry.get("use", "sig") == "sig":
-                keys[kid] = jwk.construct(entry, alg)
+                try:
+                    keys[kid] = jwk.construct(entry, alg)
+                except (JOSEError, ValueError, TypeError):
+                    continue  # one malformed key does not take the others down
         self._keys = keys
         self._fetched_at = time.monotonic()
+        self.last_error = None
+
+    def _due(self) -> bool:
+        # Rate-limited on attempts, not successes: a failing JWKS is not asked on every request.
+        interval = self._min_interval if self._keys else 1.0
+        return time.monotonic() - self._attempted_at >= interval
+
+    async def refresh_if_due(self) -> None:
+        """Refresh unless one was tried too recently; errors stay in ``last_error``."""
+        async with self._lock:
+            if self._due():
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    await self.refresh()
 
     async def get(self, kid: str) -> Key | None:
         key = self._keys.get(kid)
-        if key is not None:
+        if key is not None and time.monotonic() - self._fetched_at < self._max_age:
             return key
-        async with self._lock:
-            if kid not in self._keys and time.monotonic() - self._fetched_at >= self._min_interval:
-                try:
-                    await self.refresh()
-                except (httpx.HTTPError, ValueError):
-                    return None
+        # An unknown kid (a key rotated in), or keys past their age (a key may have been pulled).
+        await self.refresh_if_due()
         return self._keys.get(kid)
 
 
@@ -141,15 +171,12 @@ class BrokerTokenVerifier:
             header = jwt.get_unverified_header(token)
         except JOSEError:
             return None
-        alg, kid = header.get("alg"), header.get("kid")
+        alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
         if (
             alg not in self.algorithms
             or not isinstance(kid, str)
-            or header.get("typ", "").lower()
-            not in (
-                "at+jwt",
-                "application/at+jwt",
-            )
+            or not isinstance(typ, str)
+            or typ.lower() not in ("at+jwt", "application/at+jwt")
         ):
             return None
         key = await self.jwks.get(kid)
@@ -162,7 +189,14 @@ class BrokerTokenVerifier:
                 algorithms=[alg],
                 audience=self.resource,
                 issuer=self.issuer,
-                options={"leeway": self.leeway, "require_exp": True, "require_iat": True, "require_sub": True},
+                options={
+                    "leeway": self.leeway,
+                    "require_aud": True,
+                    "require_iss": True,
+                    "require_exp": True,
+                    "require_iat": True,
+                    "require_sub": True,
+                },
             )
         except JOSEError:
             return None

@@ -70,3 +70,28 @@ def test_wrong_credentials_fail_closed(broker_factory: BrokerFactory) -> None:
 def test_settings_need_credentials() -> None:
     with pytest.raises(ValueError, match="needs introspection_client_id"):
         McpAppSettings(verification="introspection")
+
+
+@pytest.mark.parametrize("answer", ["<html>Proxy error</html>", "[1, 2]", '"active"'])
+def test_an_answer_that_is_not_an_introspection_response_is_inactive(answer: str) -> None:
+    """Something that is not the broker (a proxy's error page, say) answering 200 is no token's say-so."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def introspect(_: Request) -> Response:
+        return Response(answer, media_type="text/html")
+
+    not_a_broker = Starlette(routes=[Route("/introspect", introspect, methods=["POST"])])
+    broker_port, port = free_port(), free_port()
+    with running(not_a_broker, broker_port) as issuer:
+        settings = McpAppSettings(
+            resource_url=f"http://127.0.0.1:{port}/mcp",
+            issuer=issuer,
+            verification="introspection",
+            introspection_client_id="notes-server",
+            introspection_client_secret="x",  # type: ignore[arg-type]
+        )
+        with running(create_app(settings), port):
+            assert call(f"http://127.0.0.1:{port}/mcp", "any-token") == 401

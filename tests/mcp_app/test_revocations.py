@@ -94,3 +94,24 @@ async def test_the_view_goes_stale_when_redis_is_gone(own_redis: RedisServer) ->
     finally:
         await watcher.stop()
         await client.aclose()
+
+
+async def test_ids_heard_on_the_feed_are_forgotten_with_their_tokens(
+    redis_client: aioredis.Redis, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mcp_app.revocations
+
+    monkeypatch.setattr(mcp_app.revocations, "RELOAD_EVERY", 0.3)
+    prefix = f"t{secrets.token_hex(4)}"
+    watcher = RevocationWatcher(create_redis(redis_server.url), key_prefix=prefix)
+    await watcher.start()
+    try:
+        await redis_client.zadd(f"{prefix}:{{revoked}}", {"g-live": time.time() + 600, "g-done": time.time() + 0.2})
+        for grant in ("g-live", "g-done"):
+            await redis_client.publish(f"{prefix}:revocations", grant)
+        await eventually(lambda: watcher.is_revoked("g-live") and watcher.is_revoked("g-done"), 1.0)
+        # Once g-done's tokens have all expired, the periodic reload drops it; g-live stays.
+        await eventually(lambda: not watcher.is_revoked("g-done"), 5.0)
+        assert watcher.is_revoked("g-live")
+    finally:
+        await watcher.stop()

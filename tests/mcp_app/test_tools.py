@@ -30,6 +30,15 @@ def call(url: str, token: str, name: str, arguments: dict[str, object] | None = 
     )
 
 
+def post_raw(url: str, token: str, content: bytes) -> httpx.Response:
+    headers = {
+        "authorization": f"Bearer {token}",
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+    }
+    return httpx.post(url, content=content, headers=headers)
+
+
 async def test_bob_reads_but_cannot_write(stack: Stack) -> None:
     _, tokens = tokens_for(stack.broker, "bob", resource=stack.resource)
     async with session(stack.mcp_urls[0], tokens["access_token"]) as client:
@@ -47,6 +56,14 @@ async def test_bob_reads_but_cannot_write(stack: Stack) -> None:
     assert 'scope="notes:read notes:write"' in challenge  # the union to ask for when stepping up
     assert "resource_metadata=" in challenge
     assert tokens["access_token"] not in denied.text
+    # JSON may escape the method name; the step-up challenge must not depend on its spelling.
+    escaped = (
+        b'{"jsonrpc":"2.0","id":2,"method":"tools\\/call","params":{"name":"create_note","arguments":{"title":"x"}}}'
+    )
+    assert json.loads(escaped)["method"] == "tools/call"
+    sneaky = post_raw(stack.mcp_urls[0], tokens["access_token"], escaped)
+    assert sneaky.status_code == 403
+    assert 'error="insufficient_scope"' in sneaky.headers["www-authenticate"]
 
 
 async def test_alice_writes_with_attribution_and_validation(stack: Stack) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -113,3 +114,51 @@ async def test_unknown_kid_refetches_at_most_once_per_interval(ring: KeyRing) ->
         for _ in range(5):
             assert await verifier.verify_token(sign(ring, claims(), kid="unknown")) is None
     assert calls == 1
+
+
+@pytest.mark.parametrize("typ", [None, 7, ["at+jwt"], {"a": 1}])
+async def test_a_typ_that_is_not_text_is_refused_not_a_crash(
+    ring: KeyRing, verifier: BrokerTokenVerifier, typ: object
+) -> None:
+    key = ring.current
+    header = {"alg": key.alg, "kid": key.kid, "typ": typ}
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    assert await verifier.verify_token(f"{encoded}.e30.AA") is None
+
+
+async def test_a_token_without_aud_or_iss_is_refused(ring: KeyRing, verifier: BrokerTokenVerifier) -> None:
+    assert await verifier.verify_token(sign(ring, claims(aud=None))) is None
+    assert await verifier.verify_token(sign(ring, claims(iss=None))) is None
+
+
+async def test_a_failing_jwks_is_not_asked_on_every_request(ring: KeyRing) -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(503, text="down")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        jwks = JwksCache("https://x/jwks", http, min_refetch_interval=30)
+        verifier = BrokerTokenVerifier(issuer=ISSUER, resource=RESOURCE, jwks=jwks)
+        tokens = [sign(ring, claims(jti=f"j{n}"), kid=f"k{n}") for n in range(50)]
+        results = await asyncio.gather(*(verifier.verify_token(t) for t in tokens))
+        assert results == [None] * 50
+        assert calls == 1  # while no key is known, at most one attempt a second
+        assert jwks.last_error == "HTTPStatusError"
+
+
+async def test_keys_past_their_age_are_fetched_again_and_a_pulled_key_stops_working(ring: KeyRing) -> None:
+    published = ring.jwks()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=published)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        jwks = JwksCache("https://x/jwks", http, min_refetch_interval=0.05, max_age=0.1)
+        verifier = BrokerTokenVerifier(issuer=ISSUER, resource=RESOURCE, jwks=jwks)
+        assert await verifier.verify_token(sign(ring, claims(jti="a"))) is not None
+        published = {"keys": []}  # the broker pulled the key (say it leaked)
+        await asyncio.sleep(0.2)
+        assert await verifier.verify_token(sign(ring, claims(jti="b"))) is None
