@@ -1,7 +1,8 @@
 """Password sign-in, guarded the same way wherever a form takes a password.
 
-The throttle is asked before the directory; a wrong password or unknown user is counted against
-the username and the client IP; and every refused answer takes at least ``failure_floor`` seconds
+The throttle reserves the attempt before the directory is asked (so parallel guesses cannot
+outrun the count); a wrong password or unknown user stays counted against the username and the
+client IP; and every refused answer takes at least ``failure_floor`` seconds
 from the start of the attempt. Without the floor, "wrong password" and "unknown user" differ by a
 search result's parsing time (``bench/login_timing.py`` measures it), which tells an attacker
 whether a username exists; with it, both answer at the floor, and guessing is slower too.
@@ -37,7 +38,7 @@ async def password_login(
     *,
     failure_floor: float,
 ) -> LoginOutcome:
-    verdict = await throttle.check(provider.id, username, client_ip)
+    verdict = await throttle.reserve(provider.id, username, client_ip)
     if not verdict.allowed:
         return LoginOutcome(retry_after=verdict.retry_after)
     started = time.monotonic()
@@ -46,10 +47,14 @@ async def password_login(
             identity = await provider.login(username, password)
     except ProviderError as exc:
         LOGINS.labels(provider.id, type(exc).__name__).inc()
-        if isinstance(exc, InvalidCredentials):
-            await throttle.failed(provider.id, username, client_ip)
+        await throttle.settle(
+            provider.id, username, client_ip, "failed" if isinstance(exc, InvalidCredentials) else "void"
+        )
         if not isinstance(exc, UpstreamUnavailable):
             await asyncio.sleep(max(0.0, failure_floor - (time.monotonic() - started)))
         return LoginOutcome(error=exc)
-    await throttle.succeeded(provider.id, username)
+    except BaseException:
+        await throttle.settle(provider.id, username, client_ip, "void")  # cancelled: no answer, no guess
+        raise
+    await throttle.settle(provider.id, username, client_ip, "succeeded")
     return LoginOutcome(identity=identity)

@@ -57,3 +57,30 @@ def test_success_clears_the_username_counter(broker_factory: BrokerFactory) -> N
         for _ in range(2):
             assert attempt(b, client, "bob", "wrong").status_code == 401
         assert attempt(b, client, "bob", "demo-bob").status_code == 303
+
+
+def test_parallel_guesses_cannot_outrun_the_count(broker_factory: BrokerFactory) -> None:
+    """Ten wrong passwords for one user at once: the lock admits exactly its limit of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with broker_factory(
+        extra="login_protection: {max_failures_per_user: 3, max_failures_per_ip: 100, window: 60}"
+    ) as b:
+        client = register(b)["client_id"]
+        forms = []
+        browsers = []
+        for _ in range(10):  # ten sign-in pages, ready to post
+            _, challenge = pkce_pair()
+            browser = b.client()
+            browsers.append(browser)
+            page = browser.get("/authorize", params=authorize_params(client, challenge))
+            approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
+            login_page = browser.get(approved.headers["location"])
+            forms.append({**hidden_inputs(login_page.text), "username": "bob", "password": "wrong"})
+        try:
+            with ThreadPoolExecutor(10) as pool:
+                statuses = list(pool.map(lambda n: browsers[n].post("/login", data=forms[n]).status_code, range(10)))
+        finally:
+            for browser in browsers:
+                browser.close()
+        assert sorted(statuses) == [401] * 3 + [429] * 7
