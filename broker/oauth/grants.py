@@ -42,6 +42,7 @@ from providers.base import AccountDisabled, Identity, InvalidCredentials, Provid
 
 _log = structlog.get_logger("mcp_broker.grants")
 UPSTREAM_LOCK_SECONDS = 10.0
+SUCCESSOR_MARGIN = 30  # seconds a retried refresh's answer outlives the reuse grace window (clock skew)
 
 
 def identity_record(identity: Identity, sealer: Sealer) -> dict[str, Any]:
@@ -211,7 +212,7 @@ class GrantService:
         if record is None:
             raise InvalidGrant(detail=f"refresh token unknown or expired for grant {grant_id}")
         if record.get("state") == "rotated":
-            return await self._replayed(grant, token, float(record["at"]), record["successor"])
+            return await self._replayed(grant, token, float(record["at"]), record.get("successor"), old_hash)
 
         provider = self.providers.get(grant["identity"]["provider_id"])
         locked = False
@@ -241,7 +242,7 @@ class GrantService:
             if record is None:
                 break
             if record.get("state") == "rotated":
-                return await self._replayed(grant, token, float(record["at"]), record["successor"])
+                return await self._replayed(grant, token, float(record["at"]), record.get("successor"), old_hash)
         raise TemporarilyUnavailable(detail=f"concurrent refresh of grant {grant['grant_id']} did not finish")
 
     async def _rotate(
@@ -272,12 +273,13 @@ class GrantService:
             successor=seal_for(token, response),
             new_ttl=idle,
             rotated_ttl=remaining,
+            successor_ttl=int(self.config.tokens.refresh_reuse_grace) + SUCCESSOR_MARGIN,
             scopes=" ".join(grant_scopes),
             identity=identity_record(fresh, self.sealer) if fresh is not None else None,
             now=now,
         )
         if result.outcome == "rotated":  # another request won the race
-            return await self._replayed(grant, token, result.rotated_at, result.successor)
+            return await self._replayed(grant, token, result.rotated_at, result.successor, old_hash)
         if result.outcome != "ok":
             raise InvalidGrant(detail=f"refresh of grant {grant_id} failed: {result.outcome}")
         TOKENS_REFRESHED.inc()
@@ -293,10 +295,13 @@ class GrantService:
         return response
 
     async def _replayed(
-        self, grant: Mapping[str, Any], token: str, rotated_at: float, successor: str
+        self, grant: Mapping[str, Any], token: str, rotated_at: float, successor: str | None, old_hash: str
     ) -> dict[str, Any]:
         grace = self.config.tokens.refresh_reuse_grace
         if time.time() - rotated_at <= grace:
+            successor = successor or await self.store.get_successor(grant["grant_id"], old_hash)
+            if not successor:  # kept SUCCESSOR_MARGIN seconds past the window: should not happen
+                raise InvalidGrant(detail=f"the answer to a retried refresh of grant {grant['grant_id']} is gone")
             response = open_for(token, successor)
             _log.info("refresh_retry_within_grace", grant_id=grant["grant_id"])
             return response

@@ -39,6 +39,10 @@ class Keys:
     def refresh(self, grant_id: str, token_hash: str) -> str:
         return f"{self.prefix}:{{g:{grant_id}}}:rt:{token_hash}"
 
+    def successor(self, grant_id: str, token_hash: str) -> str:
+        """The sealed answer a rotated refresh token's retries get, kept only for the grace window."""
+        return f"{self.prefix}:{{g:{grant_id}}}:rt:{token_hash}:next"
+
     def code(self, grant_id: str) -> str:
         return f"{self.prefix}:{{g:{grant_id}}}:code"
 

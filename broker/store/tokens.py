@@ -5,6 +5,8 @@ Atomicity rules (every backend must keep them; this one does with Lua, one slot 
 * ``take_code`` spends a code exactly once; a second take reports the replay and the grant.
 * ``rotate_refresh`` moves a refresh token from active to rotated exactly once; every other
   caller learns that it lost and gets the stored successor (encrypted under the old token).
+  The rotated marker lives as long as the grant (a later reuse is theft); the successor only
+  for the reuse grace window, so a grant refreshed every few minutes does not pile up answers.
 * A revoked grant stays revoked; nothing it issued refreshes again.
 
 Every key carries a TTL, so nothing outlives the lifetime configured for it.
@@ -43,8 +45,9 @@ if g.status ~= 'active' then return {'revoked', ''} end
 local rt = redis.call('GET', KEYS[2])
 if not rt then return {'unknown', ''} end
 local r = cjson.decode(rt)
-if r.state == 'rotated' then return {'rotated', rt} end
-redis.call('SET', KEYS[2], cjson.encode({state='rotated', at=tonumber(ARGV[1]), successor=ARGV[2]}), 'EX', ARGV[4])
+if r.state == 'rotated' then return {'rotated', rt, r.successor or redis.call('GET', KEYS[4]) or ''} end
+redis.call('SET', KEYS[2], cjson.encode({state='rotated', at=tonumber(ARGV[1])}), 'EX', ARGV[4])
+redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[7])
 redis.call('SET', KEYS[3], '{"state":"active"}', 'EX', ARGV[3])
 g.scopes = ARGV[5]
 if ARGV[6] ~= '' then g.identity = cjson.decode(ARGV[6]) end
@@ -161,6 +164,10 @@ class TokenStore:
         grant, refresh = await self.redis.mget([self.keys.grant(grant_id), self.keys.refresh(grant_id, refresh_hash)])
         return (json.loads(grant) if grant else None, json.loads(refresh) if refresh else None)
 
+    async def get_successor(self, grant_id: str, refresh_hash: str) -> str | None:
+        raw = await self.redis.get(self.keys.successor(grant_id, refresh_hash))
+        return _text(raw) if raw else None
+
     async def get_refresh(self, grant_id: str, refresh_hash: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.keys.refresh(grant_id, refresh_hash))
         return json.loads(raw) if raw else None
@@ -174,6 +181,7 @@ class TokenStore:
         successor: str,
         new_ttl: int,
         rotated_ttl: int,
+        successor_ttl: int = 60,
         scopes: str,
         identity: dict[str, Any] | None = None,
         now: float | None = None,
@@ -181,11 +189,12 @@ class TokenStore:
         """Swap the refresh token (once), record the grant's scopes and, when the provider gave
         fresh data (a rotated upstream refresh token, say), the identity, all in one step."""
         now = time.time() if now is None else now
-        outcome, raw = await self._rotate(
+        outcome, raw, *rest = await self._rotate(
             keys=[
                 self.keys.grant(grant_id),
                 self.keys.refresh(grant_id, old_hash),
                 self.keys.refresh(grant_id, new_hash),
+                self.keys.successor(grant_id, old_hash),
             ],
             args=[
                 now,
@@ -194,12 +203,14 @@ class TokenStore:
                 max(1, rotated_ttl),
                 scopes,
                 json.dumps(identity) if identity else "",
+                max(1, min(successor_ttl, rotated_ttl)),
             ],
         )
+        kept = rest[0] if rest else None
         outcome = _text(outcome)
         if outcome == "rotated":
             record = json.loads(raw)
-            return RotateResult("rotated", float(record["at"]), record["successor"])
+            return RotateResult("rotated", float(record["at"]), _text(kept) if kept else "")
         return RotateResult(outcome)  # type: ignore[arg-type]
 
     async def lock_grant(self, grant_id: str, seconds: float) -> bool:

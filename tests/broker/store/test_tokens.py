@@ -34,3 +34,24 @@ async def test_revocations_past_their_tokens_lifetime_are_pruned(redis_client: a
     assert await store.revoke_grant("g", "test")
     members = {m.decode() for m in await redis_client.zrange(store.keys.revoked(), 0, -1)}
     assert members == {"g"}
+
+
+async def test_a_rotated_token_keeps_a_small_marker_long_and_its_answer_only_for_the_grace(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = store_for(redis_client)
+    await store.create_grant(grant("g", 5000), "h1", refresh_ttl=5000, grant_ttl=5000)
+    rotated = await store.rotate_refresh(
+        "g", "h1", "h2", successor="sealed-answer", new_ttl=5000, rotated_ttl=5000, successor_ttl=40, scopes="a"
+    )
+    assert rotated.outcome == "ok"
+    marker = await redis_client.get(store.keys.refresh("g", "h1"))
+    assert marker is not None
+    assert b"sealed-answer" not in marker  # the marker stays small
+    assert await redis_client.ttl(store.keys.refresh("g", "h1")) > 4000  # a reuse later is still caught
+    assert 0 < await redis_client.ttl(store.keys.successor("g", "h1")) <= 40
+    again = await store.rotate_refresh(
+        "g", "h1", "h3", successor="other", new_ttl=5000, rotated_ttl=5000, successor_ttl=40, scopes="a"
+    )
+    assert (again.outcome, again.successor) == ("rotated", "sealed-answer")
+    assert await store.get_successor("g", "h1") == "sealed-answer"
