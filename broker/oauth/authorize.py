@@ -45,6 +45,7 @@ class AuthorizationRequest:
     code_challenge: str
     resource: str
     scopes: list[str] | None  # None: the client asked for no particular scope
+    redirect_uri_given: bool = True  # False: omitted, the only registered URI was used
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +100,7 @@ async def validate(
             "The application that sent you here is not registered with this sign-in service, or its "
             "registration has expired. Return to the application and try again.",
         )
+    given_redirect = redirect_uri
     if redirect_uri is None:
         if len(client.redirect_uris) != 1:
             raise UnsafeRequest("Invalid request", "The application did not say where to return you (redirect_uri).")
@@ -160,5 +162,6 @@ async def validate(
         code_challenge=challenge,
         resource=resource.uri,
         scopes=scopes,
+        redirect_uri_given=given_redirect is not None,
     )
     return request, client, resource

@@ -21,7 +21,7 @@ import structlog
 from broker.audit import audit
 from broker.config.models import BrokerConfig
 from broker.metrics import REFRESH_REUSE, TOKENS_ISSUED, TOKENS_REFRESHED, UPSTREAM_LATENCY
-from broker.oauth import pkce, redirects
+from broker.oauth import pkce
 from broker.oauth.authorize import find_resource
 from broker.oauth.clients import Client
 from broker.oauth.errors import (
@@ -132,8 +132,12 @@ class GrantService:
         record = taken.record
         if record["client_id"] != client.client_id:
             raise InvalidGrant(detail=f"code issued to {record['client_id']} presented by {client.client_id}")
+        # RFC 6749 §4.1.3: required if the authorization request had one, and then identical
+        # (no loopback port leeway here: that applies to matching the registration only).
         redirect_uri = form.get("redirect_uri")
-        if redirect_uri is None or not redirects.matches(record["redirect_uri"], redirect_uri):
+        if redirect_uri is None and record.get("redirect_uri_given", True):
+            raise InvalidGrant(detail="redirect_uri is required: the authorization request had one")
+        if redirect_uri is not None and redirect_uri != record["redirect_uri"]:
             raise InvalidGrant(detail="redirect_uri differs from the authorization request")
         if not pkce.verify(form.get("code_verifier"), record["code_challenge"]):
             raise InvalidGrant(detail="PKCE code_verifier does not match the code_challenge")

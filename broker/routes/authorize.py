@@ -492,6 +492,7 @@ async def _finish(
             "code_hash": digest(code),
             "client_id": client.client_id,
             "redirect_uri": auth.redirect_uri,
+            "redirect_uri_given": auth.redirect_uri_given,
             "code_challenge": auth.code_challenge,
             "resource": resource.uri,
             "scopes": sorted(scopes),

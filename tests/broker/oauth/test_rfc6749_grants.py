@@ -112,8 +112,23 @@ def test_loopback_redirect_matches_on_any_port(broker: Broker) -> None:
     client = register(broker)
     auth = login(broker, client["client_id"], redirect_uri="http://127.0.0.1:51234/callback")
     assert auth.redirect.startswith("http://127.0.0.1:51234/callback?")
-    ok = exchange(broker, client["client_id"], auth, redirect_uri="http://127.0.0.1:51234/callback")
+    # At the token endpoint the value must be identical to the authorization request's (§4.1.3):
+    # the loopback port leeway is for matching the registration only.
+    other_port = exchange(broker, client["client_id"], auth, redirect_uri="http://127.0.0.1:51235/callback")
+    assert other_port.json()["error"] == "invalid_grant"
+    again = login(broker, client["client_id"], redirect_uri="http://127.0.0.1:51234/callback")
+    ok = exchange(broker, client["client_id"], again, redirect_uri="http://127.0.0.1:51234/callback")
     assert ok.status_code == 200
+
+
+def test_redirect_uri_at_the_token_endpoint_only_when_the_authorization_request_had_one(broker: Broker) -> None:
+    client = register(broker)  # one registered redirect URI, so authorize may omit it
+    without = login(broker, client["client_id"], redirect_uri=None)
+    assert without.redirect.startswith(REDIRECT + "?")
+    assert exchange(broker, client["client_id"], without, redirect_uri=None).status_code == 200
+    with_it = login(broker, client["client_id"])
+    missing = exchange(broker, client["client_id"], with_it, redirect_uri=None)
+    assert missing.json()["error"] == "invalid_grant"
 
 
 def test_https_redirect_must_match_exactly(broker: Broker) -> None:
