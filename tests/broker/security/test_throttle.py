@@ -59,28 +59,40 @@ def test_success_clears_the_username_counter(broker_factory: BrokerFactory) -> N
         assert attempt(b, client, "bob", "demo-bob").status_code == 303
 
 
-def test_parallel_guesses_cannot_outrun_the_count(broker_factory: BrokerFactory) -> None:
-    """Ten wrong passwords for one user at once: the lock admits exactly its limit of them."""
+def _parallel_logins(b: Broker, client: str, username: str, password: str, n: int) -> list[int]:
+    """``n`` sign-in pages made ready one by one, then all posted at once: their statuses."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with broker_factory(
-        extra="login_protection: {max_failures_per_user: 3, max_failures_per_ip: 100, window: 60}"
-    ) as b:
-        client = register(b)["client_id"]
-        forms = []
-        browsers = []
-        for _ in range(10):  # ten sign-in pages, ready to post
+    forms, browsers = [], []
+    try:
+        for _ in range(n):
             _, challenge = pkce_pair()
             browser = b.client()
             browsers.append(browser)
             page = browser.get("/authorize", params=authorize_params(client, challenge))
             approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
             login_page = browser.get(approved.headers["location"])
-            forms.append({**hidden_inputs(login_page.text), "username": "bob", "password": "wrong"})
-        try:
-            with ThreadPoolExecutor(10) as pool:
-                statuses = list(pool.map(lambda n: browsers[n].post("/login", data=forms[n]).status_code, range(10)))
-        finally:
-            for browser in browsers:
-                browser.close()
-        assert sorted(statuses) == [401] * 3 + [429] * 7
+            forms.append({**hidden_inputs(login_page.text), "username": username, "password": password})
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda i: browsers[i].post("/login", data=forms[i]).status_code, range(n)))
+    finally:
+        for browser in browsers:
+            browser.close()
+
+
+def test_parallel_guesses_cannot_outrun_the_count(broker_factory: BrokerFactory) -> None:
+    """Ten wrong passwords for one user at once: the lock admits exactly its limit of them."""
+    with broker_factory(
+        extra="login_protection: {max_failures_per_user: 3, max_failures_per_ip: 100, window: 60}"
+    ) as b:
+        client = register(b)["client_id"]
+        assert sorted(_parallel_logins(b, client, "bob", "wrong", 10)) == [401] * 3 + [429] * 7
+
+
+def test_parallel_sign_ins_of_one_user_are_not_refused(broker_factory: BrokerFactory) -> None:
+    """Someone signing in from several clients at once waits a moment rather than being locked out."""
+    with broker_factory(
+        extra="login_protection: {max_failures_per_user: 2, max_failures_per_ip: 100, window: 60}"
+    ) as b:
+        client = register(b)["client_id"]
+        assert _parallel_logins(b, client, "alice", "demo-alice", 8) == [303] * 8
