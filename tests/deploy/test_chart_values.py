@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import importlib.util
 import re
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -371,6 +373,38 @@ def test_bundled_redis() -> None:
     components = {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in policy["ingress"][0]["from"]}
     assert components == {"broker", "mcp-app"}
     assert "WARNING: the bundled Redis is a single pod" in rendered.notes
+
+
+def test_the_bundled_redis_restarts_only_for_its_own_password() -> None:
+    """Rotating another credential must not restart Redis (without persistence: losing every grant)."""
+
+    def checksum(values: dict[str, Any]) -> str:
+        statefulset = render(values).get("StatefulSet", RELEASE + "-mcp-broker-redis")
+        return str(statefulset["spec"]["template"]["metadata"]["annotations"]["checksum/secret"])
+
+    values = example("ldap-only")
+    before = checksum(values)
+    values.setdefault("secrets", {})["adminToken"] = {"value": "b" * 40}
+    values["secrets"].setdefault("env", {})["LDAP_BIND_PASSWORD"] = {"value": "rotated-bind-password"}
+    assert checksum(values) == before
+    values["redis"]["auth"] = {"existingSecret": "mcp-broker-redis-v2", "key": "password"}
+    assert checksum(values) != before
+
+
+def test_the_bundled_redis_refuses_a_password_its_config_cannot_hold(tmp_path: Path) -> None:
+    statefulset = render(example("ldap-only")).get("StatefulSet", RELEASE + "-mcp-broker-redis")
+    in_pod = "/tmp/auth.conf"  # noqa: S108 - the path inside the pod, replaced here
+    script = containers(statefulset)[0]["command"][-1].replace(in_pod, str(tmp_path / "auth.conf"))
+    for password, ok in (("plain-Pass_1 $x", True), ('has"quote', False), ("back\\slash", False), ("a\nb", False)):
+        result = subprocess.run(
+            ["/bin/sh", "-c", script],
+            env={"REDISCLI_AUTH": password, "PATH": "/nonexistent"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        refused = "must not contain" in result.stderr
+        assert refused is not ok, (password, result.stderr)
 
 
 def test_bundled_redis_rules() -> None:
