@@ -242,6 +242,8 @@ def load_policy_file(
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(file), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(file), [Problem("", f"not UTF-8 text (byte {exc.start})")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(str(file), [Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
     merged = _validate_policy(raw, str(file), config, os.environ if env is None else env)

@@ -113,4 +113,8 @@ class PolicyHolder:
             digest = self._read_digest()
             if reason == "signal" or (digest is not None and digest != self._digest):
                 self._digest = digest
-                self.reload(reason=reason)
+                try:
+                    self.reload(reason=reason)
+                except Exception as exc:  # whatever goes wrong, the watch goes on and says so
+                    self._record(reason, "rejected", [f"{type(exc).__name__}: {exc}"])
+                    _log.error("policy_reload_failed", file=str(self.path), reason=reason, error=repr(exc))

@@ -82,14 +82,18 @@ def _last_reload(broker: Broker) -> dict[str, Any] | None:
     return last
 
 
-def _reload_and_wait(broker: Broker, path: Path, content: dict[str, Any] | str) -> dict[str, Any]:
+def _reload_and_wait(broker: Broker, path: Path, content: dict[str, Any] | str | bytes) -> dict[str, Any]:
     """Replace the policy file and wait until the broker has read it (it polls every 2 s);
     the admin API's account of that reload attempt."""
     before = _last_reload(broker)
-    text = content if isinstance(content, str) else yaml.safe_dump(content)
+    data = (
+        content
+        if isinstance(content, bytes)
+        else (content if isinstance(content, str) else yaml.safe_dump(content)).encode()
+    )
     # Write beside and rename, as a ConfigMap update swaps files atomically.
     temp = path.with_suffix(".tmp")
-    temp.write_text(text)
+    temp.write_bytes(data)
     temp.replace(path)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -114,6 +118,7 @@ def test_a_policy_reload_takes_effect_at_the_next_refresh(policy_broker: tuple[B
 def test_an_invalid_policy_file_leaves_the_old_policy_working(policy_broker: tuple[Broker, Path]) -> None:
     broker, path = policy_broker
     client, tokens = tokens_for(broker, "bob")
+    original = _policy(path)
     policy = _policy(path)
     policy["mappings"][0]["scopes"] = ["no-such-scope"]  # fails validation
     rejected = _reload_and_wait(broker, path, policy)
@@ -121,6 +126,11 @@ def test_an_invalid_policy_file_leaves_the_old_policy_working(policy_broker: tup
     assert any("mappings[0].scopes" in problem and "no-such-scope" in problem for problem in rejected["problems"])
     assert refresh(broker, client["client_id"], tokens["refresh_token"]).json()["scope"] == "notes:read"
     assert _reload_and_wait(broker, path, "mappings: [unclosed")["outcome"] == "rejected"  # not even YAML
+    latin1 = _reload_and_wait(broker, path, "resources: []\nmappings: []\n# \xc9quipe\n".encode("latin-1"))
+    assert latin1["outcome"] == "rejected"  # not UTF-8: and the watch goes on
+    assert any("not UTF-8" in problem for problem in latin1["problems"])
+    original["mappings"] = original["mappings"][::-1]  # a real change, which the watch still sees
+    assert _reload_and_wait(broker, path, original)["outcome"] == "applied"
     _, fresh = tokens_for(broker, "bob")
     assert fresh["scope"] == "notes:read"
 
