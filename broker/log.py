@@ -41,8 +41,12 @@ _QUERY_SECRET = re.compile(
 )
 
 
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
 def _is_secret_key(key: str) -> bool:
-    return key.lower() not in _NOT_SECRET and bool(_SECRET_KEYS.search(key))
+    snake = _CAMEL.sub("_", key).lower()  # clientSecret, refreshToken: the same as their snake_case
+    return snake not in _NOT_SECRET and bool(_SECRET_KEYS.search(snake))
 
 
 def _scrub_text(text: str) -> str:
@@ -93,6 +97,7 @@ def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = T
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # before redact: a traceback's text is scrubbed too
         redact,
     ]
     renderer: Any = (
@@ -104,18 +109,14 @@ def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = T
     # level costs nothing, a kept one is rendered once and written); other libraries' stdlib
     # records are rendered by the same processors through ProcessorFormatter below.
     structlog.configure(
-        processors=[*shared, *([] if use_console else [structlog.processors.format_exc_info]), renderer],
+        processors=[*shared, renderer],
         logger_factory=_NamedWriteLogger,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=cache,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.processors.format_exc_info] if not use_console else shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *([] if use_console else [structlog.processors.format_exc_info]),
-            renderer,
-        ],
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)

@@ -19,7 +19,9 @@ async def authenticate_client(state: BrokerState, request: Request, form: dict[s
     if header is not None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
-            raise InvalidClient(detail=f"unsupported client authentication scheme {scheme!r}")
+            # Only a scheme name is quoted: a header without one is the credential itself.
+            named = scheme if scheme.isalpha() and len(scheme) <= 20 and value else "(none)"
+            raise InvalidClient(detail=f"unsupported client authentication scheme {named!r}")
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):

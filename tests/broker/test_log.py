@@ -33,6 +33,9 @@ def run(**event: object) -> dict[str, object]:
         "key_encryption_key",
         "id_token",
         "assertion",
+        "clientSecret",
+        "refreshToken",
+        "bindPassword",
     ],
 )
 def test_secret_keys_are_blanked(key: str) -> None:
@@ -75,3 +78,19 @@ def test_json_lines_to_stdout_with_stdlib_loggers_too(capsys: pytest.CaptureFixt
     assert lines[0]["level"] == "info"
     assert "timestamp" in lines[0]
     assert lines[1]["event"] == f"upstream said password={REDACTED}"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_tracebacks_text_is_scrubbed_too(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json", cache=False)
+    try:
+        raise ValueError(f"refresh_token=rt.abc.def {JWT} password=hunter2")
+    except ValueError:
+        structlog.get_logger("t").exception("failed")
+        logging.getLogger("uvicorn.error").exception("stdlib failed")
+    out = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["event"] for line in lines] == ["failed", "stdlib failed"]
+    assert all("Traceback" in line["exception"] for line in lines)
+    for secret in ("rt.abc.def", JWT, "hunter2"):
+        assert secret not in out
