@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from broker.config.models import BrokerConfig, MappingRule, PolicyFileModel, ResourceConfig
+from broker.oauth.redirects import registration_problem
 
 ENV_VAR = "MCP_BROKER_CONFIG"
 _REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -141,6 +142,19 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
     unique("resources", [r.uri for r in config.resources], "uri")
     unique("mappings", [m.id for m in config.mappings], "id")
     unique("registration.static_clients", [c.client_id for c in config.registration.static_clients], "client_id")
+    for c_index, client in enumerate(config.registration.static_clients):
+        for u_index, uri in enumerate(client.redirect_uris):  # the rules a registration must follow
+            problem = registration_problem(uri, client.application_type)
+            if problem:
+                problems.append(Problem(f"registration.static_clients[{c_index}].redirect_uris[{u_index}]", problem))
+    if config.signing.key_overlap < config.tokens.access_token_ttl:
+        problems.append(
+            Problem(
+                "signing.key_overlap",
+                f"must be at least tokens.access_token_ttl ({config.tokens.access_token_ttl} s): tokens signed "
+                "by a retired key must verify until they expire",
+            )
+        )
 
     for index, provider in enumerate(config.providers):
         if getattr(provider, "use_upstream_refresh", False) and config.signing.key_encryption_key is None:

@@ -209,6 +209,23 @@ def test_a_missing_required_value_fails_with_a_clear_message(case: str) -> None:
     assert expected in _render_error(values)
 
 
+def test_upstream_refresh_without_a_key_encryption_key_fails_at_render() -> None:
+    values = example("ldap-only")  # signing keys from a Secret, so no key encryption key
+    values["config"]["providers"].append(
+        {
+            "id": "okta",
+            "type": "oidc",
+            "display_name": "Okta",
+            "issuer": "https://example.okta.com",
+            "client_id": "abc",
+            "use_upstream_refresh": True,
+        }
+    )
+    assert "config.providers[1] (okta) has use_upstream_refresh, which needs secrets.keyEncryptionKey" in (
+        _render_error(values)
+    )
+
+
 def test_nothing_renders_from_the_defaults() -> None:
     """The defaults hold no placeholder: issuer, image and secrets must be given."""
     assert "is required" in _render_error({})

@@ -148,6 +148,27 @@ def test_cross_references_are_checked() -> None:
     assert "resources[0].scopes[1].implies: 'notes:admin' is not a scope of resource 'notes'" in found
 
 
+def test_static_clients_follow_the_redirect_rules_of_registration() -> None:
+    text = VALID.replace(
+        "resources:\n",
+        "registration:\n  static_clients:\n    - client_id: agent\n      client_name: Agent\n"
+        "      redirect_uris: ['http://agent.corp.example.com/cb', 'javascript:alert(1)', 'http://127.0.0.1/cb']\n"
+        "resources:\n",
+        1,
+    )
+    found = problems(text)
+    assert any(p.startswith("registration.static_clients[0].redirect_uris[0]: ") and "plain http" in p for p in found)
+    assert any(p.startswith("registration.static_clients[0].redirect_uris[1]: ") for p in found)
+    assert not any("redirect_uris[2]" in p for p in found)  # loopback http for a native client is fine
+
+
+def test_key_overlap_must_cover_the_access_token_lifetime() -> None:
+    text = VALID.replace("  key_encryption_key: ${KEK}\n", "  key_encryption_key: ${KEK}\n  key_overlap: 60\n")
+    assert any(
+        p.startswith("signing.key_overlap: must be at least tokens.access_token_ttl (300 s)") for p in problems(text)
+    )
+
+
 def test_bad_redis_url() -> None:
     found = problems(VALID.replace("redis+sentinel://sentinel-0:26379,sentinel-1:26379/mymaster", "memcached://x"))
     assert len(found) == 1

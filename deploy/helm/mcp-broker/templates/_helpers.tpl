@@ -394,6 +394,11 @@ Cross-checks that the schema cannot express. Rendered (as nothing) by configmap.
 {{- if and .Values.redis.bundled.enabled .Values.redis.sentinelAuth.enabled }}
 {{- fail "redis.sentinelAuth is for an external Redis Sentinel; the bundled Redis is a single node" }}
 {{- end }}
+{{- range $i, $p := .Values.config.providers }}
+{{- if and $p.use_upstream_refresh (not (include "mcp-broker.kekEnabled" $)) }}
+{{- fail (printf "config.providers[%d] (%s) has use_upstream_refresh, which needs secrets.keyEncryptionKey: upstream refresh tokens are kept only encrypted" $i ($p.id | default "?")) }}
+{{- end }}
+{{- end }}
 {{- if .Values.mcpApp.enabled }}
 {{- $_ = include "mcp-broker.resourceUrl" . }}
 {{- if and (eq (include "mcp-broker.resourceHost" .) (include "mcp-broker.issuerHost" .)) (eq (include "mcp-broker.resourcePath" .) (default "/" (include "mcp-broker.issuerPath" .))) }}
