@@ -159,6 +159,21 @@ def authorize_params(client_id: str, challenge: str, **over: str | None) -> dict
     return {k: v for k, v in params.items() if v is not None}
 
 
+def approve(browser: httpx.Client, consent: httpx.Response) -> dict[str, str]:
+    """Approve on the consent page and open the login form: its hidden fields."""
+    approved = browser.post("/consent", data={**hidden_inputs(consent.text), "decision": "approve"})
+    assert approved.status_code == 303, approved.text
+    login_page = browser.get(approved.headers["location"])
+    assert login_page.status_code == 200, login_page.text
+    return hidden_inputs(login_page.text)
+
+
+def login_form(browser: httpx.Client, client_id: str) -> dict[str, str]:
+    """A fresh authorization request, approved: the login form's hidden fields."""
+    _, challenge = pkce_pair()
+    return approve(browser, browser.get("/authorize", params=authorize_params(client_id, challenge)))
+
+
 def login(
     broker: Broker,
     client_id: str,
@@ -172,15 +187,8 @@ def login(
     with broker.client() as browser:
         consent = browser.get("/authorize", params=params)
         assert consent.status_code == 200, consent.text
-        form = hidden_inputs(consent.text)
-        approved = browser.post("/consent", data={**form, "decision": "approve"})
-        assert approved.status_code == 303, approved.text
-        login_page = browser.get(approved.headers["location"])
-        assert login_page.status_code == 200, login_page.text
-        done = browser.post(
-            "/login",
-            data={**hidden_inputs(login_page.text), "username": username, "password": password or f"demo-{username}"},
-        )
+        fields = approve(browser, consent)
+        done = browser.post("/login", data={**fields, "username": username, "password": password or f"demo-{username}"})
         assert done.status_code == 303, done.text
     location = done.headers["location"]
     query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}

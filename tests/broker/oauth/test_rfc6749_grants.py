@@ -14,8 +14,8 @@ from tests.broker.flows import (
     Broker,
     authorize_params,
     exchange,
-    hidden_inputs,
     login,
+    login_form,
     pkce_pair,
     refresh,
     register,
@@ -279,14 +279,9 @@ def test_state_is_echoed_verbatim(broker: Broker) -> None:
 
 def test_carol_gets_no_access_page_not_a_code(broker: Broker) -> None:
     client = register(broker)
-    _verifier, challenge = pkce_pair()
     with broker.client() as browser:
-        page = browser.get("/authorize", params=authorize_params(client["client_id"], challenge))
-        approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
-        login_page = browser.get(approved.headers["location"])
-        done = browser.post(
-            "/login", data={**hidden_inputs(login_page.text), "username": "carol", "password": "demo-carol"}
-        )
+        fields = login_form(browser, client["client_id"])
+        done = browser.post("/login", data={**fields, "username": "carol", "password": "demo-carol"})
     assert done.status_code == 403
     assert "You have no access to Team notes" in done.text
     assert "mcp-readers" in done.text

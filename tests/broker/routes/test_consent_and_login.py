@@ -6,7 +6,7 @@ import httpx
 
 from broker.devstack import Slapd
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import Broker, authorize_params, hidden_inputs, pkce_pair, register
+from tests.broker.flows import Broker, approve, authorize_params, hidden_inputs, pkce_pair, register
 
 
 def start(broker: Broker, browser: httpx.Client, **over: str) -> httpx.Response:
@@ -84,12 +84,8 @@ def test_wrong_password_and_unknown_user_read_the_same(broker: Broker) -> None:
     messages = []
     for username, password in (("alice", "not-her-password"), ("mallory", "whatever")):
         with broker.client() as browser:
-            page = start(broker, browser)
-            approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
-            login_page = browser.get(approved.headers["location"])
-            failed = browser.post(
-                "/login", data={**hidden_inputs(login_page.text), "username": username, "password": password}
-            )
+            fields = approve(browser, start(broker, browser))
+            failed = browser.post("/login", data={**fields, "username": username, "password": password})
         assert failed.status_code == 401
         messages.append(failed.text.split('id="login-error">')[1].split("<")[0])
     assert messages[0] == messages[1] == "The username or password is incorrect."
@@ -98,21 +94,14 @@ def test_wrong_password_and_unknown_user_read_the_same(broker: Broker) -> None:
 def test_injection_and_empty_password_are_plain_failures(broker: Broker) -> None:
     for username, password in (("*)(uid=*", "x"), ("admin)(|(a=*", "x"), ("alice", "")):
         with broker.client() as browser:
-            page = start(broker, browser)
-            approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
-            login_page = browser.get(approved.headers["location"])
-            failed = browser.post(
-                "/login", data={**hidden_inputs(login_page.text), "username": username, "password": password}
-            )
+            fields = approve(browser, start(broker, browser))
+            failed = browser.post("/login", data={**fields, "username": username, "password": password})
         assert failed.status_code == 401, (username, failed.text)
 
 
 def test_five_failures_end_the_sign_in(broker: Broker) -> None:
     with broker.client() as browser:
-        page = start(broker, browser)
-        approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
-        login_page = browser.get(approved.headers["location"])
-        fields = hidden_inputs(login_page.text)
+        fields = approve(browser, start(broker, browser))
         statuses = [
             browser.post("/login", data={**fields, "username": "alice", "password": f"bad{i}"}).status_code
             for i in range(5)

@@ -6,19 +6,15 @@ from __future__ import annotations
 import time
 
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import Broker, authorize_params, hidden_inputs, pkce_pair, register
+from tests.broker.flows import Broker, login_form, register
 
 FLOOR = 0.6
 
 
 def timed_login(broker: Broker, client_id: str, username: str, password: str) -> tuple[float, int, str]:
     """Seconds taken by the login form's POST alone, its status and its page."""
-    _, challenge = pkce_pair()
     with broker.client() as browser:
-        page = browser.get("/authorize", params=authorize_params(client_id, challenge))
-        approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
-        login_page = browser.get(approved.headers["location"])
-        form = {**hidden_inputs(login_page.text), "username": username, "password": password}
+        form = {**login_form(browser, client_id), "username": username, "password": password}
         start = time.monotonic()
         answer = browser.post("/login", data=form)
         return time.monotonic() - start, answer.status_code, answer.text

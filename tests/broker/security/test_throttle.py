@@ -5,18 +5,13 @@ from __future__ import annotations
 import httpx
 
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import Broker, authorize_params, hidden_inputs, pkce_pair, register
+from tests.broker.flows import Broker, login_form, register
 
 
 def attempt(broker: Broker, client_id: str, username: str, password: str) -> httpx.Response:
-    _, challenge = pkce_pair()
     with broker.client() as browser:
-        page = browser.get("/authorize", params=authorize_params(client_id, challenge))
-        approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
-        login_page = browser.get(approved.headers["location"])
-        return browser.post(
-            "/login", data={**hidden_inputs(login_page.text), "username": username, "password": password}
-        )
+        fields = login_form(browser, client_id)
+        return browser.post("/login", data={**fields, "username": username, "password": password})
 
 
 def test_a_username_is_locked_after_repeated_failures(broker_factory: BrokerFactory) -> None:
@@ -66,13 +61,9 @@ def _parallel_logins(b: Broker, client: str, username: str, password: str, n: in
     forms, browsers = [], []
     try:
         for _ in range(n):
-            _, challenge = pkce_pair()
             browser = b.client()
             browsers.append(browser)
-            page = browser.get("/authorize", params=authorize_params(client, challenge))
-            approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
-            login_page = browser.get(approved.headers["location"])
-            forms.append({**hidden_inputs(login_page.text), "username": username, "password": password})
+            forms.append({**login_form(browser, client), "username": username, "password": password})
         with ThreadPoolExecutor(n) as pool:
             return list(pool.map(lambda i: browsers[i].post("/login", data=forms[i]).status_code, range(n)))
     finally:
