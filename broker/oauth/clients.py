@@ -95,8 +95,6 @@ def validate_metadata(
     uris = metadata.get("redirect_uris")
     if not isinstance(uris, list) or not uris or len(uris) > 20:
         raise InvalidRedirectUri("redirect_uris must be a non-empty list")
-    if not all(isinstance(uri, str) and uri for uri in uris):
-        raise InvalidRedirectUri("redirect URIs must be non-empty strings")
     app_type = _application_type(metadata, uris)
     for uri in uris:
         problem = redirects.registration_problem(uri, app_type)

@@ -15,6 +15,11 @@ _DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 _FORBIDDEN_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "ftp", "ws", "wss"})
 
 
+def valid_scheme(scheme: str) -> bool:
+    """An RFC 3986 scheme name (lower case, as urlsplit gives it)."""
+    return bool(_SCHEME.match(scheme))
+
+
 def valid_host(host: str | None) -> bool:
     """A DNS name or an IP address: nothing that could break out of a header (a CSP source) or a URL."""
     if not host:

@@ -13,7 +13,6 @@ plain-http loopback issuer (development) browsers refuse ``Secure``, so the pref
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from broker.oauth.redirects import valid_host
+from broker.oauth.redirects import valid_host, valid_scheme
 from broker.store.keys import digest
 
 _env = Environment(
@@ -31,9 +30,6 @@ _env = Environment(
     auto_reload=False,
 )
 PRODUCT = "mcp-broker"
-
-
-_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
 
 
 def _origin_source(uri: str) -> str | None:
@@ -50,7 +46,7 @@ def _origin_source(uri: str) -> str | None:
             return None
         host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
         return f"{scheme}://{host}{f':{port}' if port is not None else ''}"
-    return f"{scheme}:" if _SCHEME.match(scheme) else None
+    return f"{scheme}:" if valid_scheme(scheme) else None
 
 
 def security_headers(form_targets: Iterable[str] = ()) -> dict[str, str]:
