@@ -126,8 +126,7 @@ def create_app(settings: McpAppSettings) -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if watcher is not None:
             await watcher.start()
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            await jwks.refresh()
+        await jwks.refresh_if_due()
         async with mcp_asgi.router.lifespan_context(mcp_asgi):
             _log.info("mcp_app_started", resource=settings.resource_url, issuer=settings.issuer)
             try:
