@@ -39,11 +39,11 @@ return {'missing', ''}
 
 _ROTATE = """
 local grant = redis.call('GET', KEYS[1])
-if not grant then return {'nogrant', ''} end
+if not grant then return {'nogrant', '', ''} end
 local g = cjson.decode(grant)
-if g.status ~= 'active' then return {'revoked', ''} end
+if g.status ~= 'active' then return {'revoked', '', ''} end
 local rt = redis.call('GET', KEYS[2])
-if not rt then return {'unknown', ''} end
+if not rt then return {'unknown', '', ''} end
 local r = cjson.decode(rt)
 if r.state == 'rotated' then return {'rotated', rt, r.successor or redis.call('GET', KEYS[4]) or ''} end
 redis.call('SET', KEYS[2], cjson.encode({state='rotated', at=tonumber(ARGV[1])}), 'EX', ARGV[4])
@@ -54,7 +54,7 @@ if ARGV[6] ~= '' then g.identity = cjson.decode(ARGV[6]) end
 g.last_refresh = tonumber(ARGV[1])
 g.refresh_count = (g.refresh_count or 0) + 1
 redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
-return {'ok', ''}
+return {'ok', '', ''}
 """
 
 _INDEX_GRANT = """
@@ -189,7 +189,7 @@ class TokenStore:
         """Swap the refresh token (once), record the grant's scopes and, when the provider gave
         fresh data (a rotated upstream refresh token, say), the identity, all in one step."""
         now = time.time() if now is None else now
-        outcome, raw, *rest = await self._rotate(
+        outcome, raw, kept = await self._rotate(
             keys=[
                 self.keys.grant(grant_id),
                 self.keys.refresh(grant_id, old_hash),
@@ -206,7 +206,6 @@ class TokenStore:
                 max(1, min(successor_ttl, rotated_ttl)),
             ],
         )
-        kept = rest[0] if rest else None
         outcome = _text(outcome)
         if outcome == "rotated":
             record = json.loads(raw)
