@@ -176,14 +176,14 @@ class EntraProvider:
                     return value
             return None
 
-        upn = text("preferred_username", "upn", "unique_name")
+        upn, email = text("preferred_username", "upn", "unique_name"), text("email")
         return Identity(
             provider_id=self.id,
             subject=f"{tid}:{oid}",
-            username=upn or text("email") or oid,
+            username=upn or email or oid,
             # A UPN is unique (its domain is verified by one tenant); the email claim is not verified.
-            username_is_unique=upn is not None or text("email") is None,
-            email=text("email"),
+            username_is_unique=upn is not None or email is None,
+            email=email,
             display_name=text("name"),
             groups=frozenset(groups | {ROLE_PREFIX + r for r in roles}),
             group_names=names,
