@@ -90,11 +90,7 @@ def router(base: str) -> APIRouter:
             version=state.policy.version,
             resources=sorted(state.policy.by_uri),
             rules=len(state.policy.rules),
-            last_reload=None
-            if last is None
-            else ReloadView(
-                attempt=last.attempt, at=last.at, reason=last.reason, outcome=last.outcome, problems=list(last.problems)
-            ),
+            last_reload=None if last is None else ReloadView.model_validate(last, from_attributes=True),
         )
 
     @api.get("/explain", summary="Which scopes a user gets, and which rules decide")
