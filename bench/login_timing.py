@@ -121,10 +121,12 @@ async def main() -> None:
                     args.warmup,
                 )
             )
-            throttle = LoginThrottle(redis, Keys("bench"), per_user=10**9, per_ip=10**9, window=60)
+            throttle = LoginThrottle(
+                redis, Keys("bench"), per_user=10**9, per_ip=10**9, window=60, failure_floor=args.floor
+            )
 
             def guarded(username: str, password: str) -> Awaitable[LoginOutcome]:
-                return password_login(throttle, provider, username, password, None, failure_floor=args.floor)
+                return password_login(throttle, provider, username, password, None)
 
             print(
                 f"\nphase 2, guarded sign-in with a {args.floor * 1000:.0f} ms failure floor; {args.floor_attempts} per kind"

@@ -106,6 +106,7 @@ def create_app(
                 per_user=config.login_protection.max_failures_per_user,
                 per_ip=config.login_protection.max_failures_per_ip,
                 window=config.login_protection.window,
+                failure_floor=config.login_protection.failure_floor,
             ),
             registrations=RateLimit(
                 client,

@@ -142,14 +142,7 @@ def router(base: str) -> APIRouter:
         if isinstance(provider, PasswordProvider):
             username = form.get("username", "").strip()
             ip = request.client.host if request.client else None
-            outcome = await password_login(
-                state.throttle,
-                provider,
-                username,
-                form.get("password", ""),
-                ip,
-                failure_floor=state.config.login_protection.failure_floor,
-            )
+            outcome = await password_login(state.throttle, provider, username, form.get("password", ""), ip)
             if outcome.retry_after:
                 return _login_page(
                     state,

@@ -225,14 +225,7 @@ def router(base: str) -> APIRouter:
         username = form.get("username", "").strip()
         password = form.get("password", "")
         client_ip = request.client.host if request.client else None
-        outcome = await password_login(
-            state.throttle,
-            provider,
-            username,
-            password,
-            client_ip,
-            failure_floor=state.config.login_protection.failure_floor,
-        )
+        outcome = await password_login(state.throttle, provider, username, password, client_ip)
         if outcome.retry_after:
             audit(
                 "login_failed",

@@ -2,7 +2,7 @@
 
 The throttle reserves the attempt before the directory is asked (so parallel guesses cannot
 outrun the count); a wrong password or unknown user stays counted against the username and the
-client IP; and every refused answer takes at least ``failure_floor`` seconds
+client IP; and every refused answer takes at least the throttle's ``failure_floor`` seconds
 from the start of the attempt. Without the floor, "wrong password" and "unknown user" differ by a
 search result's parsing time (``bench/login_timing.py`` measures it), which tells an attacker
 whether a username exists; with it, both answer at the floor, and guessing is slower too.
@@ -35,8 +35,6 @@ async def password_login(
     username: str,
     password: str,
     client_ip: str | None,
-    *,
-    failure_floor: float,
 ) -> LoginOutcome:
     verdict = await throttle.reserve(provider.id, username, client_ip)
     if not verdict.allowed:
@@ -51,7 +49,7 @@ async def password_login(
             provider.id, username, client_ip, "failed" if isinstance(exc, InvalidCredentials) else "void"
         )
         if not isinstance(exc, UpstreamUnavailable):
-            await asyncio.sleep(max(0.0, failure_floor - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, throttle.failure_floor - (time.monotonic() - started)))
         return LoginOutcome(error=exc)
     except BaseException:
         await throttle.settle(provider.id, username, client_ip, "void")  # cancelled: no answer, no guess

@@ -53,7 +53,10 @@ class Verdict:
 
 
 class LoginThrottle:
-    def __init__(self, redis: RedisClient, keys: Keys, *, per_user: int, per_ip: int, window: int) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: Keys, *, per_user: int, per_ip: int, window: int, failure_floor: float
+    ) -> None:
+        self.failure_floor = failure_floor  # see broker.security.password_login
         self.redis = redis
         self.keys = keys
         self.per_user = per_user
