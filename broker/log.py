@@ -7,6 +7,7 @@ are ordinary events with ``audit=True`` and an ``event`` name from :mod:`broker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -44,6 +45,7 @@ _QUERY_SECRET = re.compile(
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)  # every key of every log line passes here; the keys are few
 def _is_secret_key(key: str) -> bool:
     snake = _CAMEL.sub("_", key).lower()  # clientSecret, refreshToken: the same as their snake_case
     return snake not in _NOT_SECRET and bool(_SECRET_KEYS.search(snake))
