@@ -22,19 +22,24 @@ def call(url: str, token: str) -> int:
     return httpx.post(url, json=body, headers=headers).status_code
 
 
+def introspecting(port: int, issuer: str, secret: str, **over: object) -> McpAppSettings:
+    """mcp_app on ``port`` checking tokens at ``issuer``'s introspection endpoint as notes-server."""
+    return McpAppSettings(
+        resource_url=f"http://127.0.0.1:{port}/mcp",
+        issuer=issuer,
+        verification="introspection",
+        introspection_client_id="notes-server",
+        introspection_client_secret=secret,  # type: ignore[arg-type]
+        **over,  # type: ignore[arg-type]
+    )
+
+
 @pytest.fixture
 def pair(broker_factory: BrokerFactory) -> Iterator[tuple[Broker, str, str]]:
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     with broker_factory(resource=resource) as broker:
-        settings = McpAppSettings(
-            resource_url=resource,
-            issuer=broker.base,
-            verification="introspection",
-            introspection_client_id="notes-server",
-            introspection_client_secret=INTROSPECTOR_SECRET,  # type: ignore[arg-type]
-            introspection_cache_seconds=0.5,
-        )
+        settings = introspecting(port, broker.base, INTROSPECTOR_SECRET, introspection_cache_seconds=0.5)
         with running(create_app(settings), port):
             yield broker, resource, f"http://127.0.0.1:{port}/mcp"
 
@@ -54,17 +59,12 @@ def test_tokens_are_checked_at_the_broker(pair: tuple[Broker, str, str]) -> None
 def test_wrong_credentials_fail_closed(broker_factory: BrokerFactory) -> None:
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
-    with broker_factory(resource=resource) as broker:
-        settings = McpAppSettings(
-            resource_url=resource,
-            issuer=broker.base,
-            verification="introspection",
-            introspection_client_id="notes-server",
-            introspection_client_secret="wrong",  # type: ignore[arg-type]
-        )
-        with running(create_app(settings), port):
-            _, tokens = tokens_for(broker, "bob", resource=resource)
-            assert call(f"http://127.0.0.1:{port}/mcp", tokens["access_token"]) == 401
+    with (
+        broker_factory(resource=resource) as broker,
+        running(create_app(introspecting(port, broker.base, "wrong")), port),
+    ):
+        _, tokens = tokens_for(broker, "bob", resource=resource)
+        assert call(f"http://127.0.0.1:{port}/mcp", tokens["access_token"]) == 401
 
 
 def test_settings_need_credentials() -> None:
@@ -85,13 +85,5 @@ def test_an_answer_that_is_not_an_introspection_response_is_inactive(answer: str
 
     not_a_broker = Starlette(routes=[Route("/introspect", introspect, methods=["POST"])])
     broker_port, port = free_port(), free_port()
-    with running(not_a_broker, broker_port) as issuer:
-        settings = McpAppSettings(
-            resource_url=f"http://127.0.0.1:{port}/mcp",
-            issuer=issuer,
-            verification="introspection",
-            introspection_client_id="notes-server",
-            introspection_client_secret="x",  # type: ignore[arg-type]
-        )
-        with running(create_app(settings), port):
-            assert call(f"http://127.0.0.1:{port}/mcp", "any-token") == 401
+    with running(not_a_broker, broker_port) as issuer, running(create_app(introspecting(port, issuer, "x")), port):
+        assert call(f"http://127.0.0.1:{port}/mcp", "any-token") == 401
