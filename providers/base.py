@@ -19,8 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 class Identity:
     """A user as an upstream provider vouches for them, normalised across providers.
 
-    ``subject`` is stable for the life of the account (an LDAP entryUUID or DN, an Entra
-    ``oid``, an OIDC ``sub``). ``groups`` are the provider's group identifiers (DNs, GUIDs,
+    ``subject`` is stable for the life of the account and always carries its provider: it is
+    ``qualified_subject(provider_id, local)``, that is ``f"{provider_id}:{local}"``, where
+    ``local`` is the provider's own stable id (an LDAP entryUUID or DN, an Entra
+    ``{tid}:{oid}``, an OIDC ``sub``). Two providers can therefore never share a subject, even
+    when their local ids overlap (two LDAP providers on one directory, for example). ``groups`` are the provider's group identifiers (DNs, GUIDs,
     claim values); ``group_names`` maps an identifier to a human or short name where the
     provider knows one, so mappings may use either. ``private`` is provider-only state (for
     example what a refresh-time re-check needs) and is never shown to clients.
@@ -40,6 +43,11 @@ class Identity:
     group_names: Mapping[str, str] = field(default_factory=dict)
     private: Mapping[str, Any] = field(default_factory=dict)
     username_is_unique: bool = False
+
+
+def qualified_subject(provider_id: str, local: str) -> str:
+    """The one subject rule for every provider: ``{provider_id}:{local}`` (see ``Identity``)."""
+    return f"{provider_id}:{local}"
 
 
 class ProviderError(Exception):
