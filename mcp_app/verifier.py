@@ -5,13 +5,18 @@ unknown ``kid`` and after ``max_age``, never more than once per ``min_refetch_in
 whether the fetch works or not, once a second while no key is known), with explicit algorithms,
 ``typ: at+jwt``, ``iss``, ``aud`` equal to this server's canonical URI (RFC 8707), and
 ``exp``/``nbf`` with a small leeway. Verified tokens are cached by hash until they expire.
+A token must first be a compact JWS in canonical base64url (RFC 7515 §2, RFC 4648 §5): one
+spelling per token, so no padded or bit-flipped copy of a token verifies as the original.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -25,7 +30,28 @@ from mcp.server.auth.provider import AccessToken
 from broker.metrics import VERIFY_CACHE
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _HIT, _MISS = VERIFY_CACHE.labels("hit"), VERIFY_CACHE.labels("miss")
+
+
+def is_canonical_jws(token: str) -> bool:
+    """Three non-empty base64url segments, each in its one canonical spelling: the URL-safe
+    alphabet, no ``=`` padding, no non-zero unused bits in the last character.
+
+    The same rule as ``broker.oauth.tokens``; kept here so the verifier needs nothing from the broker.
+    """
+    segments = token.split(".")
+    return len(segments) == 3 and all(_canonical_segment(s) for s in segments)
+
+
+def _canonical_segment(segment: str) -> bool:
+    if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == segment  # unused bits were zero
 
 
 class Revocations(Protocol):
@@ -167,6 +193,8 @@ class BrokerTokenVerifier:
         return None if self._revoked(access) else access
 
     async def _verify(self, token: str) -> dict[str, Any] | None:
+        if not is_canonical_jws(token):
+            return None
         try:
             header = jwt.get_unverified_header(token)
         except JOSEError:

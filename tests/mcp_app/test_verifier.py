@@ -16,7 +16,8 @@ from jose import jwt
 
 from broker.oauth.signing import KeyRing, new_kek
 from broker.store.keys import Keys
-from mcp_app.verifier import BrokerTokenVerifier, JwksCache
+from mcp_app.verifier import BrokerTokenVerifier, JwksCache, is_canonical_jws
+from tests.jws import non_canonical, signature_variants
 
 ISSUER = "https://auth.example.com"
 RESOURCE = "https://mcp.example.com/mcp"
@@ -162,3 +163,20 @@ async def test_keys_past_their_age_are_fetched_again_and_a_pulled_key_stops_work
         published = {"keys": []}  # the broker pulled the key (say it leaked)
         await asyncio.sleep(0.2)
         assert await verifier.verify_token(sign(ring, claims(jti="b"))) is None
+
+
+async def test_only_the_canonical_spelling_of_a_token_verifies(ring: KeyRing, verifier: BrokerTokenVerifier) -> None:
+    token = sign(ring, claims())
+    assert {"signature: padded", "signature: an unused bit set"} <= set(signature_variants(token))
+    for change, spelled in non_canonical(token):
+        assert await verifier.verify_token(spelled) is None, change
+    assert await verifier.verify_token(token) is not None
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "a.b", "a.b.c.d", "eyJh..c2ln", "a.b.c\n", " a.b.c", "a.b.c=", "YQ.YQ.Y", "YQ.YQ.YR", "YQ.YQ.YQ=="],
+)
+def test_the_shape_check(token: str) -> None:
+    assert not is_canonical_jws(token)
+    assert is_canonical_jws("YQ.YWI.YWJj")  # "a", "ab", "abc": 4, 2 and 0 unused bits, all zero

@@ -10,6 +10,7 @@ import httpx
 from jose import jwt
 
 from tests.broker.flows import INTROSPECTOR_SECRET, RESOURCE, Broker, tokens_for
+from tests.jws import non_canonical, signature_variants
 
 
 def test_token_shape(broker: Broker) -> None:
@@ -56,3 +57,14 @@ def test_hs256_signed_with_the_public_key_is_refused(broker: Broker) -> None:
     )
     forged = jwt.encode(claims, public, algorithm="HS256", headers={"kid": header["kid"], "typ": "at+jwt"})
     assert _introspect(broker, forged) == {"active": False}
+
+
+def test_only_the_canonical_spelling_of_an_access_token_is_ours(broker: Broker) -> None:
+    client, tokens = tokens_for(broker)
+    token = tokens["access_token"]
+    assert {"signature: padded", "signature: an unused bit set"} <= set(signature_variants(token))
+    for change, spelled in non_canonical(token):
+        assert _introspect(broker, spelled) == {"active": False}, change
+        revoked = httpx.post(f"{broker.base}/revoke", data={"token": spelled, "client_id": client["client_id"]})
+        assert revoked.status_code == 200, change  # RFC 7009 §2.2: an invalid token is no error
+    assert _introspect(broker, token)["active"] is True  # no other spelling revoked its grant
