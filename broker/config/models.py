@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from broker.config.types import Duration, check_public_url
+from broker.display import hidden_character
 from providers.entra.config import EntraProviderConfig
 from providers.ldap.config import LdapProviderConfig
 from providers.oidc.config import OidcProviderConfig
@@ -119,6 +120,14 @@ class StaticClientConfig(_Section):
     introspection_resources: list[str] = Field(
         default_factory=list, description="Resource ids whose tokens this (confidential) client may introspect."
     )
+
+    @field_validator("client_name")
+    @classmethod
+    def _displayable(cls, name: str) -> str:
+        hidden = hidden_character(name)
+        if hidden:
+            raise ValueError(f"must not contain control, invisible or bidirectional formatting characters ({hidden})")
+        return name
 
 
 class RegistrationConfig(_Section):

@@ -16,7 +16,9 @@ its metadata. :class:`MetadataDocuments` fetches, checks and caches these docume
 * Fetch: ``cimd_timeout`` bounds the whole of it (resolution included); at most 64 KiB, counted
   while streaming; identity encoding only (no decompression bombs); the body must be a JSON object.
 * Document: ``client_id`` equal to the URL; ``client_name`` and ``redirect_uris`` present; redirect
-  URIs checked as for registration (``application_type`` honoured, or inferred). Public clients only:
+  URIs checked as for registration (``application_type`` honoured, or inferred), and so are the
+  readable strings (no control or formatting characters) and the page URLs (``client_uri``,
+  ``logo_uri``, ``policy_uri``, ``tos_uri``: https, or http on loopback). Public clients only:
   ``token_endpoint_auth_method`` must be "none" (the default) and no client secret may appear.
   ``grant_types`` defaults to authorization_code and refresh_token, which MCP clients expect,
   rather than RFC 7591's authorization_code alone.

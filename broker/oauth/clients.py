@@ -12,14 +12,19 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from broker.config.models import RegistrationConfig
+from broker.display import hidden_character
 from broker.oauth import redirects
 from broker.oauth.errors import InvalidClient, InvalidClientMetadata, InvalidRedirectUri
 from broker.store.tokens import TokenStore
+from providers.net import is_loopback_host
 
 AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
 AUTH_METHODS: tuple[AuthMethod, ...] = ("none", "client_secret_post", "client_secret_basic")
 GRANT_TYPES = ("authorization_code", "refresh_token")
 CLIENT_CACHE_SECONDS = 30.0
+# RFC 7591 §2: human-readable strings, and the URLs a client may give for its pages and logo.
+TEXT_FIELDS = ("client_name", "software_id", "software_version")
+PAGE_URI_FIELDS = ("client_uri", "logo_uri", "policy_uri", "tos_uri")
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,39 @@ def _application_type(metadata: dict[str, Any], uris: list[str]) -> Literal["nat
     return "native" if native else "web"
 
 
+def _text_problem(metadata: dict[str, Any]) -> str | None:
+    """Why a human-readable field would not read as what it is (see :mod:`broker.display`), or None."""
+    contacts = metadata.get("contacts")
+    values = [(f, metadata.get(f)) for f in TEXT_FIELDS]
+    values += [("contacts", c) for c in contacts] if isinstance(contacts, list) else []
+    for field_name, value in values:
+        hidden = hidden_character(value) if isinstance(value, str) else None
+        if hidden:
+            return f"{field_name} must not contain control, invisible or bidirectional formatting characters ({hidden})"
+    return None
+
+
+def page_uri_problem(field_name: str, value: object) -> str | None:
+    """None if ``value`` may be a client's page or logo URL: https, or http on a loopback host."""
+    message = f"{field_name} must be an https URL (http only on a loopback host)"
+    if not isinstance(value, str) or not value or len(value) > 2000:
+        return message
+    if hidden_character(value) or any(char.isspace() for char in value):
+        return f"{field_name} must not contain spaces or control characters"
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        return message
+    if parts.username is not None or parts.password is not None:
+        return f"{field_name} must not contain credentials"
+    if parts.scheme == "https" and redirects.valid_host(parts.hostname):
+        return None
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        return None
+    return message
+
+
 def validate_metadata(
     metadata: dict[str, Any], *, allowed_hosts: list[str] | None = None
 ) -> tuple[list[str], Literal["native", "web"], AuthMethod, tuple[str, ...], str]:
@@ -117,6 +155,11 @@ def validate_metadata(
     name = metadata.get("client_name", "Unnamed client")
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise InvalidClientMetadata("client_name must be a string of at most 100 characters")
+    problem = _text_problem(metadata) or next(
+        (p for f in PAGE_URI_FIELDS if metadata.get(f) is not None and (p := page_uri_problem(f, metadata[f]))), None
+    )
+    if problem:
+        raise InvalidClientMetadata(problem)
     return uris, app_type, method, tuple(dict.fromkeys(grants)), name.strip()
 
 

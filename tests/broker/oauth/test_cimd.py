@@ -196,6 +196,14 @@ async def test_web_client_with_explicit_metadata(server: DocServer, docs: Metada
         ({"client_secret": "s3cret"}, "client secret"),
         ({"grant_types": ["client_credentials"]}, "grant_types"),
         ({"response_types": ["token"]}, "response_types"),
+        ({"client_name": "\u202eedoC oidutS lausiV"}, "client_name must not contain control, invisible or bidi"),
+        ({"client_name": "Example\u200bAgent"}, "(U+200B)"),
+        ({"client_name": "Example Agent\x00"}, "(U+0000)"),
+        ({"software_version": "1.0\u2066"}, "software_version must not contain"),
+        ({"client_uri": "javascript:alert(document.domain)"}, "client_uri must be an https URL"),
+        ({"logo_uri": "http://agent.example/logo.png"}, "logo_uri must be an https URL"),
+        ({"policy_uri": "data:text/html,<script>alert(1)</script>"}, "policy_uri must be an https URL"),
+        ({"tos_uri": "javascript:alert(1)"}, "tos_uri must be an https URL"),
     ],
 )
 async def test_invalid_document(

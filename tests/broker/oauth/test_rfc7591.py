@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -172,3 +173,89 @@ def test_an_oversized_body_is_refused_before_it_is_read(broker: Broker) -> None:
 def test_a_redirect_host_must_be_a_host_name(broker: Broker, uri: str) -> None:
     response = post(broker, {"redirect_uris": [uri], "token_endpoint_auth_method": "none"})
     assert (response.status_code, response.json()["error"]) == (400, "invalid_redirect_uri")
+
+
+JSON = {"content-type": "application/json"}
+HIDDEN = [
+    "\u202e",
+    "\u202a",
+    "\u2066",
+    "\u2069",
+    "\u200b",
+    "\u200d",
+    "\u200f",
+    "\ufeff",
+    "\u2028",
+    "\u2029",
+    "\x00",
+    "\x1b",
+    "\n",
+    "\x7f",
+    "\x85",
+    "\ud800",
+]
+
+
+@pytest.mark.parametrize("char", HIDDEN, ids=[f"U+{ord(c):04X}" for c in HIDDEN])
+def test_a_name_that_does_not_read_as_itself_is_refused(broker: Broker, char: str) -> None:
+    """Unicode TR #36: "\\u202eedoC oidutS lausiV" would read "Visual Studio Code" on the consent page."""
+    body = {"redirect_uris": ["http://127.0.0.1/cb"], "client_name": f"{char}edoC oidutS lausiV"}
+    # json.dumps escapes as \uXXXX, so even a lone surrogate travels as valid JSON text.
+    response = httpx.post(f"{broker.base}/register", content=json.dumps(body), headers=JSON)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client_metadata"
+    assert response.json()["error_description"] == (
+        f"client_name must not contain control, invisible or bidirectional formatting characters (U+{ord(char):04X})"
+    )
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"software_id": "a\u202eb"}, {"software_version": "1.0\x00"}, {"contacts": ["ops@example.com", "\u2066x"]}],
+)
+def test_other_readable_strings_are_held_to_the_same_rule(broker: Broker, field: dict[str, Any]) -> None:
+    response = post(broker, {"redirect_uris": ["https://a.example/cb"], **field})
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_client_metadata")
+    assert next(iter(field)) in response.json()["error_description"]
+
+
+def test_names_in_any_script_are_welcome(broker: Broker) -> None:
+    name = "Éditeur 日本語 مرحبا Ωμέγα 🙂"
+    response = post(broker, {"redirect_uris": ["https://a.example/cb"], "client_name": name})
+    assert response.status_code == 201, response.text
+    assert response.json()["client_name"] == name
+
+
+@pytest.mark.parametrize("field", ["client_uri", "logo_uri", "policy_uri", "tos_uri"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "javascript:alert(document.domain)",
+        "data:text/html,<script>alert(1)</script>",
+        "http://app.example.com/",
+        "ftp://app.example.com/",
+        "https://",
+        "https://evil.example; script-src 'unsafe-inline'/",
+        "https://user:pass@app.example.com/",
+        "https://app.example.com/a b",
+        "//app.example.com/",
+        "",
+        42,
+    ],
+)
+def test_a_page_url_must_be_https(broker: Broker, field: str, uri: object) -> None:
+    response = post(broker, {"redirect_uris": ["https://a.example/cb"], field: uri})
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_client_metadata")
+    assert response.json()["error_description"].startswith(field)
+
+
+def test_page_urls_over_https_or_loopback_http_are_kept(broker: Broker) -> None:
+    pages = {
+        "client_uri": "https://app.example.com/",
+        "logo_uri": "https://cdn.example.com/logo.png",
+        "policy_uri": "http://127.0.0.1:3000/policy",
+        "tos_uri": "http://localhost/tos",
+    }
+    response = post(broker, {"redirect_uris": ["https://a.example/cb"], **pages})
+    assert response.status_code == 201, response.text
+    assert response.json()["client_uri"] == "https://app.example.com/"
