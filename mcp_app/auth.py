@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import pydantic_core
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import TokenVerifier
@@ -113,9 +114,12 @@ class BearerGuard:
 
     def _needed_scope(self, body: bytes) -> str | None:
         # Parsed every time: a byte search for "tools/call" would miss "tools\/call" and other
-        # escapes JSON allows, and such a call would skip the 403 step-up challenge.
+        # escapes JSON allows, and such a call would skip the 403 step-up challenge. Parsed by
+        # the SDK transport's own parser, so both read the same message, and nesting deeper than
+        # its limit is a ValueError here (json.loads raised RecursionError: a 500) and a JSON-RPC
+        # parse error there.
         try:
-            message: Any = json.loads(body)
+            message: Any = pydantic_core.from_json(body)
         except ValueError:
             return None
         if not isinstance(message, dict) or message.get("method") != "tools/call":

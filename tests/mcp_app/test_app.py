@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
+import pytest
+from structlog.testing import capture_logs
 
 from broker.app import create_app as create_broker
 from broker.config import parse_config
 from broker.devstack import RedisServer, free_port
 from mcp_app.app import create_app
 from mcp_app.settings import McpAppSettings
+from tests.broker.conftest import BrokerFactory
+from tests.broker.flows import tokens_for
 from tests.conftest import base_config
 from tests.http import running
 
@@ -71,3 +77,36 @@ def test_not_ready_without_the_broker(redis_server: RedisServer) -> None:
         ready = httpx.get(f"{base}/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["signing_keys"].startswith("broker JWKS unavailable")
+
+
+def test_deeply_nested_json_is_a_parse_error_not_a_crash(
+    broker_factory: BrokerFactory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    with broker_factory(resource=resource) as broker:
+        _, tokens = tokens_for(broker, resource=resource)
+        settings = McpAppSettings(
+            resource_url=resource,
+            issuer=broker.base,
+            redis_url=redis_server.url,
+            redis_key_prefix=broker.config.redis.key_prefix,
+        )
+        headers = {
+            "authorization": f"Bearer {tokens['access_token']}",
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+        }
+        with running(create_app(settings), port) as base, capture_logs() as logs:
+            for body in (b"[" * 100_000, b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ' * 5000):
+                response = httpx.post(f"{base}/mcp", content=body, headers=headers)
+                assert response.status_code == 400, response.text
+                error = response.json()
+                assert (error["jsonrpc"], error["id"], error["error"]["code"]) == ("2.0", None, -32700)
+            listed = httpx.post(
+                f"{base}/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers
+            )
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["result"]["tools"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not [e for e in logs if e["log_level"] in ("error", "critical") or "exc_info" in e or "exception" in e]
