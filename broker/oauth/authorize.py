@@ -3,18 +3,19 @@
 Validation order matters: until the client and its redirect URI are known to be good, an
 error must never be redirected (it would make the broker an open redirector); it is shown to
 the user instead (:class:`UnsafeRequest`). After that, errors go back to the client with
-``state`` and ``iss``.
+``state`` and ``iss`` if someone vouches for its redirect URI (:func:`may_redirect_errors`);
+for the others (anyone can register an https address) they are shown too (RFC 9700 §4.11.2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from broker.config.models import ResourceConfig
-from broker.oauth import pkce, redirects
+from broker.oauth import cimd, pkce, redirects
 from broker.oauth.clients import Client, ClientRegistry
 from broker.oauth.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedResponseType
 from broker.policy import Policy
@@ -27,6 +28,20 @@ class UnsafeRequest(Exception):
         self.title = title
         self.message = message
         super().__init__(message)
+
+
+class UnredirectedError(UnsafeRequest):
+    """An error in a request whose redirect URI nobody vouches for: shown, not redirected.
+    ``shown`` replaces a description that repeats request text, which is not for the broker's page."""
+
+    def __init__(self, error: OAuthError, client_id: str, shown: str | None = None) -> None:
+        self.error = error
+        self.client_id = client_id
+        super().__init__(
+            "Invalid request",
+            f"The application's request was invalid: {(shown or error.description).rstrip('.')}. "
+            "You were not sent back to it. You can close this page.",
+        )
 
 
 class RedirectableError(Exception):
@@ -49,6 +64,23 @@ class AuthorizationRequest:
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def may_redirect_errors(client: Client, redirect_uri: str, trusted_domains: Sequence[str]) -> bool:
+    """Whether an error met before the user has signed in, or a denial at consent, may be sent to
+    ``redirect_uri`` (a registered one). Loopback and private-use scheme redirects reach an app on
+    the user's own machine (RFC 8252); an https address only when it is vouched for: by the
+    operator (a pre-registered client) or by a trusted domain (a client ID metadata document on
+    ``registration.cimd_trusted_domains``). Anyone can register an https address by RFC 7591 or
+    publish a metadata document, so redirecting their errors would make the broker's sign-in
+    domain an open redirector (RFC 9700 §4.11.2)."""
+    if redirects.is_loopback_redirect(redirect_uri) or redirects.is_private_use_scheme(redirect_uri):
+        return True
+    if client.kind == "static":
+        return True
+    if client.kind == "metadata_document":
+        return bool(trusted_domains) and cimd.url_problem(client.client_id, trusted_domains) is None
+    return False
 
 
 def redirect_with(redirect_uri: str, params: Mapping[str, str | None]) -> str:
@@ -116,8 +148,11 @@ async def validate(
     state = first_state[0]
 
     safe_redirect: str = redirect_uri
+    redirectable = may_redirect_errors(client, safe_redirect, registry.config.cimd_trusted_domains)
 
-    def fail(error: OAuthError) -> RedirectableError:
+    def fail(error: OAuthError, shown: str | None = None) -> RedirectableError | UnredirectedError:
+        if not redirectable:
+            return UnredirectedError(error, client.client_id, shown)
         return RedirectableError(error, safe_redirect, state)
 
     try:
@@ -152,7 +187,10 @@ async def validate(
         asked = list(dict.fromkeys(scope.split()))
         scopes = [s for s in asked if s in known]
         if not scopes and any(s != "offline_access" for s in asked):
-            raise fail(InvalidScope(f"no requested scope belongs to this resource: {' '.join(asked)[:200]}"))
+            raise fail(
+                InvalidScope(f"no requested scope belongs to this resource: {' '.join(asked)[:200]}"),
+                shown="no requested scope belongs to this resource",
+            )
         scopes = scopes or None
     assert challenge is not None
     request = AuthorizationRequest(

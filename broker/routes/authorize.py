@@ -20,7 +20,14 @@ from fastapi.responses import Response
 from broker.audit import audit
 from broker.metrics import LOGINS, UPSTREAM_LATENCY
 from broker.oauth import authorize
-from broker.oauth.authorize import AuthorizationRequest, RedirectableError, UnsafeRequest, redirect_with
+from broker.oauth.authorize import (
+    AuthorizationRequest,
+    RedirectableError,
+    UnredirectedError,
+    UnsafeRequest,
+    may_redirect_errors,
+    redirect_with,
+)
 from broker.oauth.clients import Client
 from broker.oauth.errors import OAuthError
 from broker.oauth.grants import identity_record
@@ -84,6 +91,14 @@ def router(base: str) -> APIRouter:
         params = parse_qs(request.url.query, keep_blank_values=False)
         try:
             auth, client, resource = await authorize.validate(params, state.clients, state.policy)
+        except UnredirectedError as exc:
+            _log.info(
+                "authorize_error_not_redirected",
+                client_id=exc.client_id,
+                error=exc.error.error,
+                detail=exc.error.detail,
+            )
+            return pages.error(request, exc.title, exc.message)
         except UnsafeRequest as exc:
             _log.info("authorize_refused", reason=exc.message)
             return pages.error(request, exc.title, exc.message)
@@ -146,11 +161,20 @@ def router(base: str) -> APIRouter:
         if form.get("decision") != "approve":
             await state.store.take_flow(form["flow"])
             audit("consent_denied", client_id=client.client_id, resource=auth.resource)
-            from broker.oauth.errors import AccessDenied
-
-            response = pages.redirect(
-                _error_redirect(state, auth.redirect_uri, AccessDenied("the user denied the request"), auth.state)
-            )
+            denied = _access_denied("the user denied the request")
+            response: Response
+            if may_redirect_errors(client, auth.redirect_uri, state.config.registration.cimd_trusted_domains):
+                response = pages.redirect(_error_redirect(state, auth.redirect_uri, denied, auth.state))
+            else:  # nobody vouches for this address: no redirect before sign-in (RFC 9700 §4.11.2)
+                _log.info("authorize_error_not_redirected", client_id=client.client_id, error=denied.error)
+                resource = state.policy.resource_for(auth.resource)
+                response = pages.error(
+                    request,
+                    "Access denied",
+                    f"You denied the request: the application was not given access to "
+                    f"{resource.name if resource else 'your account'}. You can close this page.",
+                    status=200,
+                )
             pages.clear(response)
             return response
         provider = state.providers.get(form.get("provider", ""))
