@@ -104,6 +104,7 @@ def create_app(
                 client,
                 keys,
                 per_user=config.login_protection.max_failures_per_user,
+                per_account=config.login_protection.max_failures_per_account,
                 per_ip=config.login_protection.max_failures_per_ip,
                 window=config.login_protection.window,
                 failure_floor=config.login_protection.failure_floor,

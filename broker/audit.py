@@ -19,6 +19,8 @@ AuditEvent = Literal[
     "consent_revoked",
     "login_succeeded",
     "login_failed",
+    "account_locked",
+    "account_unlocked",
     "code_issued",
     "code_replayed",
     "token_issued",

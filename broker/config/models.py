@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from broker.config.types import Duration, check_public_url
 from broker.display import hidden_character
@@ -172,7 +172,18 @@ class RegistrationConfig(_Section):
 
 class LoginProtectionConfig(_Section):
     max_failures_per_user: int = Field(
-        default=5, ge=1, le=1000, description="Failed logins per username in the window."
+        default=5,
+        ge=1,
+        le=1000,
+        description="Failed logins per username from one client address in the window; then the "
+        "username is locked for that address.",
+    )
+    max_failures_per_account: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="Failed logins per username from all addresses together in the window; then the "
+        "username is locked for every address. Unset: 4 times max_failures_per_user.",
     )
     max_failures_per_ip: int = Field(
         default=30, ge=1, le=100000, description="Failed logins per client IP in the window."
@@ -188,6 +199,12 @@ class LoginProtectionConfig(_Section):
             "A directory that cannot be reached is answered at once."
         ),
     )
+
+    @model_validator(mode="after")
+    def _account_limit_not_below_the_pair_limit(self) -> LoginProtectionConfig:
+        if self.max_failures_per_account is not None and self.max_failures_per_account < self.max_failures_per_user:
+            raise ValueError("max_failures_per_account must be at least max_failures_per_user")
+        return self
 
 
 class MetricsConfig(_Section):

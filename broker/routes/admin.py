@@ -1,4 +1,4 @@
-"""The admin API for IT and automation: grants, revocation, consents, policy version.
+"""The admin API for IT and automation: grants, revocation, consents, sign-in locks, policy version.
 
 Authenticated with the static admin bearer token (``admin.token``); off when it is unset.
 """
@@ -16,7 +16,7 @@ from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
 from broker.policy.explain import explain, given_identity
 from broker.state import BrokerState, get_state
-from providers.base import LookupProvider, ProviderError
+from providers.base import LookupProvider, PasswordProvider, ProviderError
 
 
 class GrantView(BaseModel):
@@ -42,6 +42,12 @@ class ReloadView(BaseModel):
     reason: str = Field(description="`file_changed` or `signal` (SIGHUP)")
     outcome: str = Field(description="`applied`, `rejected` (the previous policy stays) or `unchanged`")
     problems: list[str] = Field(description="Why a rejected file was rejected, each with its path in the file")
+
+
+class UnlockView(BaseModel):
+    unlocked: bool = Field(
+        description="Whether the username had failed sign-ins counted (from any address); all are cleared"
+    )
 
 
 class PolicyView(BaseModel):
@@ -131,6 +137,21 @@ def router(base: str) -> APIRouter:
         if changed:
             audit("grant_revoked", grant_id=grant_id, sub=grant["subject"], reason="admin")
         return RevokedView(revoked=[grant_id] if changed else [])
+
+    @api.post(
+        "/users/{provider}/{username}/unlock",
+        summary="Clear a username's failed sign-ins and lock",
+    )
+    async def unlock(provider: str, username: str, state: Admin) -> UnlockView:
+        upstream = state.providers.get(provider)
+        if upstream is None:
+            raise InvalidRequest(f"no provider {provider!r}")
+        if not isinstance(upstream, PasswordProvider):
+            raise InvalidRequest(f"provider {provider!r} does not take passwords, so nothing is locked")
+        cleared = await state.throttle.unlock(provider, username)
+        if cleared:
+            audit("account_unlocked", provider=provider, username=username[:256], by="admin")
+        return UnlockView(unlocked=cleared)
 
     @api.get("/users/{subject}/consents", summary="A user's remembered consents")
     async def consents(subject: str, state: Admin) -> JSONResponse:

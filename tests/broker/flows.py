@@ -174,6 +174,17 @@ def login_form(browser: httpx.Client, client_id: str) -> dict[str, str]:
     return approve(browser, browser.get("/authorize", params=authorize_params(client_id, challenge)))
 
 
+def sign_in_attempt(
+    broker: Broker, client_id: str, username: str, password: str, source: str = "127.0.0.1"
+) -> httpx.Response:
+    """One password sign-in from a fresh browser whose connections come from the loopback address
+    ``source`` (any of 127.0.0.0/8), so tests can sign in from several client addresses: the answer."""
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(base_url=broker.base, follow_redirects=False, timeout=10, transport=transport) as browser:
+        fields = login_form(browser, client_id)
+        return browser.post("/login", data={**fields, "username": username, "password": password})
+
+
 def login(
     broker: Broker,
     client_id: str,

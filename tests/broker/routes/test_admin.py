@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from jose import jwt
+from structlog.testing import capture_logs
 
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import RESOURCE, Broker, refresh, tokens_for
+from tests.broker.flows import RESOURCE, Broker, refresh, register, sign_in_attempt, tokens_for
 
 ADMIN_TOKEN = "admin-" + "t" * 40
 
@@ -73,8 +74,45 @@ def test_consents_are_listed_and_forgotten(admin_broker: Broker) -> None:
     assert admin(admin_broker, "GET", f"/users/{subject}/consents").json() == []
 
 
+def test_an_admin_unlocks_a_locked_username(broker_factory: BrokerFactory) -> None:
+    """Locked for one address (pair) and then for all (global): one unlock clears both."""
+    protection = "login_protection: {max_failures_per_user: 2, max_failures_per_account: 3, window: 600}"
+    with broker_factory(extra=f'admin:\n  token: "{ADMIN_TOKEN}"\n{protection}\n') as b:
+        client = register(b)["client_id"]
+        for source in ("127.0.0.2", "127.0.0.2", "127.0.0.3"):
+            assert sign_in_attempt(b, client, "bob", "wrong", source).status_code == 401
+        assert sign_in_attempt(b, client, "bob", "demo-bob", "127.0.0.4").status_code == 429
+        path = f"{b.base}/admin/users/demo-ldap/bob/unlock"
+        assert httpx.post(path).status_code == 401
+        assert httpx.post(path, headers={"authorization": "Bearer " + "x" * 46}).status_code == 401
+        assert sign_in_attempt(b, client, "bob", "demo-bob", "127.0.0.2").status_code == 429  # still locked
+        with capture_logs() as logs:
+            assert admin(b, "POST", "/users/demo-ldap/bob/unlock").json() == {"unlocked": True}
+        [event] = [e for e in logs if e["event"] == "account_unlocked"]
+        assert (event["audit"], event["provider"], event["username"], event["by"]) == (
+            True,
+            "demo-ldap",
+            "bob",
+            "admin",
+        )
+        assert sign_in_attempt(b, client, "bob", "demo-bob", "127.0.0.2").status_code == 303
+        assert admin(b, "POST", "/users/demo-ldap/bob/unlock").json() == {"unlocked": False}  # nothing left
+
+
+def test_unlock_names_a_password_provider(admin_broker: Broker) -> None:
+    unknown = admin(admin_broker, "POST", "/users/no-such-provider/bob/unlock")
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == "invalid_request"
+
+
+def test_unlock_needs_the_admin_api(broker: Broker) -> None:
+    response = httpx.post(f"{broker.base}/admin/users/demo-ldap/bob/unlock", headers={"authorization": "Bearer x"})
+    assert response.status_code == 403
+
+
 def test_policy_version_and_openapi(admin_broker: Broker) -> None:
     policy = admin(admin_broker, "GET", "/policy").json()
     assert len(policy["version"]) == 12
     schema = httpx.get(f"{admin_broker.base}/openapi.json").json()
     assert "/admin/users/{subject}/revoke" in schema["paths"]
+    assert "/admin/users/{provider}/{username}/unlock" in schema["paths"]
