@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from broker.config.loader import ENV_VAR, ConfigError, config_path, load_config
 from broker.config.models import BrokerConfig
@@ -77,11 +78,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=config.server.workers,
         log_config=None,
         access_log=False,
-        proxy_headers=bool(config.server.trusted_proxies),
-        forwarded_allow_ips=",".join(config.server.trusted_proxies) or None,
         server_header=False,
+        **proxy_options(config.server.trusted_proxies),
     )
     return 0
+
+
+def proxy_options(trusted_proxies: list[str]) -> dict[str, Any]:
+    """uvicorn's ``X-Forwarded-*`` handling: honoured from ``server.trusted_proxies`` only. With none,
+    ignored outright (uvicorn's own default, or ``FORWARDED_ALLOW_IPS``, would trust 127.0.0.1)."""
+    return {"proxy_headers": bool(trusted_proxies), "forwarded_allow_ips": ",".join(trusted_proxies)}
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -61,8 +62,21 @@ def run(args: argparse.Namespace) -> int:
             return 1
     from mcp_app.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(create_app(settings), **server_options(settings))
     return 0
+
+
+def server_options(settings: McpAppSettings) -> dict[str, Any]:
+    """How uvicorn serves the app. Nothing here reads a client address from ``X-Forwarded-*``, and
+    uvicorn's default would take it from any caller on 127.0.0.1: the headers are ignored."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "forwarded_allow_ips": "",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

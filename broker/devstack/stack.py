@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from broker.app import create_app
 from broker.config.loader import parse_config
@@ -52,6 +53,22 @@ def _listen(port: int, option: str) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(False)
     return sock
+
+
+def server_config(app: ASGIApp, port: int) -> uvicorn.Config:
+    """How the dev stack serves one app. No proxy stands in front of it, so ``X-Forwarded-*`` is
+    ignored: uvicorn's default trusts it from 127.0.0.1, which would let any local caller pick
+    the client address the throttles count and the audit log records."""
+    return uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=False,
+        forwarded_allow_ips="",
+    )
 
 
 class _Server(uvicorn.Server):
@@ -180,27 +197,8 @@ def run_dev(opts: DevOptions) -> int:
         )
         mcp_asgi = create_mcp_app(mcp_settings)
         servers: list[tuple[uvicorn.Server, socket.socket]] = [
-            (
-                _Server(
-                    uvicorn.Config(
-                        broker_app,
-                        host="127.0.0.1",
-                        port=opts.broker_port,
-                        log_config=None,
-                        access_log=False,
-                        lifespan="on",
-                    )
-                ),
-                broker_sock,
-            ),
-            (
-                _Server(
-                    uvicorn.Config(
-                        mcp_asgi, host="127.0.0.1", port=opts.mcp_port, log_config=None, access_log=False, lifespan="on"
-                    )
-                ),
-                mcp_sock,
-            ),
+            (_Server(server_config(broker_app, opts.broker_port)), broker_sock),
+            (_Server(server_config(mcp_asgi, opts.mcp_port)), mcp_sock),
         ]
         asyncio.run(_serve(servers, banner(opts, redis_server.display_url, slapd.url)))
         return 0

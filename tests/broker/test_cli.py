@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import uvicorn
+
+from broker.cli import proxy_options
 from tests.broker.config.test_loader import VALID
+from tests.forwarded import seen_by_the_app
 
 CLI = [sys.executable, "-m", "broker.cli"]
 
@@ -61,3 +66,18 @@ def test_serve_without_config_explains_itself() -> None:
     result = run("serve", env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "give --config FILE or set MCP_BROKER_CONFIG" in result.stderr
+
+
+def test_serve_trusts_forwarded_headers_only_from_the_configured_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # uvicorn's own fallback: never consulted
+
+    def served(trusted: list[str]) -> dict[str, str]:
+        return seen_by_the_app(
+            lambda app, port: uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_config=None, **proxy_options(trusted)
+            )
+        )
+
+    assert served([]) == {"client": "127.0.0.1", "scheme": "http"}
+    assert served(["10.0.0.0/8"]) == {"client": "127.0.0.1", "scheme": "http"}
+    assert served(["127.0.0.1"]) == {"client": "203.0.113.9", "scheme": "https"}

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import httpx
 import pytest
+import uvicorn
 from structlog.testing import capture_logs
 
 from broker.app import create_app as create_broker
 from broker.config import parse_config
 from broker.devstack import RedisServer, free_port
 from mcp_app.app import create_app
+from mcp_app.cli import server_options
 from mcp_app.settings import McpAppSettings
 from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import tokens_for
 from tests.conftest import base_config
+from tests.forwarded import seen_by_the_app
 from tests.http import running
 
 
@@ -110,3 +114,12 @@ def test_deeply_nested_json_is_a_parse_error_not_a_crash(
             assert listed.json()["result"]["tools"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not [e for e in logs if e["log_level"] in ("error", "critical") or "exc_info" in e or "exception" in e]
+
+
+def test_forwarded_headers_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+
+    def config(app: Callable[..., object], port: int) -> uvicorn.Config:
+        return uvicorn.Config(app, **server_options(McpAppSettings(port=port)))
+
+    assert seen_by_the_app(config) == {"client": "127.0.0.1", "scheme": "http"}

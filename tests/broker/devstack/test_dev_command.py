@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from broker.devstack import free_port
+from broker.devstack.stack import server_config
+from tests.forwarded import seen_by_the_app
 from tests.http import wait_ready
 
 
@@ -157,3 +160,10 @@ def test_a_taken_port_is_a_one_line_error_before_anything_starts(tmp_path: Path)
         f"mcp-broker dev: 127.0.0.1:{port} is not free (Address already in use); choose another with --mcp-port"
     )
     assert not (tmp_path / "redis").exists()  # no service was started
+
+
+def test_dev_servers_ignore_forwarded_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing stands in front of `mcp-broker dev`: a local caller must not choose the address the
+    throttles count and the audit log records (uvicorn's default trusts 127.0.0.1, or FORWARDED_ALLOW_IPS)."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    assert seen_by_the_app(server_config) == {"client": "127.0.0.1", "scheme": "http"}
