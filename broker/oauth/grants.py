@@ -1,6 +1,7 @@
 """The token endpoint's grants (OAuth 2.1 §4.1.3 and §4.3), framework-free.
 
-* ``authorization_code``: the code is spent atomically; a replay revokes what it issued.
+* ``authorization_code``: the code is spent atomically, and only by its own client (another
+  client's attempt leaves it unspent); a replay revokes what it issued.
 * ``refresh_token``: rotated on every use. The first caller wins an atomic swap; concurrent or
   retried callers within ``refresh_reuse_grace`` get the winner's response (sealed under the old
   token in the store), later reuse revokes the whole grant. At every refresh the user's groups
@@ -122,7 +123,9 @@ class GrantService:
         if grant_id is None or code is None:
             raise InvalidGrant(detail="malformed authorization code")
         code_hash = digest(code)
-        taken = await self.store.take_code(grant_id, code_hash)
+        taken = await self.store.take_code(grant_id, code_hash, client.client_id)
+        if taken.outcome == "wrong_client":  # refused before spending: the code stays its owner's
+            raise InvalidGrant(detail=f"code of grant {grant_id} presented by {client.client_id}, not its client")
         if taken.outcome == "replayed":
             await self.store.revoke_grant(grant_id, "code_replayed")
             audit("code_replayed", grant_id=grant_id, client_id=client.client_id)
@@ -130,8 +133,6 @@ class GrantService:
         if taken.outcome != "ok" or taken.record is None:
             raise InvalidGrant(detail="unknown or expired authorization code")
         record = taken.record
-        if record["client_id"] != client.client_id:
-            raise InvalidGrant(detail=f"code issued to {record['client_id']} presented by {client.client_id}")
         # RFC 6749 §4.1.3: required if the authorization request had one, and then identical
         # (no loopback port leeway here: that applies to matching the registration only).
         redirect_uri = form.get("redirect_uri")
@@ -219,7 +220,7 @@ class GrantService:
             return await self._replayed(grant, token, float(record["at"]), record.get("successor"), old_hash)
 
         provider = self.providers.get(grant["identity"]["provider_id"])
-        locked = False
+        lock: str | None = None
         if (
             isinstance(provider, RefreshProvider)
             and getattr(provider, "refresh_spends_upstream_token", False)
@@ -228,14 +229,14 @@ class GrantService:
             # One refresh at a time asks upstream when the re-check spends an upstream refresh
             # token: a provider that rotates them would take a second, concurrent use as theft
             # and end the upstream session. (A directory lookup needs no such care.)
-            locked = await self.store.lock_grant(grant_id, UPSTREAM_LOCK_SECONDS)
-            if not locked:
+            lock = await self.store.lock_grant(grant_id, UPSTREAM_LOCK_SECONDS)
+            if lock is None:
                 return await self._await_winner(grant, token, old_hash)
         try:
             return await self._rotate(client, grant, token, old_hash, current, narrowed)
         finally:
-            if locked:
-                await self.store.unlock_grant(grant_id)
+            if lock is not None:
+                await self.store.unlock_grant(grant_id, lock)
 
     async def _await_winner(self, grant: Mapping[str, Any], token: str, old_hash: str) -> dict[str, Any]:
         """Another request holds the grant's upstream lock: wait for its rotation and answer alike."""

@@ -7,7 +7,9 @@ braces), so all of them live in one slot and the script runs unchanged on Cluste
 * ``{prefix}:{u:<subject>}:…``    per-user indexes (grants, consents);
 * ``{prefix}:{c:<client_id>}``    a registered client;
 * ``{prefix}:{keys}:…``           the signing key ring;
-* ``{prefix}:{revoked}``          revoked grant ids (sorted set scored by expiry) and its channel.
+* ``{prefix}:{revoked}``          revoked grant ids (sorted set scored by expiry); announced on
+  ``{prefix}:revocations`` (a channel, in no slot). Revoking touches the grant's slot and this
+  one: one script on a single node, two ordered scripts on Cluster (see ``TokenStore.revoke_grant``).
 
 Tokens handed to clients embed the grant id, so the broker derives the slot from the token
 itself and never needs a cross-slot lookup on the hot path.
@@ -35,6 +37,9 @@ class Keys:
 
     def grant(self, grant_id: str) -> str:
         return f"{self.prefix}:{{g:{grant_id}}}:grant"
+
+    def grant_lock(self, grant_id: str) -> str:
+        return f"{self.prefix}:{{g:{grant_id}}}:grant:lock"
 
     def refresh(self, grant_id: str, token_hash: str) -> str:
         return f"{self.prefix}:{{g:{grant_id}}}:rt:{token_hash}"

@@ -1,13 +1,17 @@
 """The narrow token store: clients, pending authorization flows, codes, grants, refresh tokens.
 
-Atomicity rules (every backend must keep them; this one does with Lua, one slot per script):
+Atomicity rules (every backend must keep them; this one does with Lua, one slot per script on
+Cluster):
 
-* ``take_code`` spends a code exactly once; a second take reports the replay and the grant.
+* ``take_code`` spends a code exactly once, and only for the client it was issued to: another
+  client's attempt is refused without spending it. A second take reports the replay and the grant.
 * ``rotate_refresh`` moves a refresh token from active to rotated exactly once; every other
   caller learns that it lost and gets the stored successor (encrypted under the old token).
   The rotated marker lives as long as the grant (a later reuse is theft); the successor only
   for the reuse grace window, so a grant refreshed every few minutes does not pile up answers.
-* A revoked grant stays revoked; nothing it issued refreshes again.
+* A revoked grant stays revoked; nothing it issued refreshes again. No grant is marked revoked
+  before it is in the revoked set resource servers load and announced on their channel.
+* A grant's lock is freed only by the holder that took it.
 
 Every key carries a TTL, so nothing outlives the lifetime configured for it.
 """
@@ -15,17 +19,25 @@ Every key carries a TTL, so nothing outlives the lifetime configured for it.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from redis.asyncio.cluster import RedisCluster
 
 from broker.metrics import TOKENS_REVOKED
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
 
+# KEYS: the code, its grant. ARGV: the code's hash, the client presenting it. A code presented by
+# another client than its own is refused and left for its owner (not spent: that would make the
+# rightful exchange look like a replay).
 _TAKE_CODE = """
 local code = redis.call('GET', KEYS[1])
 if code then
+  local c = cjson.decode(code)
+  if c.code_hash == ARGV[1] and c.client_id ~= ARGV[2] then return {'wrong_client', ''} end
   redis.call('DEL', KEYS[1])
   return {'ok', code}
 end
@@ -63,16 +75,40 @@ local want = tonumber(ARGV[1]) + 60 - tonumber(redis.call('TIME')[1])
 if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) end
 """
 
-_REVOKE = """
+# Revocation. ARGV: now, reason, grant id, revocation channel[, expiry of the grant's tokens].
+# KEYS[1] the grant: marks it revoked; ``changed`` is 1 if it was not yet, ``expires`` when its
+# tokens have all expired (an hour from now for a grant already gone).
+_MARK_REVOKED = """
+local changed, expires = 0, tonumber(ARGV[1]) + 3600
 local grant = redis.call('GET', KEYS[1])
-if not grant then return 0 end
-local g = cjson.decode(grant)
-if g.status == 'revoked' then return 0 end
-g.status = 'revoked'
-g.revoked_at = tonumber(ARGV[1])
-g.revoked_reason = ARGV[2]
-redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
-return 1
+if grant then
+  local g = cjson.decode(grant)
+  expires = tonumber(g.expires_at) or expires
+  if g.status ~= 'revoked' then
+    g.status = 'revoked'
+    g.revoked_at = tonumber(ARGV[1])
+    g.revoked_reason = ARGV[2]
+    redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
+    changed = 1
+  end
+end
+"""
+# KEYS[#KEYS] the revoked set: records the grant until ``expires`` (pruning what is past) and
+# announces it, in the same step, so the record resource servers reload from and the message
+# they hear cannot part.
+_ANNOUNCE_REVOKED = """
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[#KEYS], expires, ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+"""
+_REVOKE = _MARK_REVOKED + _ANNOUNCE_REVOKED + "return changed"  # one node: all in one script
+_REVOKE_MARK = _MARK_REVOKED + "return changed"  # Cluster: the grant's slot ...
+_REVOKE_ANNOUNCE = "local expires = tonumber(ARGV[5])" + _ANNOUNCE_REVOKED  # ... and the set's
+
+# KEYS: a lock. ARGV: its holder's token. Frees the lock only if that holder still has it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -82,7 +118,7 @@ def _text(value: Any) -> str:
 
 @dataclass(frozen=True)
 class TakeResult:
-    outcome: Literal["ok", "replayed", "missing"]
+    outcome: Literal["ok", "replayed", "missing", "wrong_client"]
     record: dict[str, Any] | None
 
 
@@ -100,6 +136,9 @@ class TokenStore:
         self._take_code = redis.register_script(_TAKE_CODE)
         self._rotate = redis.register_script(_ROTATE)
         self._revoke = redis.register_script(_REVOKE)
+        self._revoke_mark = redis.register_script(_REVOKE_MARK)
+        self._revoke_announce = redis.register_script(_REVOKE_ANNOUNCE)
+        self._unlock = redis.register_script(_UNLOCK)
         self._index_grant = redis.register_script(_INDEX_GRANT)
 
     # -- clients ---------------------------------------------------------------------------
@@ -131,9 +170,11 @@ class TokenStore:
     async def save_code(self, grant_id: str, record: dict[str, Any], ttl: int) -> None:
         await self.redis.set(self.keys.code(grant_id), json.dumps(record), ex=ttl)
 
-    async def take_code(self, grant_id: str, code_hash: str) -> TakeResult:
+    async def take_code(self, grant_id: str, code_hash: str, client_id: str) -> TakeResult:
+        """Spend the code if ``client_id`` is the client it was issued to ("wrong_client", and the
+        code kept, if not)."""
         outcome, raw = await self._take_code(
-            keys=[self.keys.code(grant_id), self.keys.grant(grant_id)], args=[code_hash]
+            keys=[self.keys.code(grant_id), self.keys.grant(grant_id)], args=[code_hash, client_id]
         )
         outcome = _text(outcome)
         record = json.loads(raw) if raw else None
@@ -212,23 +253,40 @@ class TokenStore:
             return RotateResult("rotated", float(record["at"]), _text(kept) if kept else "")
         return RotateResult(outcome)  # type: ignore[arg-type]
 
-    async def lock_grant(self, grant_id: str, seconds: float) -> bool:
-        """A short lock so one refresh at a time asks the upstream provider about a grant."""
-        return bool(await self.redis.set(f"{self.keys.grant(grant_id)}:lock", "1", nx=True, px=int(seconds * 1000)))
+    async def lock_grant(self, grant_id: str, seconds: float) -> str | None:
+        """A short lock so one refresh at a time asks the upstream provider about a grant: the
+        holder's token (for :meth:`unlock_grant`), or None if another holds it."""
+        token = secrets.token_urlsafe(16)
+        taken = await self.redis.set(self.keys.grant_lock(grant_id), token, nx=True, px=int(seconds * 1000))
+        return token if taken else None
 
-    async def unlock_grant(self, grant_id: str) -> None:
-        await self.redis.delete(f"{self.keys.grant(grant_id)}:lock")
+    async def unlock_grant(self, grant_id: str, token: str) -> None:
+        """Free the lock if ``token``'s holder still has it: a holder slower than its lock's
+        expiry must not free the lock another request has taken since."""
+        await self._unlock(keys=[self.keys.grant_lock(grant_id)], args=[token])
 
     async def revoke_grant(self, grant_id: str, reason: str) -> bool:
-        """Mark the grant revoked and announce it to resource servers. True if it was active."""
-        changed = bool(await self._revoke(keys=[self.keys.grant(grant_id)], args=[time.time(), reason]))
+        """Mark the grant revoked, record it in the revoked set resource servers load, and announce
+        it on their channel. True if it was active.
+
+        On one node (standalone or Sentinel) that is one script: no crash falls between the steps.
+        On Cluster the grant and the set live in different slots, which no script spans; there the
+        record and the announcement (one script in the set's slot) come first and the grant is
+        marked after. A crash between them leaves a grant every resource server refuses that the
+        broker has not marked yet (the caller saw an error and retries), never a revoked grant that
+        resource servers still accept.
+        """
+        now = time.time()
+        args: list[Any] = [now, reason, grant_id, self.keys.revocation_channel()]
+        if isinstance(self.redis, RedisCluster):
+            grant = await self.get_grant(grant_id)
+            expires_at = float(grant["expires_at"]) if grant else now + 3600
+            await self._revoke_announce(keys=[self.keys.revoked()], args=[*args, expires_at])
+            changed = bool(await self._revoke_mark(keys=[self.keys.grant(grant_id)], args=args))
+        else:
+            changed = bool(await self._revoke(keys=[self.keys.grant(grant_id), self.keys.revoked()], args=args))
         if changed:
             TOKENS_REVOKED.labels(reason).inc()
-        grant = await self.get_grant(grant_id)
-        expires_at = float(grant["expires_at"]) if grant else time.time() + 3600
-        await self.redis.zremrangebyscore(self.keys.revoked(), "-inf", time.time())  # past their tokens' lifetime
-        await self.redis.zadd(self.keys.revoked(), {grant_id: expires_at})
-        await self.redis.publish(self.keys.revocation_channel(), grant_id)
         return changed
 
     async def user_grant_ids(self, subject: str) -> list[str]:

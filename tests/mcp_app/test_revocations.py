@@ -4,16 +4,20 @@ disconnect, quiet when nothing happens, and stale (so callers fail closed) when 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from broker.devstack import RedisServer
 from broker.store.client import create_redis
+from broker.store.keys import Keys
+from broker.store.tokens import TokenStore
 from mcp_app.revocations import RevocationWatcher
 
 
@@ -115,3 +119,44 @@ async def test_ids_heard_on_the_feed_are_forgotten_with_their_tokens(
         assert watcher.is_revoked("g-live")
     finally:
         await watcher.stop()
+
+
+async def test_a_revocation_cut_short_at_any_step_still_reaches_the_watcher(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker dies (its connection drops) after its n-th Redis command of a revocation: whatever
+    it had time to revoke, resource servers learn of, within a second."""
+    prefix = f"t{secrets.token_hex(4)}"
+    watcher = RevocationWatcher(create_redis(redis_server.url), key_prefix=prefix)
+    await watcher.start()
+    try:
+        for survived in range(1, 7):
+            broker = create_redis(redis_server.url)
+            store = TokenStore(broker, Keys(prefix))
+            grant_id = f"g{survived}"
+            await store.create_grant(
+                {"grant_id": grant_id, "subject": "alice", "status": "active", "expires_at": time.time() + 600},
+                "h",
+                refresh_ttl=600,
+                grant_ttl=600,
+            )
+            commands = 0
+            real = broker.execute_command
+
+            async def crashing(*args: Any, _real: Any = real, _after: int = survived, **options: Any) -> Any:
+                nonlocal commands
+                commands += 1
+                if commands > _after:
+                    raise ConnectionError("the broker died here")
+                return await _real(*args, **options)
+
+            monkeypatch.setattr(broker, "execute_command", crashing)
+            with contextlib.suppress(ConnectionError):
+                await store.revoke_grant(grant_id, "test")
+            await broker.aclose()
+            stored = await TokenStore(create_redis(redis_server.url), Keys(prefix)).get_grant(grant_id)
+            if stored is not None and stored["status"] == "revoked":
+                await eventually(lambda g=grant_id: watcher.is_revoked(g), 1.0)
+    finally:
+        await watcher.stop()
+

@@ -288,3 +288,13 @@ def test_carol_gets_no_access_page_not_a_code(broker: Broker) -> None:
     assert "mcp-writers" in done.text
     back = urlsplit(done.text.split('href="')[-1].split('"')[0].replace("&amp;", "&"))
     assert parse_qs(back.query)["error"] == ["access_denied"]
+
+
+def test_a_code_presented_by_another_client_stays_with_its_owner(broker: Broker) -> None:
+    owner, thief = register(broker), register(broker)
+    auth = login(broker, owner["client_id"])
+    assert exchange(broker, thief["client_id"], auth).json()["error"] == "invalid_grant"
+    # The thief's attempt neither spent the code nor made the owner's exchange look like a replay.
+    rightful = exchange(broker, owner["client_id"], auth)
+    assert rightful.status_code == 200, rightful.text
+    assert refresh(broker, owner["client_id"], rightful.json()["refresh_token"]).status_code == 200

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -55,3 +57,59 @@ async def test_a_rotated_token_keeps_a_small_marker_long_and_its_answer_only_for
     )
     assert (again.outcome, again.successor) == ("rotated", "sealed-answer")
     assert await store.get_successor("g", "h1") == "sealed-answer"
+
+
+async def test_a_lock_is_released_only_by_its_holder(redis_client: aioredis.Redis) -> None:
+    store = store_for(redis_client)
+    slow = await store.lock_grant("g", 0.05)
+    assert slow
+    await asyncio.sleep(0.1)  # the slow holder's lock expires while it still works
+    current = await store.lock_grant("g", 10)
+    assert current
+    await store.unlock_grant("g", slow)  # the slow holder, done at last, releases "its" lock
+    assert not await store.lock_grant("g", 10)  # the current holder's lock is untouched
+    await store.unlock_grant("g", current)
+    assert await store.lock_grant("g", 10)
+
+
+async def test_a_code_presented_by_another_client_is_refused_unspent(redis_client: aioredis.Redis) -> None:
+    store = store_for(redis_client)
+    await store.save_code("g", {"code_hash": "h", "client_id": "owner"}, 60)
+    refused = await store.take_code("g", "h", "thief")
+    assert (refused.outcome, refused.record) == ("wrong_client", None)  # nothing of the code is shown
+    taken = await store.take_code("g", "h", "owner")
+    assert taken.outcome == "ok"
+    assert taken.record is not None
+    assert taken.record["client_id"] == "owner"
+    assert (await store.take_code("g", "h", "owner")).outcome == "missing"  # spent once
+
+
+async def test_a_revocation_is_one_script_on_one_node(redis_client: aioredis.Redis) -> None:
+    """Marking the grant revoked, recording it for resource servers and announcing it: one command,
+    so no crash can fall between them."""
+    store = store_for(redis_client)
+    await store.revoke_grant("warm-up", "test")  # loads the script, so the count below is exact
+    await store.create_grant(grant("g", 600), "h", refresh_ttl=600, grant_ttl=600)
+    listener = redis_client.pubsub()
+    await listener.subscribe(store.keys.revocation_channel())
+    commands: list[str] = []
+    real = redis_client.execute_command
+
+    async def counting(*args: Any, **options: Any) -> Any:
+        commands.append(str(args[0]))
+        return await real(*args, **options)
+
+    try:
+        redis_client.execute_command = counting  # type: ignore[method-assign]
+        assert await store.revoke_grant("g", "test")
+        redis_client.execute_command = real  # type: ignore[method-assign]
+        assert commands == ["EVALSHA"]
+        assert (await store.get_grant("g") or {})["status"] == "revoked"
+        assert "g" in await store.revoked()
+        heard = await listener.get_message(ignore_subscribe_messages=True, timeout=2)
+        heard = heard or await listener.get_message(ignore_subscribe_messages=True, timeout=2)
+        assert heard is not None
+        assert heard["data"] == b"g"
+    finally:
+        redis_client.execute_command = real  # type: ignore[method-assign]
+        await listener.aclose()  # type: ignore[no-untyped-call]
