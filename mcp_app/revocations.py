@@ -1,8 +1,12 @@
 """Revoked grant ids, kept in memory and current without a Redis round trip per call.
 
 Loaded from the broker's sorted set at start, kept current through pub/sub, and loaded again
-after any disconnect. ``is_revoked`` is a set lookup. ``stale`` tells when the view could be
-older than ``max_staleness`` seconds (Redis unreachable), so the caller can fail closed.
+after any disconnect. The set is the durable record (the broker writes it in the same step as
+the announcement), so what the feed missed while it was down is loaded on reconnecting; while
+Redis is unreachable the feed is retried at least every ``RETRY_AT_MOST`` seconds, so the view
+is whole again within about a second of Redis answering. ``is_revoked`` is a set lookup.
+``stale`` tells when the view could be older than ``max_staleness`` seconds (Redis
+unreachable), so the caller can fail closed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ _log = structlog.get_logger("mcp_app.revocations")
 
 PING_EVERY = 1.0  # seconds of silence on the feed before asking Redis whether it is still there
 RECONNECT_AFTER = 5.0  # seconds without any answer before the feed is taken for dead and reopened
+RETRY_AT_MOST = 0.5  # the longest wait between reconnect attempts (a refused connect costs nothing)
 RELOAD_EVERY = 300.0  # seconds between reloads of the set, which drop grants past their tokens' life
 
 
@@ -105,7 +110,7 @@ class RevocationWatcher:
                     break
                 _log.warning("revocation_feed_lost", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, RETRY_AT_MOST)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

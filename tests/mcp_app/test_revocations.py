@@ -160,3 +160,44 @@ async def test_a_revocation_cut_short_at_any_step_still_reaches_the_watcher(
     finally:
         await watcher.stop()
 
+
+async def test_a_restarted_redis_is_resynchronised_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis goes away long enough for any reconnect back-off to grow, comes back from its
+    append-only file, and a replica revokes a grant the moment it answers: the watcher knows it
+    within about a second (it was not subscribed when the announcement went out)."""
+    server = RedisServer(tmp_path, persist=True).start()
+    client = create_redis(server.url)
+    attempts = 0
+    subscribe = client.pubsub
+
+    def counting(**options: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        return subscribe(**options)
+
+    monkeypatch.setattr(client, "pubsub", counting)
+    admin: aioredis.Redis = aioredis.Redis.from_url(server.url)
+    await admin.zadd("restart:{revoked}", {"g-before": time.time() + 600})
+    await admin.aclose()
+    watcher = RevocationWatcher(client, key_prefix="restart")
+    await watcher.start()
+    try:
+        assert watcher.is_revoked("g-before")
+        server.stop()
+        # Seven failed attempts: a back-off doubling from 0.1 s has reached 5 s by then.
+        await eventually(lambda: attempts >= 8, 30.0)
+        await asyncio.to_thread(server.start)
+        answering = time.monotonic()
+        admin = aioredis.Redis.from_url(server.url)
+        await admin.zadd("restart:{revoked}", {"g-after": time.time() + 600})
+        await admin.publish("restart:revocations", "g-after")  # heard by nobody yet
+        await eventually(lambda: watcher.is_revoked("g-after"), 10.0)
+        took = time.monotonic() - answering
+        assert took < 2.5, f"learned {took:.1f} s after Redis answered again"
+        assert watcher.is_revoked("g-before")
+        assert not watcher.stale
+    finally:
+        await watcher.stop()
+        await client.aclose()
+        await admin.aclose()
+        server.stop()
