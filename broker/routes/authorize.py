@@ -114,7 +114,6 @@ def router(base: str) -> APIRouter:
                 "csrf_hash": digest(csrf),
                 "approved": False,
                 "created_at": time.time(),
-                "attempts": 0,
             },
             FLOW_TTL,
         )
@@ -273,17 +272,20 @@ def router(base: str) -> APIRouter:
             )
         if outcome.error is not None:
             exc = outcome.error
-            flow["attempts"] = int(flow.get("attempts", 0)) + 1
+            # One atomic count: parallel posts on one flow cannot each read the same number.
+            attempts = await state.store.count_flow_attempt(form["flow"])
             audit(
                 "login_failed",
                 provider=provider.id,
                 username=username[:256],
                 client_id=client.client_id,
                 outcome=type(exc).__name__,
-                attempt=flow["attempts"],
+                attempt=attempts,
                 client_ip=client_ip,
             )
-            if flow["attempts"] >= MAX_LOGIN_ATTEMPTS:
+            if attempts == 0:  # the flow expired meanwhile
+                return pages.error(request, *EXPIRED)
+            if attempts >= MAX_LOGIN_ATTEMPTS:
                 await state.store.take_flow(form["flow"])
                 return pages.error(
                     request,
@@ -291,7 +293,6 @@ def router(base: str) -> APIRouter:
                     "Too many failed sign-in attempts. Return to the application and start again.",
                     status=429,
                 )
-            await state.store.update_flow(form["flow"], flow)
             return _login_page(
                 state,
                 form["flow"],

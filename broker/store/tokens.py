@@ -105,6 +105,16 @@ _REVOKE = _MARK_REVOKED + _ANNOUNCE_REVOKED + "return changed"  # one node: all 
 _REVOKE_MARK = _MARK_REVOKED + "return changed"  # Cluster: the grant's slot ...
 _REVOKE_ANNOUNCE = "local expires = tonumber(ARGV[5])" + _ANNOUNCE_REVOKED  # ... and the set's
 
+# KEYS: a flow, its attempt count. Returns the new count, or 0 if the flow has expired.
+_COUNT_ATTEMPT = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+local n = redis.call('INCR', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('EXPIRE', KEYS[2], 3600) end
+return n
+"""
+
+
 # KEYS: a lock. ARGV: its holder's token. Frees the lock only if that holder still has it.
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -140,6 +150,7 @@ class TokenStore:
         self._revoke_announce = redis.register_script(_REVOKE_ANNOUNCE)
         self._unlock = redis.register_script(_UNLOCK)
         self._index_grant = redis.register_script(_INDEX_GRANT)
+        self._count_attempt = redis.register_script(_COUNT_ATTEMPT)
 
     # -- clients ---------------------------------------------------------------------------
     async def save_client(self, client_id: str, record: dict[str, Any], ttl: int) -> None:
@@ -165,6 +176,12 @@ class TokenStore:
     async def take_flow(self, flow_id: str) -> dict[str, Any] | None:
         raw = await self.redis.getdel(self.keys.flow(flow_id))
         return json.loads(raw) if raw else None
+
+    async def count_flow_attempt(self, flow_id: str) -> int:
+        """Count one more failed sign-in on a flow, in one step however many arrive at once: the
+        new count, or 0 if the flow has expired. The count lives beside the flow, as long."""
+        flow = self.keys.flow(flow_id)
+        return int(await self._count_attempt(keys=[flow, f"{flow}:attempts"]))
 
     # -- codes and grants ------------------------------------------------------------------
     async def save_code(self, grant_id: str, record: dict[str, Any], ttl: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 
 from broker.devstack import Slapd
@@ -109,6 +111,31 @@ def test_five_failures_end_the_sign_in(broker: Broker) -> None:
         after = browser.post("/login", data={**fields, "username": "alice", "password": "demo-alice"})
     assert statuses == [401, 401, 401, 401, 429]
     assert after.status_code == 400  # the flow is gone; the right password no longer helps
+
+
+def test_parallel_failures_on_one_flow_are_each_counted(broker_factory: BrokerFactory) -> None:
+    """Five wrong passwords posted at once on one sign-in page: five attempts, so the flow ends."""
+    with broker_factory(extra="login_protection: {max_failures_per_user: 100}") as b, b.client() as browser:
+        fields = approve(browser, start(b, browser))
+        browsers = [httpx.Client(base_url=b.base, cookies=browser.cookies, timeout=10) for _ in range(5)]
+        try:
+            with ThreadPoolExecutor(5) as pool:
+                statuses = list(
+                    pool.map(
+                        lambda i: (
+                            browsers[i]
+                            .post("/login", data={**fields, "username": "alice", "password": f"bad{i}"})
+                            .status_code
+                        ),
+                        range(5),
+                    )
+                )
+        finally:
+            for each in browsers:
+                each.close()
+        after = browser.post("/login", data={**fields, "username": "alice", "password": "demo-alice"})
+    assert sorted(statuses) == [401, 401, 401, 401, 429]
+    assert after.status_code == 400  # the flow is gone
 
 
 def test_flows_are_single_use(broker: Broker) -> None:
