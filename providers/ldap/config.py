@@ -43,8 +43,33 @@ class LdapProviderConfig(ProviderConfig):
     active_directory_in_chain: bool = Field(
         default=False, description="Use LDAP_MATCHING_RULE_IN_CHAIN (Active Directory only)."
     )
-    connect_timeout: float = Field(default=5.0, gt=0, le=60)
-    operation_timeout: float = Field(default=10.0, gt=0, le=120)
+    connect_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds to wait for one server to accept a connection."
+    )
+    operation_timeout: float = Field(
+        default=10.0, gt=0, le=120, description="Seconds to wait for one answer from a server."
+    )
+    request_deadline: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds within which a sign-in, refresh re-check or lookup is answered, failover and any "
+            "wait for a free connection included; every wait is cut to what is left of it. Keep "
+            "operation_timeout below it when there are several urls, so a hung first server leaves "
+            "time for the next."
+        ),
+    )
+    failure_backoff: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds a server that failed (refused, silent, broken, StartTLS refused) is skipped while "
+            "another server is not; when all are, one request at a time tries the one that failed "
+            "longest ago and the others are answered at once. 0 turns the breaker off."
+        ),
+    )
     pool_size: int = Field(
         default=2,
         ge=1,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gc
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import ldap3
 import pytest
 
 from broker.devstack import DemoDirectory, Slapd, free_port
-from providers.base import AccountDisabled, InvalidCredentials, UpstreamUnavailable
+from providers.base import AccountDisabled, InvalidCredentials, UpstreamUnavailable, qualified_subject
 from providers.ldap.config import LdapProviderConfig
 from providers.ldap.provider import LdapProvider
 from tests.tls import make_ca
@@ -47,7 +50,8 @@ async def test_alice_logs_in_with_groups(provider: LdapProvider) -> None:
     assert identity.username_is_unique  # the search refuses a name that matches two entries
     assert identity.email == "alice@demo.local"
     assert identity.display_name == "Alice Example"
-    assert len(identity.subject) == 36  # entryUUID
+    assert identity.subject.startswith("corp:")  # qualified_subject(provider id, entryUUID)
+    assert len(identity.subject) == len("corp:") + 36
     assert identity.groups == {f"cn=mcp-readers,ou=groups,{BASE}", f"cn=mcp-writers,ou=groups,{BASE}"}
     assert sorted(identity.group_names.values()) == ["mcp-readers", "mcp-writers"]
     assert identity.private == {"dn": f"uid=alice,ou=people,{BASE}"}
@@ -102,13 +106,14 @@ async def test_searches_run_side_by_side_on_a_bounded_pool_of_connections(slapd:
 
 
 async def test_a_pool_that_stays_busy_is_unavailable_not_a_wrong_password(slapd: Slapd) -> None:
-    ldap = LdapProvider(config_for(slapd, pool_size=1, operation_timeout=0.2))
-    ldap._slots.acquire()  # one long search holds the only connection
+    ldap = LdapProvider(config_for(slapd, pool_size=1, request_deadline=0.3))
+    release = threading.Event()
+    ldap._executor.submit(release.wait, 5)  # one long search holds the directory's only thread
     try:
         with pytest.raises(UpstreamUnavailable, match="directory connections stayed busy"):
             await ldap.lookup("alice")
     finally:
-        ldap._slots.release()
+        release.set()
     assert (await ldap.lookup("alice")).username == "alice"
     await ldap.aclose()
 
@@ -256,7 +261,7 @@ async def test_starttls_follows_failover_to_a_plain_url(tls_slapd: tuple[Slapd, 
     dead = f"ldaps://127.0.0.1:{free_port()}"  # the first server is down: the pool moves to ldap://
     ldap = LdapProvider(config_for(slapd, urls=[dead, slapd.url], start_tls=True, ca_file=str(ca), connect_timeout=1))
     assert (await ldap.login("bob", "demo-bob")).username == "bob"
-    assert [c.tls_started for c in ldap._idle] == [True]  # the service connection, at least, ran StartTLS
+    assert [link.conn.tls_started for link in ldap._idle] == [True]  # the service connection, at least, ran StartTLS
     await ldap.aclose()
 
 
@@ -268,16 +273,19 @@ async def test_a_server_that_cannot_starttls_gets_no_password(slapd: Slapd) -> N
 
 
 async def test_connections_are_not_kept_after_use(slapd: Slapd) -> None:
-    # ldap3's server pool remembers every connection made through it (password included)
-    # unless told to forget: after many sign-ins only the idle service connections remain.
+    # ldap3's server pool remembered every connection made through it (password included):
+    # after many sign-ins only the idle service connections remain, and no user's connection.
     ldap = LdapProvider(config_for(slapd))
     for n in range(20):
         password = "demo-alice" if n % 2 else "wrong"
         with contextlib.suppress(InvalidCredentials):
             await ldap.login("alice", password)
-    assert len(ldap._pool.pool_states) <= ldap.config.pool_size
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, ldap3.Connection) and o.user and "alice" in o.user]
+    assert alive == []
+    assert len(ldap._idle) <= ldap.config.pool_size
     await ldap.aclose()
-    assert ldap._pool.pool_states == {}
+    assert ldap._idle == []
 
 
 async def test_tls_verification_is_on_by_default(tls_slapd: tuple[Slapd, Path]) -> None:
@@ -305,4 +313,35 @@ async def test_refresh_sees_group_changes_and_deletion(tls_slapd: tuple[Slapd, P
             await ldap.refresh(carol)
     finally:
         admin.unbind()
+        await ldap.aclose()
+
+
+async def test_two_providers_on_one_directory_give_two_subjects(slapd: Slapd) -> None:
+    # One rule for every provider: "{provider id}:{local id}", so grants never mix between them.
+    first, second = LdapProvider(config_for(slapd)), LdapProvider(config_for(slapd, id="corp-2"))
+    try:
+        one, two = await first.login("alice", "demo-alice"), await second.login("alice", "demo-alice")
+        assert one.subject != two.subject
+        assert one.subject == qualified_subject("corp", one.subject.removeprefix("corp:"))
+        assert two.subject == "corp-2:" + one.subject.removeprefix("corp:")
+        assert (await first.refresh(one)).subject == one.subject
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_grant_from_before_the_subject_rule_ends_at_its_refresh(provider: LdapProvider) -> None:
+    alice = await provider.login("alice", "demo-alice")
+    old = dataclasses.replace(alice, subject=alice.subject.removeprefix("corp:"))  # the raw entryUUID
+    with pytest.raises(InvalidCredentials, match="replaced by another account"):
+        await provider.refresh(old)
+
+
+async def test_a_starttls_certificate_failure_says_so(tls_slapd: tuple[Slapd, Path]) -> None:
+    slapd, _ = tls_slapd
+    ldap = LdapProvider(config_for(slapd, start_tls=True))  # the test CA is not trusted without ca_file
+    try:
+        with pytest.raises(UpstreamUnavailable, match=r"StartTLS failed: .*certificate verify failed"):
+            await ldap.login("alice", "demo-alice")
+    finally:
         await ldap.aclose()
