@@ -20,7 +20,7 @@ from broker.oauth.revocation import RevocationService
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.policy.holder import PolicyHolder
-from broker.routes import account, admin, authorize, discovery, errors, health, register, token
+from broker.routes import account, admin, authorize, discovery, errors, health, openapi, register, token
 from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.state import BrokerState
@@ -162,6 +162,7 @@ def create_app(
     app.include_router(token.router(base))
     app.include_router(admin.router(base))
     app.include_router(account.router(base))
+    openapi.install(app)
     app.add_middleware(RequestContextMiddleware)
     return app
 

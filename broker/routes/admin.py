@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
 from broker.policy.explain import explain, given_identity
+from broker.routes import openapi
 from broker.state import BrokerState, get_state
 from providers.base import LookupProvider, PasswordProvider, ProviderError
 
@@ -89,7 +90,7 @@ def _view(grant: dict[str, Any]) -> GrantView:
 def router(base: str) -> APIRouter:
     api = APIRouter(prefix=f"{base}/admin", tags=["admin"])
 
-    @api.get("/policy", summary="The policy in force")
+    @api.get("/policy", summary="The policy in force", **openapi.ADMIN_ROUTE)
     async def policy(state: Admin) -> PolicyView:
         last = state.policies.last_reload
         return PolicyView(
@@ -99,7 +100,7 @@ def router(base: str) -> APIRouter:
             last_reload=None if last is None else ReloadView.model_validate(last, from_attributes=True),
         )
 
-    @api.get("/explain", summary="Which scopes a user gets, and which rules decide")
+    @api.get("/explain", summary="Which scopes a user gets, and which rules decide", **openapi.ADMIN_ROUTE)
     async def explain_user(
         state: Admin, provider: str, user: str | None = None, groups: str | None = None, resource: str | None = None
     ) -> JSONResponse:
@@ -119,16 +120,16 @@ def router(base: str) -> APIRouter:
             raise InvalidRequest("give user= for a provider that can look users up, or groups=a,b")
         return JSONResponse(explain(state.policy, who, resource))
 
-    @api.get("/users/{subject}/grants", summary="A user's grants")
+    @api.get("/users/{subject}/grants", summary="A user's grants", **openapi.ADMIN_ROUTE)
     async def user_grants(subject: str, state: Admin) -> list[GrantView]:
         grants = [await state.store.get_grant(g) for g in await state.store.user_grant_ids(subject)]
         return [_view(g) for g in grants if g is not None]
 
-    @api.post("/users/{subject}/revoke", summary="Revoke every grant of a user")
+    @api.post("/users/{subject}/revoke", summary="Revoke every grant of a user", **openapi.ADMIN_ROUTE)
     async def revoke_user(subject: str, state: Admin) -> RevokedView:
         return RevokedView(revoked=await state.revocation.revoke_user(subject, reason="admin"))
 
-    @api.delete("/grants/{grant_id}", summary="Revoke one grant")
+    @api.delete("/grants/{grant_id}", summary="Revoke one grant", **openapi.ADMIN_ROUTE)
     async def revoke_grant(grant_id: str, state: Admin) -> RevokedView:
         grant = await state.store.get_grant(grant_id)
         if grant is None:
@@ -141,6 +142,7 @@ def router(base: str) -> APIRouter:
     @api.post(
         "/users/{provider}/{username}/unlock",
         summary="Clear a username's failed sign-ins and lock",
+        **openapi.ADMIN_ROUTE,
     )
     async def unlock(provider: str, username: str, state: Admin) -> UnlockView:
         upstream = state.providers.get(provider)
@@ -153,7 +155,7 @@ def router(base: str) -> APIRouter:
             audit("account_unlocked", provider=provider, username=username[:256], by="admin")
         return UnlockView(unlocked=cleared)
 
-    @api.get("/users/{subject}/consents", summary="A user's remembered consents")
+    @api.get("/users/{subject}/consents", summary="A user's remembered consents", **openapi.ADMIN_ROUTE)
     async def consents(subject: str, state: Admin) -> JSONResponse:
         found = await state.store.consents(subject)
         return JSONResponse(
@@ -163,7 +165,7 @@ def router(base: str) -> APIRouter:
             ]
         )
 
-    @api.delete("/users/{subject}/consents", summary="Forget a remembered consent")
+    @api.delete("/users/{subject}/consents", summary="Forget a remembered consent", **openapi.ADMIN_ROUTE)
     async def forget(subject: str, client_id: str, resource: str, state: Admin) -> JSONResponse:
         removed = await state.store.forget_consent(subject, client_id, resource)
         if removed:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 
 from broker.audit import audit
 from broker.metrics import LOGINS, UPSTREAM_LATENCY
@@ -33,6 +33,7 @@ from broker.oauth.errors import OAuthError
 from broker.oauth.grants import identity_record
 from broker.oauth.redirects import is_loopback_redirect
 from broker.oauth.tokens import new_grant_id, new_handle
+from broker.routes import openapi
 from broker.routes.forms import read_page_form
 from broker.security.password_login import password_login
 from broker.state import BrokerState, get_state
@@ -84,7 +85,13 @@ async def _load(state: BrokerState, flow_id: str | None) -> tuple[dict[str, Any]
 def router(base: str) -> APIRouter:
     api = APIRouter(tags=["authorization"])
 
-    @api.get(f"{base}/authorize", summary="Authorization endpoint (OAuth 2.1 §4.1.1)")
+    @api.get(
+        f"{base}/authorize",
+        summary="Authorization endpoint (OAuth 2.1 §4.1.1)",
+        response_class=HTMLResponse,
+        responses=openapi.AUTHORIZE_RESPONSES,
+        openapi_extra=openapi.AUTHORIZE,
+    )
     async def authorize_endpoint(request: Request) -> Response:
         state = get_state(request)
         pages = state.pages

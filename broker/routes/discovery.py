@@ -8,6 +8,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from broker.oauth.metadata import metadata, well_known_paths
+from broker.routes import openapi
 from broker.state import get_state
 
 _CSS = resources.files("broker.web").joinpath("static/broker.css").read_bytes()
@@ -20,12 +21,20 @@ def install(app: FastAPI, issuer: str, base: str) -> None:
         return JSONResponse(metadata(get_state(request).config), headers={"cache-control": "public, max-age=300"})
 
     for path in well_known_paths(issuer):
-        router.add_api_route(path, discovery, methods=["GET"], summary="Authorization server metadata")
+        router.add_api_route(
+            path,
+            discovery,
+            methods=["GET"],
+            summary="Authorization server metadata",
+            responses=openapi.DISCOVERY_ERRORS,
+        )
 
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(get_state(request).keyring.jwks(), headers={"cache-control": "public, max-age=300"})
 
-    router.add_api_route(f"{base}/jwks.json", jwks, methods=["GET"], summary="Signing keys (JWKS)")
+    router.add_api_route(
+        f"{base}/jwks.json", jwks, methods=["GET"], summary="Signing keys (JWKS)", responses=openapi.DISCOVERY_ERRORS
+    )
 
     async def css() -> Response:
         return Response(_CSS, media_type="text/css", headers={"cache-control": "public, max-age=3600"})

@@ -47,7 +47,8 @@ def install(app: FastAPI) -> None:
             "error": "not_found" if exc.status_code == 404 else "invalid_request",
             "error_description": str(exc.detail),
         }
-        return JSONResponse(body, status_code=exc.status_code, headers=NO_STORE)
+        # Starlette's own headers stay: a 405 names the methods the path accepts in Allow.
+        return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
 
     @app.exception_handler(RedisError)
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:

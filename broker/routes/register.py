@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClientMetadata, TooManyRequests
+from broker.routes import openapi
 from broker.routes.errors import NO_STORE
 from broker.routes.forms import read_body
 from broker.state import get_state
@@ -19,7 +20,13 @@ MAX_BODY = 16 * 1024
 def router(base: str) -> APIRouter:
     api = APIRouter(tags=["registration"])
 
-    @api.post(f"{base}/register", status_code=201, summary="Register a client (RFC 7591)")
+    @api.post(
+        f"{base}/register",
+        status_code=201,
+        summary="Register a client (RFC 7591)",
+        responses={201: {"model": openapi.RegisteredClientBody}, **openapi.REGISTER_ERRORS},
+        openapi_extra=openapi.REGISTER,
+    )
     async def register(request: Request) -> JSONResponse:
         state = get_state(request)
         if not state.config.registration.dynamic_registration:

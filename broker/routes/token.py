@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from broker.oauth.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
+from broker.routes import openapi
 from broker.routes.client_auth import authenticate_client
 from broker.routes.errors import NO_STORE
 from broker.routes.forms import read_form
@@ -15,7 +16,12 @@ from broker.state import get_state
 def router(base: str) -> APIRouter:
     api = APIRouter(tags=["token"])
 
-    @api.post(f"{base}/token", summary="Token endpoint")
+    @api.post(
+        f"{base}/token",
+        summary="Token endpoint",
+        responses={200: {"model": openapi.TokenBody}, **openapi.TOKEN_ENDPOINT_ERRORS},
+        openapi_extra=openapi.TOKEN,
+    )
     async def token(request: Request) -> JSONResponse:
         state = get_state(request)
         form = await read_form(request)
@@ -31,7 +37,16 @@ def router(base: str) -> APIRouter:
             raise UnsupportedGrantType(detail=f"grant_type {grant_type[:60]!r}")
         return JSONResponse(body, headers=NO_STORE)
 
-    @api.post(f"{base}/revoke", summary="Revoke a token (RFC 7009)")
+    @api.post(
+        f"{base}/revoke",
+        summary="Revoke a token (RFC 7009)",
+        response_class=Response,
+        responses={
+            200: {"description": "Revoked, or the token was unknown (RFC 7009 §2.2)"},
+            **openapi.TOKEN_ENDPOINT_ERRORS,
+        },
+        openapi_extra=openapi.REVOKE,
+    )
     async def revoke(request: Request) -> Response:
         state = get_state(request)
         form = await read_form(request)
@@ -42,7 +57,12 @@ def router(base: str) -> APIRouter:
         await state.revocation.revoke(client, token)
         return Response(status_code=200, headers=NO_STORE)
 
-    @api.post(f"{base}/introspect", summary="Introspect a token (RFC 7662)")
+    @api.post(
+        f"{base}/introspect",
+        summary="Introspect a token (RFC 7662)",
+        responses={200: {"model": openapi.IntrospectionBody}, **openapi.TOKEN_ENDPOINT_ERRORS},
+        openapi_extra=openapi.INTROSPECT,
+    )
     async def introspect(request: Request) -> JSONResponse:
         state = get_state(request)
         form = await read_form(request)
