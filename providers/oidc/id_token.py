@@ -8,7 +8,9 @@ the ``nonce`` of the login; ``sub`` present; ``at_hash`` when the token carries 
 
 The key set is cached for an hour. A key id that is not in the cache triggers a refetch (the
 OP has rotated its keys), at most once per ``refetch_interval`` so that tokens naming unknown
-keys cannot make the broker hammer the OP; concurrent misses share one fetch.
+keys cannot make the broker hammer the OP; concurrent misses share one fetch. That fetch, and
+the wait for it, is bounded by ``timeout`` (the provider's ``http_timeout``): an OP that hangs
+is UpstreamUnavailable when the time is up, and keys already known stay usable meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from joserfc import jwk, jwt
 from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, JoseError
 
 from providers.base import UpstreamRejected, UpstreamUnavailable
+from providers.net import deadline
 
 LEEWAY = 60
 _KEY_TYPE = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
@@ -59,9 +62,11 @@ class KeySet:
         max_age: float = 3600,
         refetch_interval: float = 60,
         clock: Callable[[], float] = time.monotonic,
+        timeout: float = 10.0,
     ) -> None:
         self.max_age = max_age
         self.refetch_interval = refetch_interval
+        self.timeout = timeout
         self._fetch = fetch
         self._clock = clock
         self._keys: list[_Published] = []
@@ -74,19 +79,24 @@ class KeySet:
         found = self._match(kid, alg)
         if found and not self._stale():
             return found
-        async with self._lock:  # one fetch for concurrent misses
-            found = self._match(kid, alg)
-            if self._stale():
-                try:
+        try:
+            # One deadline covers the wait for a fetch already under way and this one's.
+            async with deadline(self.timeout, "JWKS"), self._lock:  # one fetch for concurrent misses
+                found = self._match(kid, alg)
+                if self._stale():
+                    try:
+                        await self._load()
+                    except UpstreamUnavailable:
+                        if not found:
+                            raise
+                    found = self._match(kid, alg)
+                if not found and self._may_refetch():
+                    self._forced_at = self._clock()
                     await self._load()
-                except UpstreamUnavailable:
-                    if not found:  # keys already known stay usable while the OP is unreachable
-                        raise
-                found = self._match(kid, alg)
-            if not found and self._may_refetch():
-                self._forced_at = self._clock()
-                await self._load()
-                found = self._match(kid, alg)
+                    found = self._match(kid, alg)
+        except UpstreamUnavailable:
+            if not found:  # keys already known stay usable while the OP is unreachable
+                raise
         return found
 
     def _stale(self) -> bool:

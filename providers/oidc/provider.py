@@ -6,6 +6,11 @@ a nonce, over authlib's httpx client; optionally an upstream refresh at every br
 with ``isinstance`` against runtime protocols, so ``refresh`` exists only on instances that can
 honour it; without it the broker re-applies its policy to the groups stored at sign-in.
 
+Every call to the OP (discovery, token, JWKS, userinfo) has one overall deadline,
+``http_timeout``, connection and every byte of the answer included: an OP that accepts the
+connection and never answers, or dribbles its answer, is ``UpstreamUnavailable`` ("token endpoint
+... timed out after 10 s") when the time is up.
+
 Outcomes: the OP unreachable or answering 5xx is ``UpstreamUnavailable``; an answer that cannot
 be trusted (discovery issuer, ID token signature or claims, a refused code) is
 ``UpstreamRejected``; at refresh, an OP that refuses the refresh token (``invalid_grant``: the
@@ -37,7 +42,9 @@ from providers.base import (
     RefreshProvider,
     UpstreamRejected,
     UpstreamUnavailable,
+    qualified_subject,
 )
+from providers.net import deadline, describe
 from providers.oidc.config import OidcProviderConfig
 from providers.oidc.discovery import ProviderMetadata, discovery_url, origin, parse_metadata
 from providers.oidc.id_token import IdTokenVerifier, KeySet
@@ -65,7 +72,7 @@ class OidcProvider:
         self._metadata: ProviderMetadata | None = None
         self._metadata_at = 0.0
         self._metadata_lock = asyncio.Lock()
-        self.keys = KeySet(self._fetch_jwks, clock=clock)
+        self.keys = KeySet(self._fetch_jwks, clock=clock, timeout=config.http_timeout)
         self._verifier = IdTokenVerifier(config.issuer, config.client_id, self.keys)
 
     # -- what the broker reads ---------------------------------------------------------------
@@ -174,17 +181,19 @@ class OidcProvider:
         current = self._metadata
         if current is not None and self._clock() - self._metadata_at < DISCOVERY_MAX_AGE:
             return current
-        async with self._metadata_lock:
-            if self._metadata is not None and self._clock() - self._metadata_at < DISCOVERY_MAX_AGE:
+        url = discovery_url(self.issuer)
+        try:
+            # One deadline covers the wait for a fetch already under way and this one.
+            async with deadline(self.config.http_timeout, f"discovery document {url}"), self._metadata_lock:
+                if self._metadata is not None and self._clock() - self._metadata_at < DISCOVERY_MAX_AGE:
+                    return self._metadata
+                document = await self._get_json(url, what="discovery document")
+                self._metadata = parse_metadata(document, self.issuer)
+                self._metadata_at = self._clock()
                 return self._metadata
-            try:
-                document = await self._get_json(discovery_url(self.issuer), what="discovery document")
-            except UpstreamUnavailable:
-                if self._metadata is None:
-                    raise
-                return self._metadata
-            self._metadata = parse_metadata(document, self.issuer)
-            self._metadata_at = self._clock()
+        except UpstreamUnavailable:
+            if self._metadata is None:
+                raise
             return self._metadata
 
     async def _fetch_jwks(self) -> object:
@@ -216,9 +225,10 @@ class OidcProvider:
         if bearer is not None:
             headers["Authorization"] = f"Bearer {bearer}"
         try:
-            response = await self._client().request("GET", url, headers=headers, withhold_token=True)
+            async with deadline(self.config.http_timeout, f"{what} {url}"):
+                response = await self._client().request("GET", url, headers=headers, withhold_token=True)
         except httpx2.HTTPError as exc:
-            raise UpstreamUnavailable(f"{what}: {type(exc).__name__} from {url}") from None
+            raise UpstreamUnavailable(f"{what} {url} unreachable: {describe(exc)}") from None
         if response.status_code >= 500 or response.status_code == 429:
             raise UpstreamUnavailable(f"{what}: HTTP {response.status_code} from {url}")
         if response.status_code != 200:
@@ -235,19 +245,22 @@ class OidcProvider:
         oauth = self._client()
         auth = oauth.client_auth(metadata.client_auth_method(self.config.client_secret is not None))
         try:
-            if grant_type == "refresh_token":
-                token = await oauth.refresh_token(metadata.token_endpoint, auth=auth, **params)
-            else:
-                token = await oauth.fetch_token(metadata.token_endpoint, grant_type=grant_type, auth=auth, **params)
+            async with deadline(self.config.http_timeout, f"token endpoint {metadata.token_endpoint}"):
+                if grant_type == "refresh_token":
+                    token = await oauth.refresh_token(metadata.token_endpoint, auth=auth, **params)
+                else:
+                    token = await oauth.fetch_token(metadata.token_endpoint, grant_type=grant_type, auth=auth, **params)
         except OAuthError:
             raise
         except httpx2.HTTPStatusError as exc:
             status = exc.response.status_code
             if status >= 500 or status == 429:
-                raise UpstreamUnavailable(f"token endpoint: HTTP {status}") from None
+                raise UpstreamUnavailable(f"token endpoint {metadata.token_endpoint}: HTTP {status}") from None
             raise UpstreamRejected(f"token endpoint: HTTP {status} without an OAuth error") from None
         except httpx2.HTTPError as exc:
-            raise UpstreamUnavailable(f"token endpoint: {type(exc).__name__}") from None
+            raise UpstreamUnavailable(
+                f"token endpoint {metadata.token_endpoint} unreachable: {describe(exc)}"
+            ) from None
         except ValueError:
             raise UpstreamRejected("token endpoint: the answer is not a JSON object") from None
         finally:
@@ -277,7 +290,7 @@ class OidcProvider:
         groups = _groups(lookup(source, self.config.groups_claim), self.config.groups_claim)
         return Identity(
             provider_id=self.id,
-            subject=f"{self.id}:{sub}",
+            subject=qualified_subject(self.id, sub),
             username=username,
             email=email if claims.get("email_verified") is not False else None,
             display_name=_string(claims.get("name")),
