@@ -71,6 +71,15 @@ class RevocationWatcher:
         self._revoked = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
         self._loaded_at = time.monotonic()
 
+    async def _drop_idle_connections(self) -> None:
+        # Pooled connections opened before Redis went away are dead, and redis-py does not always
+        # check one before handing it out: the first load after a restart would fail on it and
+        # cost another retry. Idle ones only; a cluster client keeps its pools per node.
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect(inuse_connections=False)
+
     def _done(self) -> bool:
         # A cancellation swallowed inside redis-py still shows as a pending cancel request.
         task = asyncio.current_task()
@@ -109,6 +118,7 @@ class RevocationWatcher:
                 if self._done():
                     break
                 _log.warning("revocation_feed_lost", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+                await self._drop_idle_connections()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RETRY_AT_MOST)
             finally:
