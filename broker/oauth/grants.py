@@ -39,6 +39,7 @@ from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.store.keys import digest
 from broker.store.tokens import TokenStore
+from broker.upstream_log import log_upstream_failure
 from providers.base import AccountDisabled, Identity, InvalidCredentials, ProviderError, RefreshProvider
 
 _log = structlog.get_logger("mcp_broker.grants")
@@ -358,6 +359,7 @@ class GrantService:
                 await self.store.revoke_grant(grant["grant_id"], "user_no_longer_valid")
                 raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None
             except ProviderError as exc:
+                log_upstream_failure(identity.provider_id, "refresh", exc)
                 raise TemporarilyUnavailable(detail=f"upstream re-check failed: {exc}") from None
         resource = self.policy.resource_for(grant["resource"])
         if resource is None:

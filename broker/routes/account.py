@@ -21,6 +21,7 @@ from broker.routes.forms import read_page_form
 from broker.security.password_login import password_login
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
+from broker.upstream_log import log_upstream_failure
 from providers.base import Identity, PasswordProvider, ProviderError, RedirectProvider, UpstreamUnavailable
 
 SESSION_TTL = 1800
@@ -175,6 +176,7 @@ def router(base: str) -> APIRouter:
             try:
                 url, data = await provider.login_url(f"{state.config.issuer}/callback/{provider.id}", upstream_state)
             except ProviderError as exc:
+                log_upstream_failure(provider.id, "login_url", exc)
                 return pages.error(request, "Sign-in unavailable", exc.public, status=503)
             sealer = state.grants.sealer
             await state.store.save_flow(

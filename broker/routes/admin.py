@@ -17,6 +17,7 @@ from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
 from broker.policy.explain import explain, given_identity
 from broker.routes import openapi
 from broker.state import BrokerState, get_state
+from broker.upstream_log import log_upstream_failure
 from providers.base import LookupProvider, PasswordProvider, ProviderError
 
 
@@ -115,6 +116,7 @@ def router(base: str) -> APIRouter:
             try:
                 who = await upstream.lookup(user)
             except ProviderError as exc:
+                log_upstream_failure(provider, "lookup", exc)
                 raise InvalidRequest(f"{exc.public} ({type(exc).__name__})") from None
         else:
             raise InvalidRequest("give user= for a provider that can look users up, or groups=a,b")

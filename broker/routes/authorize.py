@@ -38,6 +38,7 @@ from broker.routes.forms import read_page_form
 from broker.security.password_login import password_login
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
+from broker.upstream_log import log_upstream_failure
 from broker.web.pages import same_secret
 from providers.base import (
     Identity,
@@ -207,6 +208,7 @@ def router(base: str) -> APIRouter:
                 url, flow_data = await provider.login_url(callback, upstream_state)
             except ProviderError as exc:
                 _log.warning("upstream_login_url_failed", provider=provider.id, error=str(exc))
+                log_upstream_failure(provider.id, "login_url", exc)
                 return pages.error(request, "Sign-in unavailable", exc.public, status=503)
             flow["upstream"] = {
                 "state_hash": digest(upstream_state),
@@ -372,6 +374,7 @@ def router(base: str) -> APIRouter:
             LOGINS.labels(provider.id, type(exc).__name__).inc()
             audit("login_failed", provider=provider.id, client_id=client.client_id, outcome=type(exc).__name__)
             _log.warning("upstream_callback_failed", provider=provider.id, error=str(exc))
+            log_upstream_failure(provider.id, "callback", exc)
             return pages.error(
                 request, "Sign-in failed", exc.public, status=502 if isinstance(exc, UpstreamUnavailable) else 400
             )
@@ -399,6 +402,7 @@ async def _account_callback(
             )
     except ProviderError as exc:
         LOGINS.labels(provider.id, type(exc).__name__).inc()
+        log_upstream_failure(provider.id, "callback", exc)
         return state.pages.error(request, "Sign-in failed", exc.public, status=400)
     LOGINS.labels(provider.id, "success").inc()
     return await start_session(state, identity)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from broker.metrics import LOGINS, UPSTREAM_LATENCY
 from broker.security.throttle import LoginThrottle
+from broker.upstream_log import log_upstream_failure
 from providers.base import Identity, InvalidCredentials, PasswordProvider, ProviderError, UpstreamUnavailable
 
 
@@ -45,6 +46,7 @@ async def password_login(
             identity = await provider.login(username, password)
     except ProviderError as exc:
         LOGINS.labels(provider.id, type(exc).__name__).inc()
+        log_upstream_failure(provider.id, "login", exc)
         await throttle.settle(
             provider.id, username, client_ip, "failed" if isinstance(exc, InvalidCredentials) else "void"
         )
