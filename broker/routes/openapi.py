@@ -86,7 +86,7 @@ _ERRORS: dict[int, dict[str, Any]] = {
         },
     },
     403: {"description": "Not allowed (`access_denied`)"},
-    404: {"description": "No such path (a path parameter that decodes to a `/`)"},
+    404: {"description": "No route: a path parameter holding an encoded `/` makes another path"},
     405: {
         "description": "Method not allowed on this path",
         "headers": {"Allow": {"description": "The methods this path accepts", "required": True, "schema": _TEXT}},
@@ -206,7 +206,7 @@ AUTHORIZE = {
 
 TOKEN_ENDPOINT_ERRORS = errors(400, 401, 405, 503)
 REGISTER_ERRORS = errors(400, 403, 405, 429, 503)
-ADMIN_ERRORS = errors(400, 401, 403, 404, 405, 503)
+ADMIN_ERRORS = errors(400, 401, 403, 405, 503)
 DISCOVERY_ERRORS = errors(405)
 # Every admin operation: `@api.get(path, summary=..., **openapi.ADMIN_ROUTE)`.
 ADMIN_ROUTE: dict[str, Any] = {"responses": ADMIN_ERRORS, "openapi_extra": {"security": [{"adminBearer": []}]}}
@@ -239,8 +239,10 @@ def _tidy(schema: dict[str, Any]) -> None:
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {})["OAuthError"] = OAuthErrorBody.model_json_schema()
     components["securitySchemes"] = SECURITY_SCHEMES
-    for operations in schema.get("paths", {}).values():
+    for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
+            if "{" in path:  # `%2F` in a parameter is decoded before routing: no route then matches
+                operation["responses"].setdefault("404", errors(404)[404])
             # Validation errors are answered 400 invalid_request (errors.install), never 422.
             operation.get("responses", {}).pop("422", None)
             # OpenAPI ignores an Authorization header parameter: the security scheme says it.

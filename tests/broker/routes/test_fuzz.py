@@ -76,23 +76,28 @@ def test_the_served_document_is_the_one_fuzzed(fuzzed_broker: Fuzzed) -> None:
     assert httpx.get(f"{fuzzed_broker.base}/openapi.json").json() == DOCUMENT
 
 
+def _half(drawn: object) -> bool:
+    """A deterministic half of the drawn cases: those whose drawn value has an even length."""
+    return len(str(drawn)) % 2 == 0
+
+
 def _reach_further(case: schemathesis.Case, broker: Fuzzed) -> dict[str, str]:
-    """Headers (and query edits) that take drawn cases past the first check that would refuse
-    nearly all of them: the admin token; the static client's credentials at the token
-    endpoints when no Authorization header was drawn; a registered client_id and the configured
-    resource at /authorize for half the cases (those whose drawn client_id has an even length)."""
+    """Headers and parameters that take drawn cases past the first check that would refuse
+    nearly all of them: the admin token (and, for half the cases, the configured provider);
+    the static client's credentials at the token endpoints when no Authorization header was
+    drawn; a registered client_id and the configured resource at /authorize for half the cases.
+    (Negative-mode cases that leave out Authorization on purpose still go out without it.)"""
     if "/admin/" in case.path:
         case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+        for where in (case.query, case.path_parameters):
+            if isinstance(where, dict) and "provider" in where and _half(where["provider"]):
+                where["provider"] = "demo-ldap"
         return {"authorization": f"Bearer {ADMIN_TOKEN}"}
     drawn = {k.lower() for k in case.headers or {}}
     if case.path in ("/token", "/revoke", "/introspect") and "authorization" not in drawn:
         basic = base64.b64encode(f"notes-server:{INTROSPECTOR_SECRET}".encode()).decode()
         return {"authorization": f"Basic {basic}"}
-    if (
-        case.path == "/authorize"
-        and isinstance(case.query, dict)
-        and len(str(case.query.get("client_id", ""))) % 2 == 0
-    ):
+    if case.path == "/authorize" and isinstance(case.query, dict) and _half(case.query.get("client_id", "")):
         case.query.update(client_id=broker.client_id, resource=RESOURCE)
     return {}
 

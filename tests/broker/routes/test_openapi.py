@@ -110,6 +110,14 @@ def test_a_request_fastapi_finds_invalid_is_the_declared_400(broker_factory: Bro
     assert missing.json()["error"] == "invalid_request"
 
 
+def test_an_encoded_slash_in_a_path_parameter_is_the_declared_404(broker: Broker, document: dict[str, Any]) -> None:
+    assert "404" in document["paths"]["/admin/grants/{grant_id}"]["delete"]["responses"]
+    assert "404" not in document["paths"]["/admin/policy"]["get"]["responses"]
+    response = httpx.delete(f"{broker.base}/admin/grants/a%2Fb", headers={"authorization": "Bearer x"})
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
 def test_every_operation_declares_405_with_allow(document: dict[str, Any]) -> None:
     for path, method, operation in operations(document):
         declared = operation["responses"].get("405")
