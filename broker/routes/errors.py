@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from http import HTTPMethod
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from broker.oauth.errors import (
     InvalidClient,
@@ -31,6 +34,18 @@ def oauth_error_response(exc: OAuthError, *, basic_challenge: bool = False) -> J
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes (RFC 9110 §15.5.6). Starlette's 405 names only those of the
+    first route whose path matched, and one path may be several routes (GET and DELETE)."""
+    scope = request.scope
+    allowed = []
+    for method in sorted(HTTPMethod):
+        probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""), "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method.value)
+    return ", ".join(allowed)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(OAuthError)
     async def _oauth(request: Request, exc: OAuthError) -> JSONResponse:
@@ -47,8 +62,10 @@ def install(app: FastAPI) -> None:
             "error": "not_found" if exc.status_code == 404 else "invalid_request",
             "error_description": str(exc.detail),
         }
-        # Starlette's own headers stay: a 405 names the methods the path accepts in Allow.
-        return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
+        headers = {**NO_STORE, **{k.lower(): v for k, v in (exc.headers or {}).items()}}
+        if exc.status_code == 405:
+            headers["allow"] = _allowed_methods(request)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RedisError)
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:

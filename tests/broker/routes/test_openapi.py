@@ -125,7 +125,15 @@ def test_every_operation_declares_405_with_allow(document: dict[str, Any]) -> No
         assert declared["headers"]["Allow"]["required"] is True
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [("GET", "/token", "POST"), ("POST", "/jwks.json", "GET")])
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/token", "POST"),
+        ("POST", "/jwks.json", "GET"),
+        # Two routes on one path: Starlette alone would name only the first one's methods.
+        ("PUT", "/admin/users/u/consents", "DELETE, GET"),
+    ],
+)
 def test_a_405_names_the_allowed_methods(broker: Broker, method: str, path: str, allow: str) -> None:
     response = httpx.request(method, f"{broker.base}{path}")
     assert response.status_code == 405
