@@ -72,7 +72,10 @@ class _Budget:
     def left(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise UpstreamUnavailable(f"no answer from the directory within request_deadline ({self.seconds:g} s)")
+            raise UpstreamUnavailable(
+                f"no answer from the directory within request_deadline ({self.seconds:g} s)"
+                + "".join(f"; {why}" for why in self.why)
+            )
         return left
 
 
@@ -387,7 +390,10 @@ class LdapProvider:
                     f"all {self.config.pool_size} directory connections stayed busy for request_deadline "
                     f"({seconds:g} s)"
                 ) from None
-            raise UpstreamUnavailable(f"no answer from the directory within request_deadline ({seconds:g} s)") from None
+            raise UpstreamUnavailable(
+                f"no answer from {', '.join(self.config.urls)} within request_deadline ({seconds:g} s)"
+                + "".join(f"; {why}" for why in list(budget.why))
+            ) from None
 
     # -- work done in threads --------------------------------------------------------------
     @staticmethod
