@@ -8,6 +8,7 @@
 
 A ``nextLink`` must stay on the Graph origin: the bearer token is never sent anywhere else.
 Errors become provider errors whose text names the call and Graph's error code, never a token.
+Each request (each page) has one overall deadline, ``timeout``, connection and answer included.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from providers.base import UpstreamUnavailable
+from providers.net import deadline, describe
 
 GROUP_TYPE = "#microsoft.graph.group"
 PAGE_SIZE = 999
@@ -40,17 +42,20 @@ def _graph_error(response: httpx.Response) -> str:
 class Graph:
     """Microsoft Graph at ``base_url`` (``https://graph.microsoft.com`` or a national cloud)."""
 
-    def __init__(self, base_url: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, base_url: str, http: httpx.AsyncClient, *, timeout: float = 10.0) -> None:
         self.base = base_url.rstrip("/")
+        self.timeout = timeout
         self._http = http
 
     async def _get(self, url: str, token: str, what: str, params: dict[str, str] | None = None) -> httpx.Response:
+        """One Graph request, answered in full within ``timeout`` seconds overall."""
         try:
-            return await self._http.get(
-                url, params=params, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            )
+            async with deadline(self.timeout, f"Graph {what}"):
+                return await self._http.get(
+                    url, params=params, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
+                )
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"Graph {what}: unreachable: {type(exc).__name__}") from None
+            raise UpstreamUnavailable(f"Graph {what}: unreachable: {describe(exc)}") from None
 
     @staticmethod
     def _fail(response: httpx.Response, what: str) -> UpstreamUnavailable:

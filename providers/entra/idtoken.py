@@ -9,7 +9,8 @@ flow's nonce, so that is what the token carries).
 
 Signing keys are cached for a day. A token signed with a key id not in the cache triggers a
 refetch, at most once per ``refetch_interval`` so forged key ids cannot make the broker hammer
-Entra; concurrent misses share one fetch.
+Entra; concurrent misses share one fetch. That fetch, and the wait for it, is bounded by
+``timeout`` (the provider's).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from jose import jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
 from providers.base import UpstreamRejected, UpstreamUnavailable
+from providers.net import deadline, describe
 
 ALGORITHM = "RS256"
 LEEWAY = 120
@@ -49,8 +51,10 @@ class JwksCache:
         max_age: float = 86400,
         refetch_interval: float = 30,
         clock: Callable[[], float] = time.monotonic,
+        timeout: float = 10.0,
     ) -> None:
         self.url = url
+        self.timeout = timeout
         self.max_age = max_age
         self.refetch_interval = refetch_interval
         self._http = http
@@ -63,16 +67,17 @@ class JwksCache:
         """The JWK with ``kid``, fetching the key set when stale or when ``kid`` is new."""
         if kid in self._keys and not self._stale():
             return self._keys[kid]
-        async with self._lock:  # one fetch for concurrent misses
-            if kid in self._keys and not self._stale():
-                return self._keys[kid]
-            if self._stale() or self._may_refetch():
-                try:
+        try:
+            # One deadline covers the wait for a fetch already under way and this one.
+            async with deadline(self.timeout, f"JWKS {self.url}"), self._lock:  # one fetch for concurrent misses
+                if kid in self._keys and not self._stale():
+                    return self._keys[kid]
+                if self._stale() or self._may_refetch():
                     await self._fetch()
-                except UpstreamUnavailable:
-                    if kid not in self._keys:  # a known key stays usable while Entra is down
-                        raise
-            return self._keys.get(kid)
+        except UpstreamUnavailable:
+            if kid not in self._keys:  # a known key stays usable while Entra is down
+                raise
+        return self._keys.get(kid)
 
     def _stale(self) -> bool:
         return self._fetched_at is None or self._clock() - self._fetched_at > self.max_age
@@ -85,7 +90,7 @@ class JwksCache:
         try:
             response = await self._http.get(self.url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"JWKS {self.url} unreachable: {type(exc).__name__}") from None
+            raise UpstreamUnavailable(f"JWKS {self.url} unreachable: {describe(exc)}") from None
         if response.status_code != 200:
             raise UpstreamUnavailable(f"JWKS {self.url} answered HTTP {response.status_code}")
         try:

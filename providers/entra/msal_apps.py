@@ -1,7 +1,10 @@
 """MSAL wiring: confidential client applications, their HTTP session, and MSAL's outcomes
 mapped onto the provider errors.
 
-Everything here is synchronous (MSAL is) and is called from worker threads.
+MSAL is synchronous; its calls run in a small pool of worker threads of the provider's own,
+and every HTTP request MSAL makes is handed back to the event loop (``_LoopHttp``), where one
+deadline per operation (``timeout``) bounds it, connecting and every byte of the answer
+included. Waits for a thread or for a build under way are asyncio waits within that deadline.
 
 * One ``ConfidentialClientApplication`` per authority, built lazily on first use: building one
   runs OpenID discovery over the network, so a broker started while Entra is unreachable still
@@ -15,8 +18,8 @@ Everything here is synchronous (MSAL is) and is called from worker threads.
 * MSAL's token cache would keep every user's tokens in memory for the life of the process; the
   cache given to MSAL keeps app-only (client credentials) tokens only. User tokens are used
   once, during the callback, and dropped.
-* The HTTP session trusts the configured CA file (or certifi), never the environment:
-  ``trust_env`` is off so ``REQUESTS_CA_BUNDLE`` and proxy variables cannot change where the
+* The HTTP client trusts the configured CA file (or certifi), never the environment:
+  ``trust_env`` is off so ``SSL_CERT_FILE`` and proxy variables cannot change where the
   broker sends its client secret or whom it trusts.
 * Instance discovery is off: it asks ``login.microsoftonline.com`` whether the authority host
   is a Microsoft cloud, which is meaningless for a host the operator configured on purpose
@@ -25,19 +28,24 @@ Everything here is synchronous (MSAL is) and is called from worker threads.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import json
 import re
-import threading
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-import certifi
+import httpx
 import msal
-import requests
 
 from providers.base import ProviderError, UpstreamRejected, UpstreamUnavailable
 from providers.entra.config import EntraProviderConfig
+from providers.net import describe
 
 # The broker's callback is a GET bound to a SameSite=Lax cookie, which a cross-site form_post
 # would not carry; the code in the query is useless without the PKCE verifier and the client
@@ -51,19 +59,75 @@ class SignInExpired(UpstreamRejected):
     public = "This sign-in took too long or was already completed. Return to the application and start again."
 
 
-class _Session(requests.Session):
-    """A requests session with a default time-out, a fixed CA bundle and no environment."""
+WORKERS = 8  # MSAL operations of one provider at a time; more wait (on the event loop) for a slot
+_GRACE = 2.0  # how long past its deadline a worker may take to hand back MSAL's own error
+_T = TypeVar("_T")
+# The event loop and deadline (in loop time) of the MSAL operation a worker thread is running.
+_DEADLINE: contextvars.ContextVar[tuple[asyncio.AbstractEventLoop, float]] = contextvars.ContextVar("msal_deadline")
 
-    def __init__(self, *, verify: str, timeout: float, proxy: str | None) -> None:
-        super().__init__()
-        self.trust_env = False
-        self.verify = verify
-        self.proxies = {"http": proxy, "https": proxy} if proxy else {}
-        self._timeout = timeout
 
-    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout)
-        return super().request(*args, **kwargs)
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _fields(values: Any) -> dict[str, Any] | None:
+    """Form fields, query parameters or headers as requests would send them, which is what MSAL
+    expects: None values left out, bytes (a client assertion) as text."""
+    if values is None:
+        return None
+    fields: dict[str, Any] = {}
+    for key, value in dict(values).items():
+        items = value if isinstance(value, list | tuple) else [value]
+        kept = [v.decode() if isinstance(v, bytes) else str(v) for v in items if v is not None]
+        if kept:
+            fields[key] = kept if isinstance(value, list | tuple) else kept[0]
+    return fields
+
+
+class _LoopHttp:
+    """MSAL's ``http_client``: each request MSAL makes from its worker thread is sent by the
+    provider's httpx client on the event loop, bounded by the operation's deadline. So an
+    endpoint that accepts the connection and never answers, or dribbles its answer, cannot hold
+    the thread past the deadline (a requests time-out is per read, and a drip never trips it).
+    The httpx client trusts the configured CA file (or certifi) and ignores the environment."""
+
+    def __init__(self, http: httpx.AsyncClient, seconds: float) -> None:
+        self._http = http
+        self.seconds = seconds
+
+    def get(self, url: str, params: Any = None, headers: Any = None, **_: Any) -> httpx.Response:
+        return self._request("GET", url, params=params, headers=headers)
+
+    def post(self, url: str, params: Any = None, data: Any = None, headers: Any = None, **_: Any) -> httpx.Response:
+        return self._request("POST", url, params=params, headers=headers, data=data)
+
+    def close(self) -> None:
+        """The httpx client belongs to the provider, which closes it."""
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        running = _DEADLINE.get(None)
+        if running is None:
+            raise UpstreamUnavailable(f"{method} {_where(url)}: MSAL called outside a deadline")
+        loop, until = running
+        future = asyncio.run_coroutine_threadsafe(self._send(method, url, until, **kwargs), loop)
+        try:
+            return future.result(timeout=self.seconds + _GRACE)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise UpstreamUnavailable(f"{method} {_where(url)} timed out after {self.seconds:g} s") from None
+
+    async def _send(
+        self, method: str, url: str, until: float, *, params: Any, headers: Any, data: Any = None
+    ) -> httpx.Response:
+        body: dict[str, Any] = {"content": data} if isinstance(data, str | bytes) else {"data": _fields(data)}
+        try:
+            async with asyncio.timeout_at(until):
+                return await self._http.request(method, url, params=_fields(params), headers=_fields(headers), **body)
+        except TimeoutError:
+            raise UpstreamUnavailable(f"{method} {_where(url)} timed out after {self.seconds:g} s") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"{method} {_where(url)} unreachable: {describe(exc)}") from None
 
 
 class _SuccessOnlyHttpCache(dict[str, Any]):
@@ -109,10 +173,10 @@ def _credential(config: EntraProviderConfig) -> str | dict[str, str]:
 
 def _transport_error(what: str, exc: Exception) -> ProviderError:
     """An exception raised inside MSAL, as a provider error with a log-worthy message."""
+    if isinstance(exc, UpstreamUnavailable) and not str(exc).startswith(what):
+        return UpstreamUnavailable(f"{what}: {exc}")  # a transport failure of ``_LoopHttp``
     if isinstance(exc, ProviderError):
         return exc
-    if isinstance(exc, requests.RequestException):
-        return UpstreamUnavailable(f"{what}: Entra unreachable: {type(exc).__name__}: {_first_line(exc, 200)}")
     if isinstance(exc, msal.exceptions.MsalServiceError):  # 5xx from the token endpoint
         return UpstreamUnavailable(f"{what}: Entra answered {_first_line(exc, 100)}")
     if isinstance(exc, json.JSONDecodeError):
@@ -139,79 +203,121 @@ def token_error(what: str, result: dict[str, Any], *, user_flow: bool) -> Provid
 
 class MsalApps:
     """The provider's confidential client applications, one per authority (tenant or
-    ``organizations``), built on first use and kept for the life of the provider."""
+    ``organizations``), built on first use and kept for the life of the provider.
 
-    def __init__(self, config: EntraProviderConfig) -> None:
+    Every operation (``start``, ``redeem``, ``app_token``) has one deadline, ``timeout``
+    seconds, covering the wait for a worker thread, building the application (discovery) and
+    MSAL's HTTP calls; when it passes the operation raises UpstreamUnavailable.
+    """
+
+    def __init__(self, config: EntraProviderConfig, http: httpx.AsyncClient) -> None:
         self.config = config
         self.authority_host = str(config.authority_host).rstrip("/")
-        self.session = _Session(
-            verify=config.ca_file or certifi.where(),
-            timeout=config.timeout,
-            proxy=str(config.proxy) if config.proxy else None,
-        )
+        self.http_client = _LoopHttp(http, config.timeout)
         self._apps: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._building = asyncio.Lock()
+        self._slots = asyncio.Semaphore(WORKERS)
+        self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"msal-{config.id}")
 
-    def app(self, tenant: str) -> Any:
-        """The application for ``tenant``; raises UpstreamUnavailable when it cannot be built."""
-        with self._lock:
-            app = self._apps.get(tenant)
-            if app is not None:
-                return app
-            try:
-                app = msal.ConfidentialClientApplication(
-                    self.config.client_id,
-                    client_credential=_credential(self.config),
-                    authority=f"{self.authority_host}/{tenant}",
-                    http_client=self.session,
-                    http_cache=_SuccessOnlyHttpCache(),
-                    token_cache=_AppTokensOnly(),
-                    instance_discovery=False,
-                    exclude_scopes=["offline_access"],  # no upstream refresh token: refresh uses app-only Graph
-                )
-            except Exception as exc:  # discovery failed, unreadable certificate, ...
-                raise _transport_error(f"discovery of {self.authority_host}/{tenant}", exc) from None
-            self._apps[tenant] = app
-            return app
+    async def app(self, tenant: str) -> Any:
+        """The application for ``tenant`` (built now if need be, within ``timeout``)."""
+        return await self._call(f"discovery of {self.authority_host}/{tenant}", tenant, lambda app: app)
 
-    def start(self, tenant: str, scopes: list[str], redirect_uri: str, state: str) -> dict[str, Any]:
+    async def start(self, tenant: str, scopes: list[str], redirect_uri: str, state: str) -> dict[str, Any]:
         """Begin an authorization code flow with PKCE and nonce; the flow dict is JSON-serialisable."""
-        app = self.app(tenant)
-        try:
-            flow: dict[str, Any] = app.initiate_auth_code_flow(scopes, redirect_uri=redirect_uri, state=state)
-        except Exception as exc:
-            raise _transport_error("starting the sign-in", exc) from None
-        return flow
 
-    def redeem(self, tenant: str, flow: dict[str, Any], response: dict[str, str]) -> dict[str, Any]:
+        def start(app: Any) -> dict[str, Any]:
+            try:
+                flow: dict[str, Any] = app.initiate_auth_code_flow(scopes, redirect_uri=redirect_uri, state=state)
+            except Exception as exc:
+                raise _transport_error("starting the sign-in", exc) from None
+            return flow
+
+        return await self._call("starting the sign-in", tenant, start)
+
+    async def redeem(self, tenant: str, flow: dict[str, Any], response: dict[str, str]) -> dict[str, Any]:
         """Redeem the authorization code (MSAL checks state and the nonce; not the signature)."""
-        app = self.app(tenant)
-        try:
-            result: dict[str, Any] = app.acquire_token_by_auth_code_flow(dict(flow), dict(response))
-        except RuntimeError:  # MSAL's nonce check; its message would repeat both values
-            raise UpstreamRejected("ID token nonce does not match the sign-in request") from None
-        except json.JSONDecodeError:
-            raise UpstreamUnavailable("redeeming the code: Entra answered something that is not JSON") from None
-        except ValueError as exc:  # state missing or different, scope mismatch
-            reason = _first_line(exc, 200).split(":")[0]  # "state mismatch: a vs b" -> "state mismatch"
-            raise UpstreamRejected(f"MSAL refused the callback: {reason}") from None
-        except Exception as exc:
-            raise _transport_error("redeeming the code", exc) from None
-        if "error" in result:
-            raise token_error("redeeming the code", result, user_flow=True)
-        return result
 
-    def app_token(self, tenant: str, scopes: list[str]) -> str:
+        def redeem(app: Any) -> dict[str, Any]:
+            try:
+                result: dict[str, Any] = app.acquire_token_by_auth_code_flow(dict(flow), dict(response))
+            except RuntimeError:  # MSAL's nonce check; its message would repeat both values
+                raise UpstreamRejected("ID token nonce does not match the sign-in request") from None
+            except json.JSONDecodeError:
+                raise UpstreamUnavailable("redeeming the code: Entra answered something that is not JSON") from None
+            except ValueError as exc:  # state missing or different, scope mismatch
+                reason = _first_line(exc, 200).split(":")[0]  # "state mismatch: a vs b" -> "state mismatch"
+                raise UpstreamRejected(f"MSAL refused the callback: {reason}") from None
+            except Exception as exc:
+                raise _transport_error("redeeming the code", exc) from None
+            if "error" in result:
+                raise token_error("redeeming the code", result, user_flow=True)
+            return result
+
+        return await self._call("redeeming the code", tenant, redeem)
+
+    async def app_token(self, tenant: str, scopes: list[str]) -> str:
         """An app-only access token (client credentials), from MSAL's cache while it is valid."""
-        app = self.app(tenant)
-        try:
-            result: dict[str, Any] = app.acquire_token_for_client(scopes)
-        except Exception as exc:
-            raise _transport_error(f"app-only token for tenant {tenant}", exc) from None
-        if "error" in result or not isinstance(result.get("access_token"), str):
-            raise token_error(f"app-only token for tenant {tenant}", result, user_flow=False)
-        token: str = result["access_token"]
-        return token
+        what = f"app-only token for tenant {tenant}"
+
+        def app_token(app: Any) -> str:
+            try:
+                result: dict[str, Any] = app.acquire_token_for_client(scopes)
+            except Exception as exc:
+                raise _transport_error(what, exc) from None
+            if "error" in result or not isinstance(result.get("access_token"), str):
+                raise token_error(what, result, user_flow=False)
+            token: str = result["access_token"]
+            return token
+
+        return await self._call(what, tenant, app_token)
 
     def close(self) -> None:
-        self.session.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- running MSAL ------------------------------------------------------------------------
+    async def _call(self, what: str, tenant: str, operation: Callable[[Any], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.config.timeout
+        try:
+            app = self._apps.get(tenant)
+            if app is None:
+                async with asyncio.timeout_at(until):  # waits for a build under way count too
+                    await self._building.acquire()
+                try:
+                    app = self._apps.get(tenant) or await self._in_thread(self._build, until, tenant)
+                    self._apps[tenant] = app
+                finally:
+                    self._building.release()
+            return await self._in_thread(operation, until, app)
+        except TimeoutError:
+            raise UpstreamUnavailable(f"{what}: timed out after {self.config.timeout:g} s") from None
+
+    async def _in_thread(self, function: Callable[..., _T], until: float, *args: Any) -> _T:
+        """``function(*args)`` in one of this provider's worker threads; its HTTP calls run on
+        this event loop, bounded by ``until``. The wait for a free thread is an asyncio wait,
+        so a queue of sign-ins holds no thread, and MSAL never holds the default executor's."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(until):
+            await self._slots.acquire()
+        context = contextvars.copy_context()
+        context.run(_DEADLINE.set, (loop, until))
+        future = loop.run_in_executor(self._executor, context.run, function, *args)
+        future.add_done_callback(lambda _: self._slots.release())  # when the thread is really done
+        async with asyncio.timeout_at(until + _GRACE):  # MSAL's own HTTP calls end by ``until``
+            return await asyncio.shield(future)
+
+    def _build(self, tenant: str) -> Any:
+        try:
+            return msal.ConfidentialClientApplication(
+                self.config.client_id,
+                client_credential=_credential(self.config),
+                authority=f"{self.authority_host}/{tenant}",
+                http_client=self.http_client,
+                http_cache=_SuccessOnlyHttpCache(),
+                token_cache=_AppTokensOnly(),
+                instance_discovery=False,
+                exclude_scopes=["offline_access"],  # no upstream refresh token: refresh uses app-only Graph
+            )
+        except Exception as exc:  # discovery failed, unreadable certificate, ...
+            raise _transport_error(f"discovery of {self.authority_host}/{tenant}", exc) from None

@@ -3,9 +3,10 @@ groups from the token or Microsoft Graph, and a refresh-time re-check with app-o
 
 What the identity holds:
 
-* ``subject`` is ``{tid}:{oid}``: Microsoft's recommended key for a user (the object id is
-  stable and never reassigned; the tenant id keeps users of different allowed tenants apart
-  and keeps subjects unchanged if ``allowed_tenants`` is added later).
+* ``subject`` is ``{provider id}:{tid}:{oid}`` (``qualified_subject``): ``{tid}:{oid}`` is
+  Microsoft's recommended key for a user (the object id is stable and never reassigned; the
+  tenant id keeps users of different allowed tenants apart and keeps subjects unchanged if
+  ``allowed_tenants`` is added later), and the provider id keeps two providers apart.
 * ``username`` is ``preferred_username`` (the UPN, usually), ``email`` the optional ``email``
   claim, ``display_name`` ``name``.
 * ``groups`` are group object ids (GUIDs): the ``groups`` claim, or Microsoft Graph
@@ -17,6 +18,11 @@ What the identity holds:
 * ``private`` keeps ``tid``, ``oid`` and the roles for the refresh-time re-check; no upstream
   token is kept anywhere (MSAL's cache keeps app-only tokens only).
 
+Every upstream call (MSAL's discovery and token requests, the JWKS, each Graph page) has one
+overall deadline, ``timeout``: Entra or Graph accepting the connection and then answering
+nothing, or a byte at a time, is UpstreamUnavailable ("... timed out after 10 s") at the
+deadline, and the user sees the "try again later" page.
+
 At refresh (``refresh_check: graph``, the default) the user is looked up with an app-only token
 (client credentials in the user's tenant; application permissions ``User.Read.All`` and
 ``GroupMember.Read.All``): a deleted user raises InvalidCredentials, a disabled one
@@ -27,7 +33,6 @@ sign-in time are kept until the next sign-in, bounded by the refresh token's abs
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ssl
 from collections.abc import Mapping
@@ -38,7 +43,7 @@ from urllib.parse import urlsplit
 import certifi
 import httpx
 
-from providers.base import AccountDisabled, Identity, InvalidCredentials, UpstreamRejected
+from providers.base import AccountDisabled, Identity, InvalidCredentials, UpstreamRejected, qualified_subject
 from providers.entra.config import EntraProviderConfig
 from providers.entra.graph import Graph
 from providers.entra.idtoken import IdTokenVerifier, JwksCache
@@ -64,13 +69,8 @@ class EntraProvider:
         self.config = config
         self.id = config.id
         self.display_name = config.display_name
-        self._msal = MsalApps(config)
-        host = self._msal.authority_host
-        self.origins: tuple[str, ...] = (_origin(host),)
-        # Multi-tenant sign-in goes through /organizations; the tenant check is on the ID token.
-        self._signin_authority = "organizations" if config.allowed_tenants else config.tenant_id
-        self._graph_base = str(config.graph_url).rstrip("/")
-        self._scopes = ["email", *(self._graph_scope(s) for s in config.graph_scopes)]
+        # One HTTP client for MSAL (see ``MsalApps``), Graph and the JWKS; each call has its own
+        # overall deadline, ``timeout``, on top of httpx's per-read one.
         self._http = httpx.AsyncClient(
             verify=ssl.create_default_context(cafile=config.ca_file or certifi.where()),
             trust_env=False,
@@ -78,12 +78,19 @@ class EntraProvider:
             proxy=str(config.proxy) if config.proxy else None,
             follow_redirects=False,
         )
-        self._graph = Graph(self._graph_base, self._http)
+        self._msal = MsalApps(config, self._http)
+        host = self._msal.authority_host
+        self.origins: tuple[str, ...] = (_origin(host),)
+        # Multi-tenant sign-in goes through /organizations; the tenant check is on the ID token.
+        self._signin_authority = "organizations" if config.allowed_tenants else config.tenant_id
+        self._graph_base = str(config.graph_url).rstrip("/")
+        self._scopes = ["email", *(self._graph_scope(s) for s in config.graph_scopes)]
+        self._graph = Graph(self._graph_base, self._http, timeout=config.timeout)
         self._verifier = IdTokenVerifier(
             client_id=config.client_id,
             authority_host=host,
             tenants=config.tenants,
-            jwks=JwksCache(f"{host}/{self._signin_authority}/discovery/v2.0/keys", self._http),
+            jwks=JwksCache(f"{host}/{self._signin_authority}/discovery/v2.0/keys", self._http, timeout=config.timeout),
             v1_issuer_host=str(config.v1_issuer_host) if config.accept_v1_issuer else None,
         )
 
@@ -92,7 +99,7 @@ class EntraProvider:
 
     # -- RedirectProvider ------------------------------------------------------------------
     async def login_url(self, callback_url: str, state: str) -> tuple[str, Mapping[str, Any]]:
-        flow = await asyncio.to_thread(self._msal.start, self._signin_authority, self._scopes, callback_url, state)
+        flow = await self._msal.start(self._signin_authority, self._scopes, callback_url, state)
         if flow.get("state") != state or not isinstance(flow.get("auth_uri"), str):
             raise UpstreamRejected("MSAL did not use the broker's state for the sign-in request")
         return flow["auth_uri"], flow
@@ -109,7 +116,7 @@ class EntraProvider:
         if not params.get("code"):
             raise UpstreamRejected("callback carries neither a code nor an error")
         response = {k: str(params[k]) for k in _CALLBACK_KEYS if k in params}
-        result = await asyncio.to_thread(self._msal.redeem, self._signin_authority, dict(flow), response)
+        result = await self._msal.redeem(self._signin_authority, dict(flow), response)
         id_token = result.get("id_token")
         if not isinstance(id_token, str):
             raise UpstreamRejected("token response has no ID token")
@@ -123,8 +130,8 @@ class EntraProvider:
         if self.config.refresh_check == "none":
             return identity
         tid, oid = identity.private.get("tid"), identity.private.get("oid")
-        if not isinstance(tid, str) or not isinstance(oid, str):
-            tid, _, oid = identity.subject.partition(":")
+        if not isinstance(tid, str) or not isinstance(oid, str):  # no private data kept: read the subject
+            tid, _, oid = identity.subject.removeprefix(f"{self.id}:").partition(":")
         if tid.lower() not in self.config.tenants:
             raise InvalidCredentials(f"tenant {tid} of {identity.username!r} is no longer allowed")
         token = await self._app_token(tid)
@@ -142,12 +149,12 @@ class EntraProvider:
         )
 
     async def aclose(self) -> None:
+        self._msal.close()
         await self._http.aclose()
-        await asyncio.to_thread(self._msal.close)
 
     # -- helpers ---------------------------------------------------------------------------
     async def _app_token(self, tid: str) -> str:
-        return await asyncio.to_thread(self._msal.app_token, tid, [f"{self._graph_base}/.default"])
+        return await self._msal.app_token(tid, [f"{self._graph_base}/.default"])
 
     def _names(self, members: Mapping[str, str | None]) -> dict[str, str]:
         if not self.config.resolve_group_names:
@@ -179,7 +186,7 @@ class EntraProvider:
         upn, email = text("preferred_username", "upn", "unique_name"), text("email")
         return Identity(
             provider_id=self.id,
-            subject=f"{tid}:{oid}",
+            subject=qualified_subject(self.id, f"{tid}:{oid}"),
             username=upn or email or oid,
             # A UPN is unique (its domain is verified by one tenant); the email claim is not verified.
             username_is_unique=upn is not None or email is None,

@@ -36,13 +36,17 @@ Controls for tests: ``next_user``, ``deny_next`` (redirect back with ``error=acc
 ``fail_next_token`` (status and body of the next token answer), ``graph_status`` (every Graph
 call answers it), ``expire_codes()``, ``next_id_token`` (``"bad-signature"``, ``"unknown-kid"``,
 ``"nonce"``, ``"audience"``, ``"expired"``), ``issue_as_tenant`` (the next ID token names another
-tenant), ``id_token_version`` (``"1.0"`` for v1 claims and issuer), ``rotate_keys()``. ``calls``
+tenant), ``id_token_version`` (``"1.0"`` for v1 claims and issuer), ``rotate_keys()``, ``stall``
+(endpoint kind -> ``"hang"`` or ``"drip"``: ``{"token": "drip"}`` turns the token endpoint into a
+tarpit; kinds are ``discovery``, ``jwks``, ``token`` and ``graph``). ``calls``
 records ``"METHOD /path"`` of every request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -198,6 +202,44 @@ def _graph_error(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
+def _endpoint_kind(path: str) -> str:
+    if path.endswith("/.well-known/openid-configuration"):
+        return "discovery"
+    if path.endswith("/discovery/v2.0/keys"):
+        return "jwks"
+    if path.endswith("/oauth2/v2.0/token"):
+        return "token"
+    return "graph" if path.startswith("/v1.0/") else "other"
+
+
+async def _stall(mode: str, receive: Receive, send: Send, limit: float = 60) -> None:
+    """A tarpit: ``hang`` answers nothing; ``drip`` sends the headers, then one byte of body every
+    half second. Either way until the client goes away (or ``limit`` seconds)."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        if mode == "drip":
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for _ in range(int(limit * 2)):
+                if gone.is_set():
+                    break
+                await send({"type": "http.response.body", "body": b" ", "more_body": True})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), 0.5)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), limit)
+    finally:
+        watcher.cancel()
+
+
 def _page(title: str, message: str, status: int = 400) -> PlainTextResponse:
     return PlainTextResponse(f"{title}\n{message}", status_code=status)
 
@@ -234,6 +276,7 @@ class EntraEmulator:
         self.issue_as_tenant: str | None = None
         self.id_token_version = "2.0"
         self.page_size = 100
+        self.stall: dict[str, str] = {}
         # records
         self.calls: list[str] = []
         self._codes: dict[str, _Code] = {}
@@ -332,6 +375,10 @@ class EntraEmulator:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":
                 self.calls.append(f"{scope['method']} {scope['path']}")
+                mode = self.stall.get(_endpoint_kind(scope["path"]))
+                if mode is not None:
+                    await _stall(mode, receive, send)
+                    return
             await inner(scope, receive, send)
 
         return app

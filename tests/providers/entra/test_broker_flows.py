@@ -144,7 +144,7 @@ def test_sign_in_exchange_and_refresh_follow_group_changes(broker_factory: Broke
         client_id, body = tokens(broker, entra, "alice")
         assert body["scope"] == "notes:read notes:write"
         alice = entra.user("alice")
-        assert claims(body["access_token"])["sub"] == f"{TENANT}:{alice.oid}"
+        assert claims(body["access_token"])["sub"] == f"entra:{TENANT}:{alice.oid}"
 
         alice.groups.discard(WRITERS)  # an admin removes alice from mcp-writers
         narrowed = refresh(broker, client_id, body["refresh_token"])

@@ -60,7 +60,7 @@ async def test_sign_in_builds_the_identity_from_the_id_token(
 
     alice = entra.user("alice")
     assert identity.provider_id == "entra"
-    assert identity.subject == f"{TENANT}:{alice.oid}"
+    assert identity.subject == f"entra:{TENANT}:{alice.oid}"  # qualified_subject(provider id, tid:oid)
     assert identity.username == "alice@contoso.example"
     assert identity.username_is_unique  # a UPN: its domain is verified by one tenant
     assert identity.email == "alice@contoso.example"
@@ -71,7 +71,7 @@ async def test_sign_in_builds_the_identity_from_the_id_token(
     assert dict(identity.private) == {"tid": TENANT, "oid": alice.oid, "roles": ["Notes.Admin"]}
     assert graph_calls(entra) == []  # no overage: no Graph call
     assert "GET /common/discovery/instance" not in entra.calls  # instance discovery is off
-    assert provider._msal.app(TENANT).get_accounts() == []  # MSAL's token cache kept no user token
+    assert (await provider._msal.app(TENANT)).get_accounts() == []  # MSAL's token cache kept no user token
 
 
 async def test_login_url_is_msal_auth_code_flow_with_the_brokers_state(
@@ -192,10 +192,10 @@ async def test_allowed_tenants_sign_in_through_organizations(
     assert url.startswith(f"{entra.base}/organizations/oauth2/v2.0/authorize?")
 
     erin = await sign_in(provider, entra, "erin")
-    assert erin.subject == f"{OTHER_TENANT}:{entra.user('erin').oid}"
+    assert erin.subject == f"entra:{OTHER_TENANT}:{entra.user('erin').oid}"
     assert erin.groups == {WRITERS}
     alice = await sign_in(provider, entra, "alice")
-    assert alice.subject.startswith(TENANT + ":")
+    assert alice.subject.startswith(f"entra:{TENANT}:")
 
     refreshed = await provider.refresh(erin)  # app-only token from erin's own tenant
     assert refreshed.groups == {WRITERS}
