@@ -1,6 +1,7 @@
 """Schema-driven fuzzing (schemathesis): every answer of the running broker is one its own
-``/openapi.json`` describes (declared status, declared content type, a body matching the declared
-schema), and none is a server error.
+``/openapi.json`` describes (declared status, content type and headers, a body matching the
+declared schema; a method the path does not take is a 405 naming the ones it does), and none is a
+server error.
 
 The broker runs as in the other route tests: a real uvicorn server in-process, on the session's
 redis-server and slapd, with the admin API on (its bearer token is sent to the admin operations,
