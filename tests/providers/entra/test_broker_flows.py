@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ MAPPINGS = f"""
 """
 
 
-def provider_yaml(entra: EntraEmulator, extra: str = "") -> str:
+def provider_yaml(entra: EntraEmulator, extra: str = "", timeout: float = 5) -> str:
     return f"""
   - id: entra
     type: entra
@@ -56,15 +57,19 @@ def provider_yaml(entra: EntraEmulator, extra: str = "") -> str:
     authority_host: "{entra.base}"
     graph_url: "{entra.base}"
     ca_file: "{entra.ca_file}"
-    timeout: 5
+    timeout: {timeout}
 {extra}"""
 
 
 @contextmanager
 def entra_broker(
-    broker_factory: BrokerFactory, entra: EntraEmulator, extra: str = "", mappings: str = MAPPINGS
+    broker_factory: BrokerFactory,
+    entra: EntraEmulator,
+    extra: str = "",
+    mappings: str = MAPPINGS,
+    timeout: float = 5,
 ) -> Iterator[Broker]:
-    with broker_factory(providers=provider_yaml(entra, extra), mappings=mappings) as broker:
+    with broker_factory(providers=provider_yaml(entra, extra, timeout), mappings=mappings) as broker:
         entra.allow_redirect(f"{broker.base}/callback/entra")
         yield broker
 
@@ -312,3 +317,40 @@ def test_entra_unreachable_at_consent_is_a_clear_error_page(
         assert "temporarily unavailable" in page.text
         _, body = tokens(broker, entra, "bob")  # the next sign-in builds MSAL's app and works
         assert body["scope"] == "notes:read"
+
+
+# -- a tarpit upstream (issue 10 §1) -------------------------------------------------------------
+DEADLINE = 2
+MARGIN = 1.5  # a shared, slow test machine
+
+
+def test_a_tarpit_token_endpoint_gets_the_try_again_page_within_the_deadline(
+    broker_factory: BrokerFactory, entra: EntraEmulator
+) -> None:
+    with entra_broker(broker_factory, entra, timeout=DEADLINE) as broker, browser(broker, entra) as b:
+        client_id = register(broker)["client_id"]
+        back = b.at_entra(b.to_entra(client_id), "alice")
+        entra.stall["token"] = "drip"  # Entra accepts the code and answers a byte every half second
+        started = time.monotonic()
+        page = b.callback(back)  # the browser gives up after 10 s
+        elapsed = time.monotonic() - started
+    assert page.status_code == 502
+    assert "temporarily unavailable" in page.text
+    assert elapsed < DEADLINE + MARGIN
+
+
+def test_a_tarpit_graph_at_refresh_is_temporary_within_the_deadline(
+    broker_factory: BrokerFactory, entra: EntraEmulator
+) -> None:
+    with entra_broker(broker_factory, entra, timeout=DEADLINE) as broker:
+        client_id, body = tokens(broker, entra, "alice")
+        entra.stall["graph"] = "drip"
+        started = time.monotonic()
+        down = refresh(broker, client_id, body["refresh_token"])
+        elapsed = time.monotonic() - started
+        entra.stall.clear()
+        again = refresh(broker, client_id, body["refresh_token"])  # the same token still works
+    assert down.status_code == 503
+    assert down.json()["error"] == "temporarily_unavailable"
+    assert elapsed < DEADLINE + MARGIN
+    assert again.status_code == 200, again.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -328,6 +329,18 @@ async def test_refresh_reads_current_groups_with_app_only_graph(
 
     await provider.refresh(identity)
     assert token_posts(entra) == 2  # the code, then one app-only token, reused from MSAL's cache
+
+
+async def test_refresh_without_private_data_reads_tenant_and_object_from_the_subject(
+    entra: EntraEmulator, make_provider: ProviderFactory
+) -> None:
+    # Without a key encryption key the broker keeps no private data: the subject says who it is.
+    provider = make_provider()
+    identity = replace(await sign_in(provider, entra, "alice"), private={})
+    assert identity.subject == f"entra:{TENANT}:{entra.user('alice').oid}"
+    refreshed = await provider.refresh(identity)
+    assert READERS in refreshed.groups
+    assert graph_calls(entra)[0] == f"GET /v1.0/users/{entra.user('alice').oid}"
 
 
 async def test_refresh_of_a_deleted_or_disabled_user(entra: EntraEmulator, make_provider: ProviderFactory) -> None:
