@@ -19,7 +19,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Literal
+from typing import Any, Literal
 
 Mode = Literal["hang", "drip"]
 DRIP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"." * 100_000
@@ -92,3 +92,16 @@ class Tarpit:
             writer.close()
             with suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
+
+
+def oidc_discovery(base: str) -> dict[str, Any]:
+    """An OpenID discovery document for issuer ``base`` naming the tarpit's own endpoints."""
+    return {
+        "issuer": base,
+        "authorization_endpoint": f"{base}/auth",
+        "token_endpoint": f"{base}/token",
+        "jwks_uri": f"{base}/jwks",
+        "userinfo_endpoint": f"{base}/userinfo",
+        "response_types_supported": ["code"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    }

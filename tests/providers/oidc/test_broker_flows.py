@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from broker.devstack import free_port
+from providers.oidc.discovery import WELL_KNOWN
 from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import (
     REDIRECT,
@@ -28,6 +29,7 @@ from tests.broker.flows import (
     register,
 )
 from tests.providers.oidc.op import TestOP, query_of, sign_in
+from tests.providers.tarpit import Tarpit, oidc_discovery
 
 PROVIDER = "test-oidc"
 MAPPINGS = f"""
@@ -57,7 +59,12 @@ class OidcBroker:
 
 @contextmanager
 def oidc_broker(
-    broker_factory: BrokerFactory, op: TestOP, *, upstream_refresh: bool = False, issuer: str | None = None
+    broker_factory: BrokerFactory,
+    op: TestOP,
+    *,
+    upstream_refresh: bool = False,
+    issuer: str | None = None,
+    http_timeout: float = 5,
 ) -> Iterator[OidcBroker]:
     """A broker whose ``test-oidc`` provider is a fresh confidential client of the test OP."""
     issuer = issuer or op.issuer
@@ -75,7 +82,7 @@ def oidc_broker(
     client_secret: "{secret}"
     scopes: {scopes}
     groups_claim: groups
-    http_timeout: 5{extra}
+    http_timeout: {http_timeout}{extra}
 """
     with broker_factory(providers=providers, mappings=MAPPINGS) as broker:
         running = OidcBroker(broker, op, issuer)
@@ -284,3 +291,26 @@ def test_discovery_is_read_at_start_not_at_the_first_sign_in(broker_factory: Bro
         while op.hits("/.well-known/openid-configuration") == before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert op.hits("/.well-known/openid-configuration") > before
+
+
+def test_a_tarpit_token_endpoint_gets_the_try_again_page_within_the_deadline(
+    broker_factory: BrokerFactory, op: TestOP
+) -> None:
+    deadline, margin = 2, 1.5  # margin: a shared, slow test machine
+    pit = Tarpit("drip")  # the OP answers discovery, then dribbles a byte every half second
+    with pit.serve() as base:
+        pit.documents[WELL_KNOWN] = oidc_discovery(base)
+        with (
+            oidc_broker(broker_factory, op, issuer=base, http_timeout=deadline) as setup,
+            setup.broker.client() as browser,
+        ):
+            approved, _, _ = start(setup, browser)
+            assert approved.status_code == 303, approved.text
+            upstream = query_of(approved.headers["location"])
+            started = time.monotonic()
+            page = browser.get(setup.callback, params={"code": "c", "state": upstream["state"]})  # gives up at 10 s
+            elapsed = time.monotonic() - started
+    assert page.status_code == 502
+    assert "temporarily unavailable" in page.text
+    assert elapsed < deadline + margin
+    assert "POST /token" in pit.requests

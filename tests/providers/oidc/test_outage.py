@@ -20,25 +20,12 @@ from providers.oidc.config import OidcProviderConfig
 from providers.oidc.discovery import WELL_KNOWN
 from providers.oidc.provider import OidcProvider
 from tests.providers.oidc.conftest import CALLBACK
-from tests.providers.tarpit import Tarpit
+from tests.providers.tarpit import Tarpit, oidc_discovery
 from tests.tls import make_ca
 
 DEADLINE = 1.0
 MARGIN = 1.5  # a shared, slow test machine
 GUARD = DEADLINE + 20  # a regression fails the test instead of hanging it
-
-
-def discovery(base: str) -> dict[str, Any]:
-    """A discovery document naming the tarpit's own (stalled) endpoints."""
-    return {
-        "issuer": base,
-        "authorization_endpoint": f"{base}/auth",
-        "token_endpoint": f"{base}/token",
-        "jwks_uri": f"{base}/jwks",
-        "userinfo_endpoint": f"{base}/userinfo",
-        "response_types_supported": ["code"],
-        "id_token_signing_alg_values_supported": ["RS256"],
-    }
 
 
 def provider_for(issuer: str, **over: Any) -> OidcProvider:
@@ -57,7 +44,7 @@ def provider_for(issuer: str, **over: Any) -> OidcProvider:
 def pit(request: pytest.FixtureRequest) -> Iterator[Tarpit]:
     tarpit = Tarpit(request.param)
     with tarpit.serve() as base:
-        tarpit.documents[WELL_KNOWN] = discovery(base)
+        tarpit.documents[WELL_KNOWN] = oidc_discovery(base)
         yield tarpit
 
 
