@@ -57,7 +57,12 @@ class EntraProviderConfig(ProviderConfig):
     proxy: HttpUrl | None = Field(
         default=None, description="HTTP(S) proxy for Entra and Graph; environment proxy settings are ignored."
     )
-    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds per request to Entra or Graph.")
+    timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Seconds: one overall deadline for each call to Entra or Graph, connection and whole answer included.",
+    )
 
     @model_validator(mode="after")
     def _one_credential(self) -> EntraProviderConfig:

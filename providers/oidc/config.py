@@ -75,7 +75,12 @@ class OidcProviderConfig(ProviderConfig):
         default_factory=dict,
         description="Extra authorization request parameters, e.g. prompt: consent (OIDC Core §11 offline_access).",
     )
-    http_timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds per request to the OP.")
+    http_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Seconds: one overall deadline for each call to the OP, connection and whole answer included.",
+    )
     ca_file: str | None = Field(default=None, description="Extra CA bundle (PEM) trusted for the OP.")
 
     @field_validator("issuer")
