@@ -52,17 +52,39 @@ class Tarpit:
 
     async def _main(self, started: threading.Event) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        server = await asyncio.start_server(self._connection, "127.0.0.1", 0, ssl=self.tls)
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            handler = asyncio.ensure_future(self._connection(reader, writer))
+            handlers.add(handler)
+            await asyncio.wait([handler])  # never cancelled from outside: see _connection
+
+        server = await asyncio.start_server(connection, "127.0.0.1", 0, ssl=self.tls)
         port = server.sockets[0].getsockname()[1]
         self.base = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
         started.set()
         async with server:
             await self._stop.wait()
             server.close()
+            if handlers:
+                await asyncio.wait(handlers, timeout=5)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection until the client leaves or the tarpit stops."""
         assert self._stop is not None
         stop = asyncio.ensure_future(self._stop.wait())
+        serving = asyncio.ensure_future(self._serve(reader, writer))
+        try:
+            await asyncio.wait([serving, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (serving, stop):
+                task.cancel()
+            await asyncio.gather(serving, stop, return_exceptions=True)
+            writer.close()
+            with suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             method, path, *_ = [*head.split(b"\r\n")[0].decode("latin-1").split(" "), "", ""]
@@ -76,22 +98,15 @@ class Tarpit:
                     + body
                 )
                 await writer.drain()
-            elif self.mode == "hang":  # read on (the client's time-out is the only way out)
-                await asyncio.wait([asyncio.ensure_future(reader.read()), stop], return_when="FIRST_COMPLETED")
+            elif self.mode == "hang":  # read on until the client gives up
+                await reader.read()
             else:
                 for byte in DRIP:
-                    if stop.done() or reader.at_eof():
-                        break
                     writer.write(bytes([byte]))
                     await writer.drain()
-                    await asyncio.wait([stop], timeout=self.interval)
+                    await asyncio.sleep(self.interval)
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
             pass  # the client gave up: what a tarpit wants
-        finally:
-            stop.cancel()
-            writer.close()
-            with suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
 
 
 def oidc_discovery(base: str) -> dict[str, Any]:
