@@ -109,3 +109,12 @@ async def test_stalled_sign_ins_hold_no_default_executor_thread(
     assert time.monotonic() - begun < 0.5  # the default executor was free
     reasons = await sign_ins
     assert all(isinstance(r, str) and "timed out after 1 s" in r for r in reasons), reasons
+
+
+async def test_an_untrusted_certificate_says_certificate_verify_failed(
+    entra: EntraEmulator, make_provider: ProviderFactory
+) -> None:
+    provider = make_provider(ca_file=None)  # certifi's roots only: the emulator's CA is unknown
+    with pytest.raises(UpstreamUnavailable) as raised:
+        await asyncio.wait_for(provider.login_url(CALLBACK, "state"), GUARD)
+    assert "certificate verify failed" in str(raised.value)
