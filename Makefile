@@ -85,6 +85,7 @@ bench: install
 	$(BIN)/python bench/login_timing.py
 	$(BIN)/python bench/ldap_pool.py
 	$(BIN)/python bench/outage_ldap.py
+	$(BIN)/python bench/outage_upstream.py
 	$(BIN)/python bench/revocation_resync.py
 
 clean:
