@@ -356,9 +356,12 @@ def router(base: str) -> APIRouter:
                 request,
                 "Sign-in was not completed",
                 "The identity provider did not complete the sign-in. Return to the application and try again.",
+                # Not signed in: a way back only to an address someone vouches for (RFC 9700 §4.11.2).
                 return_url=_error_redirect(
                     state, auth.redirect_uri, _access_denied("the sign-in was not completed upstream"), auth.state
-                ),
+                )
+                if may_redirect_errors(client, auth.redirect_uri, state.config.registration.cimd_trusted_domains)
+                else None,
             )
         try:
             with UPSTREAM_LATENCY.labels(provider.id, "callback").time():
@@ -403,7 +406,9 @@ async def _account_callback(
     except ProviderError as exc:
         LOGINS.labels(provider.id, type(exc).__name__).inc()
         log_upstream_failure(provider.id, "callback", exc)
-        return state.pages.error(request, "Sign-in failed", exc.public, status=400)
+        return state.pages.error(
+            request, "Sign-in failed", exc.public, status=502 if isinstance(exc, UpstreamUnavailable) else 400
+        )
     LOGINS.labels(provider.id, "success").inc()
     return await start_session(state, identity)
 

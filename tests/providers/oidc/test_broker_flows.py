@@ -226,6 +226,30 @@ def test_the_user_cancelling_at_the_op_gets_a_way_back(broker_factory: BrokerFac
     assert query_of(return_url)["state"] == params["state"]
 
 
+def test_cancelling_at_the_op_offers_no_way_back_to_an_unvouched_address(
+    broker_factory: BrokerFactory, op: TestOP
+) -> None:
+    """Not signed in, and nobody vouches for a dynamically registered https redirect URI: the
+    page links nowhere (RFC 9700 §4.11.2), as a denial at consent does."""
+    landing = "https://app.example.com/landing"
+    with oidc_broker(broker_factory, op) as setup, setup.broker.client() as browser:
+        client = register(setup.broker, redirect_uri=landing, application_type="web")
+        _, challenge = pkce_pair()
+        consent = browser.get(
+            "/authorize", params=authorize_params(client["client_id"], challenge, redirect_uri=landing)
+        )
+        assert consent.status_code == 200, consent.text
+        approved = browser.post(
+            "/consent", data={**hidden_inputs(consent.text), "decision": "approve", "provider": PROVIDER}
+        )
+        back = sign_in(browser, approved.headers["location"], until=setup.callback, cancel=True)
+        page = browser.get(back)
+    assert page.status_code == 400
+    assert "Sign-in was not completed" in page.text
+    assert "app.example.com" not in page.text
+    assert "button secondary" not in page.text  # no link back
+
+
 def test_a_forged_id_token_is_refused_with_a_page(broker_factory: BrokerFactory, op: TestOP) -> None:
     with oidc_broker(broker_factory, op) as setup:
         op.tamper("wrong_audience")
