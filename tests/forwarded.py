@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable
 
 import httpx
@@ -12,6 +10,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from broker.devstack.process import free_port
+from tests.http import serving
 
 CLAIMED = {"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"}
 
@@ -31,17 +30,6 @@ async def _echo(scope: Scope, receive: Receive, send: Send) -> None:
 def seen_by_the_app(make_config: Callable[[Callable[..., object], int], uvicorn.Config]) -> dict[str, str]:
     """Serve the echo app with ``make_config(app, port)`` on 127.0.0.1; ask it with forged headers."""
     port = free_port()
-    server = uvicorn.Server(make_config(_echo, port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
+    with serving(make_config(_echo, port)):
         answer: dict[str, str] = httpx.get(f"http://127.0.0.1:{port}/", headers=CLAIMED).json()
-        return answer
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return answer

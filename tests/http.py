@@ -20,18 +20,24 @@ def running(
     app: Any, port: int | None = None, *, ssl_certfile: str | Path | None = None, ssl_keyfile: str | Path | None = None
 ) -> Iterator[str]:
     port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-        )
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
+    with serving(config):
+        yield f"{'https' if ssl_certfile else 'http'}://127.0.0.1:{port}"
+
+
+@contextmanager
+def serving(config: uvicorn.Config) -> Iterator[None]:
+    """Serve ``config`` in a thread until the block ends."""
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -40,7 +46,7 @@ def running(
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
     try:
-        yield f"{'https' if ssl_certfile else 'http'}://127.0.0.1:{port}"
+        yield
     finally:
         server.should_exit = True
         thread.join(10)

@@ -19,6 +19,7 @@ from broker.store.client import create_redis
 from broker.store.keys import Keys
 from broker.store.tokens import TokenStore
 from mcp_app.revocations import RevocationWatcher
+from tests.faults import die_after
 
 
 async def eventually(check: object, seconds: float = 10.0) -> None:
@@ -140,17 +141,7 @@ async def test_a_revocation_cut_short_at_any_step_still_reaches_the_watcher(
                 refresh_ttl=600,
                 grant_ttl=600,
             )
-            commands = 0
-            real = broker.execute_command
-
-            async def crashing(*args: Any, _real: Any = real, _after: int = survived, **options: Any) -> Any:
-                nonlocal commands
-                commands += 1
-                if commands > _after:
-                    raise ConnectionError("the broker died here")
-                return await _real(*args, **options)
-
-            monkeypatch.setattr(broker, "execute_command", crashing)
+            die_after(monkeypatch, broker, survived)
             with contextlib.suppress(ConnectionError):
                 await store.revoke_grant(grant_id, "test")
             await broker.aclose()

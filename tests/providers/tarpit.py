@@ -17,9 +17,14 @@ import asyncio
 import json
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Literal
+
+import pytest
+
+from providers.base import UpstreamUnavailable
 
 Mode = Literal["hang", "drip"]
 DRIP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"." * 100_000
@@ -120,3 +125,14 @@ def oidc_discovery(base: str) -> dict[str, Any]:
         "response_types_supported": ["code"],
         "id_token_signing_alg_values_supported": ["RS256"],
     }
+
+
+async def unavailable_in_time(call: Awaitable[object], deadline: float, margin: float = 1.5) -> str:
+    """The call's UpstreamUnavailable text, asserting it came within ``deadline`` plus ``margin``
+    (a shared, slow test machine); a regression that hangs fails after 20 s more instead."""
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable) as raised:
+        await asyncio.wait_for(call, deadline + 20)
+    elapsed = time.monotonic() - started
+    assert elapsed < deadline + margin, f"answered after {elapsed:.1f} s: {raised.value}"
+    return str(raised.value)

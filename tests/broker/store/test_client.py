@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -14,6 +13,7 @@ from redis.crc import key_slot
 from broker.devstack import RedisServer
 from broker.store.client import create_redis, parse_redis_url
 from broker.store.keys import Keys
+from tests.faults import die_after
 from tests.services import ClusterSetup, SentinelSetup, start_cluster, start_sentinel
 
 
@@ -174,17 +174,7 @@ async def test_on_a_cluster_no_grant_is_revoked_before_it_is_recorded(
             grant_id = f"g-crash-{survived}"
             grant = {"grant_id": grant_id, "subject": "bob", "status": "active", "expires_at": time.time() + 600}
             await store.create_grant(grant, "h", refresh_ttl=600, grant_ttl=600)
-            commands = 0
-            real = client.execute_command
-
-            async def crashing(*args: Any, _real: Any = real, _after: int = survived, **options: Any) -> Any:
-                nonlocal commands
-                commands += 1
-                if commands > _after:
-                    raise ConnectionError("the broker died here")
-                return await _real(*args, **options)
-
-            monkeypatch.setattr(client, "execute_command", crashing)
+            die_after(monkeypatch, client, survived)
             with contextlib.suppress(ConnectionError):
                 await store.revoke_grant(grant_id, "test")
             await client.aclose()
