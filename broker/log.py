@@ -132,7 +132,3 @@ def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = T
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-
-
-def get_logger(name: str = "mcp_broker") -> Any:
-    return structlog.get_logger(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -158,6 +158,3 @@ class ProviderConfig(BaseModel):
         default_factory=list,
         description="Email domains routed straight to this provider from the login page.",
     )
-
-
-ProviderKind = Literal["ldap", "entra", "oidc"]

@@ -102,7 +102,6 @@ class KeyRing:
         self._overlap = overlap
         self._ring: list[SigningKey] = []
         self._jwks: dict[str, Any] = {"keys": []}
-        self.loaded_at = 0.0
 
     @property
     def ready(self) -> bool:
@@ -152,7 +151,6 @@ class KeyRing:
             or k.activate_at + self._rotation + self._overlap > now
         ]
         self._jwks = {"keys": [k.public_jwk for k in sorted(published, key=lambda k: -k.activate_at)]}
-        self.loaded_at = now
 
     def _from_dir(self, folder: Path) -> list[SigningKey]:
         ring = []
