@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import secrets
 import time
@@ -22,28 +21,15 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jose import jwk
 from jose.backends.base import Key
 
+from broker.oauth.sealing import Envelope, decode_kek
+from broker.oauth.sealing import KeyConfigError as KeyConfigError  # re-exported: KeyRing raises it
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
 
 Algorithm = Literal["ES256", "RS256"]
-
-
-class KeyConfigError(Exception):
-    """The key encryption key or a mounted key is unusable."""
-
-
-def decode_kek(text: str) -> bytes:
-    try:
-        raw = base64.b64decode(text.strip() + "=" * (-len(text.strip()) % 4), altchars=b"-_", validate=False)
-    except (binascii.Error, ValueError):
-        raise KeyConfigError("signing.key_encryption_key is not base64") from None
-    if len(raw) < 32:
-        raise KeyConfigError("signing.key_encryption_key must decode to at least 32 bytes")
-    return raw[:32]
 
 
 def new_kek() -> str:
@@ -96,7 +82,7 @@ class KeyRing:
         self._redis = redis
         self._keys = keys
         self._alg = algorithm
-        self._kek = AESGCM(decode_kek(kek)) if kek else None
+        self._kek = Envelope(decode_kek(kek)) if kek else None
         self._keys_dir = keys_dir
         self._rotation = rotation_interval
         self._overlap = overlap
@@ -122,14 +108,12 @@ class KeyRing:
 
     def _encrypt(self, kid: str, pem: bytes) -> str:
         assert self._kek is not None
-        nonce = secrets.token_bytes(12)
-        return base64.b64encode(nonce + self._kek.encrypt(nonce, pem, kid.encode())).decode()
+        return self._kek.seal(pem, kid.encode())
 
     def _decrypt(self, kid: str, blob: str) -> bytes:
         assert self._kek is not None
-        raw = base64.b64decode(blob)
         try:
-            return self._kek.decrypt(raw[:12], raw[12:], kid.encode())
+            return self._kek.open(blob, kid.encode())
         except Exception:
             raise KeyConfigError(
                 f"signing key {kid} cannot be decrypted: signing.key_encryption_key differs from the one that stored it"

@@ -17,11 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jose import jwt
 
+from broker.oauth.sealing import Envelope
 from broker.oauth.signing import KeyRing
 
 Kind = Literal["ac", "rt"]
@@ -47,22 +45,18 @@ def parse_handle(kind: Kind, token: str | None) -> str | None:
     return match.group(2)
 
 
-def _aead_key(token: str) -> AESGCM:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"mcp-broker successor v1").derive(token.encode())
-    return AESGCM(key)
+def _envelope(token: str) -> Envelope:
+    return Envelope.derived(token.encode(), b"mcp-broker successor v1")
 
 
 def seal_for(token: str, payload: dict[str, Any]) -> str:
     """Encrypt ``payload`` so only a holder of ``token`` can read it (the successor response of
     a rotated refresh token, handed again to a concurrent or retried refresh)."""
-    nonce = secrets.token_bytes(12)
-    sealed = _aead_key(token).encrypt(nonce, json.dumps(payload).encode(), None)
-    return base64.b64encode(nonce + sealed).decode()
+    return _envelope(token).seal(json.dumps(payload).encode())
 
 
 def open_for(token: str, blob: str) -> dict[str, Any]:
-    raw = base64.b64decode(blob)
-    data: dict[str, Any] = json.loads(_aead_key(token).decrypt(raw[:12], raw[12:], None))
+    data: dict[str, Any] = json.loads(_envelope(token).open(blob))
     return data
 
 
