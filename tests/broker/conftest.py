@@ -26,6 +26,7 @@ def broker_factory(redis_server: RedisServer, slapd: Slapd) -> BrokerFactory:
         resource: str = RESOURCE,
         providers: str = "",
         mappings: str = "",
+        tokens: str = "",
     ) -> Iterator[Broker]:
         port = free_port()
         text = broker_yaml(
@@ -39,6 +40,7 @@ def broker_factory(redis_server: RedisServer, slapd: Slapd) -> BrokerFactory:
             resource=resource,
             providers=providers,
             mappings=mappings,
+            tokens=tokens,
         )
         config = parse_config(text)
         with running(create_app(config), port):

@@ -33,9 +33,11 @@ def broker_yaml(
     resource: str = RESOURCE,
     providers: str = "",
     mappings: str = "",
+    tokens: str = "",
 ) -> str:
     """A broker configuration for tests. ``providers`` and ``mappings`` are YAML list items
-    (indented two spaces) appended to those sections; ``extra`` is appended at top level."""
+    (indented two spaces) appended to those sections, ``tokens`` lines (indented two spaces) to
+    the ``tokens`` section; ``extra`` is appended at top level."""
     return f"""
 issuer: http://127.0.0.1:{port}{issuer_path}
 redis:
@@ -45,6 +47,7 @@ signing:
   key_encryption_key: "{"A" * 43}"
 tokens:
   refresh_reuse_grace: 2
+{tokens}
 registration:
 {registration}
   static_clients:
