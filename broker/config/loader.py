@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from broker.config.models import BrokerConfig, MappingRule, PolicyFileModel, ResourceConfig
-from broker.oauth.redirects import registration_problem
+from broker.redirect_rules import registration_problem
 
 ENV_VAR = "MCP_BROKER_CONFIG"
 _REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

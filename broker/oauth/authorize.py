@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from broker import redirect_rules as redirects
 from broker.config.models import ResourceConfig
-from broker.oauth import cimd, pkce, redirects
+from broker.oauth import cimd, pkce
 from broker.oauth.clients import Client, ClientRegistry
 from broker.oauth.errors import InvalidRequest, InvalidScope, InvalidTarget, OAuthError, UnsupportedResponseType
 from broker.policy import Policy

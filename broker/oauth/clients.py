@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from broker import redirect_rules as redirects
 from broker.config.models import RegistrationConfig
 from broker.display import hidden_character
-from broker.oauth import redirects
 from broker.oauth.errors import InvalidClient, InvalidClientMetadata, InvalidRedirectUri
 from broker.store.tokens import TokenStore
 from providers.net import is_loopback_host

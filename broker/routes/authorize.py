@@ -31,8 +31,8 @@ from broker.oauth.authorize import (
 from broker.oauth.clients import Client
 from broker.oauth.errors import OAuthError
 from broker.oauth.grants import identity_record
-from broker.oauth.redirects import is_loopback_redirect
 from broker.oauth.tokens import new_grant_id, new_handle
+from broker.redirect_rules import is_loopback_redirect
 from broker.routes import openapi
 from broker.routes.forms import read_page_form
 from broker.security.password_login import password_login

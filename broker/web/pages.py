@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from broker.oauth.redirects import valid_host, valid_scheme
+from broker.redirect_rules import valid_host, valid_scheme
 from broker.store.keys import digest
 
 _env = Environment(

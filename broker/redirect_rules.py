@@ -1,5 +1,8 @@
 """Redirect URI rules: what may be registered (RFC 8252 for native apps, HTTPS for web apps)
-and how a presented URI is matched (exact, except the port of a loopback redirect, RFC 8252 §7.3)."""
+and how a presented URI is matched (exact, except the port of a loopback redirect, RFC 8252 §7.3).
+
+Outside ``broker.oauth`` because the configuration loader checks statically registered clients
+by the same rules, and ``broker.config`` sits below ``broker.oauth`` (which reads its models)."""
 
 from __future__ import annotations
 
