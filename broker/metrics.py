@@ -1,4 +1,6 @@
-"""Prometheus metrics for the broker and mcp_app, on a port of their own.
+"""Prometheus metrics for the broker and mcp_app, on a port of their own (the verifier's cache
+counter, ``mcpb_verification_cache``, is in :mod:`mcp_app.metrics`: the verifier imports nothing
+from the broker).
 
 uvicorn may run several worker processes, so metrics use prometheus_client's multiprocess
 mode: each worker writes to ``PROMETHEUS_MULTIPROC_DIR`` and one exporter thread in the
@@ -29,7 +31,6 @@ UPSTREAM_LATENCY = Histogram(
     ["provider", "operation"],
     buckets=_LATENCY_BUCKETS,
 )
-VERIFY_CACHE = Counter("mcpb_verification_cache", "Access-token verifications by cache outcome", ["result"])
 
 
 def serve(port: int, host: str = "0.0.0.0") -> Any:

@@ -19,11 +19,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from broker.middleware import RequestContextMiddleware
-from broker.store.client import RedisClient, create_redis
 from mcp_app.auth import BearerGuard
+from mcp_app.cache_metrics import CacheMetrics
 from mcp_app.guard import HostOriginGuard
 from mcp_app.introspection import IntrospectionVerifier
 from mcp_app.notes import NotesStore
+from mcp_app.redis_client import RedisClient, create_redis
 from mcp_app.revocations import RevocationWatcher
 from mcp_app.settings import McpAppSettings
 from mcp_app.tools import SCOPES, TOOL_SCOPES, register_tools
@@ -53,6 +54,11 @@ def create_app(settings: McpAppSettings) -> Starlette:
         if redis is not None
         else None
     )
+    metrics: CacheMetrics | None = None
+    if settings.metrics_port:
+        from mcp_app.metrics import PrometheusCacheMetrics  # prometheus_client: only when metrics are on
+
+        metrics = PrometheusCacheMetrics()
     verifier: TokenVerifier
     if settings.verification == "introspection":
         assert settings.introspection_client_id
@@ -64,6 +70,7 @@ def create_app(settings: McpAppSettings) -> Starlette:
             resource=settings.resource_url,
             http=http,
             cache_seconds=settings.introspection_cache_seconds,
+            metrics=metrics,
         )
         watcher = None  # the broker answers for revocations
     else:
@@ -73,10 +80,11 @@ def create_app(settings: McpAppSettings) -> Starlette:
             jwks=jwks,
             revocations=watcher,
             fail_closed=settings.fail_closed,
+            metrics=metrics,
         )
     server = MCPServer(name="mcp-broker demo notes", instructions="A team notes server protected by mcp-broker.")
     notes = NotesStore(redis, f"{settings.redis_key_prefix}:notes") if redis is not None else None
-    register_tools(server, notes)
+    register_tools(server, notes, settings.scope_implies)
 
     resource = urlsplit(settings.resource_url)
     mcp_path = resource.path or "/mcp"
@@ -145,6 +153,7 @@ def create_app(settings: McpAppSettings) -> Starlette:
         resource_metadata_url=metadata_url,
         scopes_supported=SCOPES,
         tool_scopes=TOOL_SCOPES,
+        scope_implies=settings.scope_implies,
     )
     app = Starlette(
         routes=[

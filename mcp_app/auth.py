@@ -1,7 +1,8 @@
 """Bearer authentication for the MCP endpoint, with per-tool scopes (RFC 6750, RFC 9728, MCP).
 
 * No or bad token: 401 with ``WWW-Authenticate: Bearer resource_metadata=..., scope=...``.
-* A ``tools/call`` for a tool whose scope the token lacks: 403 with
+* A ``tools/call`` for a tool whose scope the token lacks (after the configured scope hierarchy,
+  ``scope_implies``): 403 with
   ``error="insufficient_scope"`` and ``scope`` = the token's scopes plus the missing one, the
   union the client asks for when it steps up.
 * Otherwise the request proceeds with the SDK's auth context set, so tools can read the token.
@@ -22,7 +23,7 @@ from mcp.server.auth.provider import TokenVerifier
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_app.tools import effective_scopes
+from mcp_app.scopes import ScopeImplies, effective_scopes
 
 MAX_BODY = 1024 * 1024
 
@@ -41,6 +42,7 @@ class BearerGuard:
         resource_metadata_url: str,
         scopes_supported: list[str],
         tool_scopes: Mapping[str, str],
+        scope_implies: ScopeImplies | None = None,
     ) -> None:
         self.app = AuthContextMiddleware(app)
         self.plain = app
@@ -49,6 +51,7 @@ class BearerGuard:
         self.metadata_url = resource_metadata_url
         self.scopes_supported = scopes_supported
         self.tool_scopes = dict(tool_scopes)
+        self.scope_implies: ScopeImplies = dict(scope_implies or {})
 
     async def _deny(self, send: Send, status: int, params: dict[str, str], body: dict[str, str]) -> None:
         payload = json.dumps(body).encode()
@@ -94,7 +97,7 @@ class BearerGuard:
                 await self._deny(send, 413, {"error": "invalid_request"}, {"error": "request_too_large"})
                 return
             needed = self._needed_scope(body)
-            if needed is not None and needed not in effective_scopes(access.scopes):
+            if needed is not None and needed not in effective_scopes(access.scopes, self.scope_implies):
                 union = " ".join(sorted({*access.scopes, needed}))
                 await self._deny(
                     send,

@@ -14,7 +14,7 @@ import httpx
 import structlog
 from mcp.server.auth.provider import AccessToken
 
-from broker.metrics import VERIFY_CACHE
+from mcp_app.cache_metrics import CacheMetrics
 
 _log = structlog.get_logger("mcp_app.introspection")
 
@@ -32,6 +32,7 @@ class IntrospectionVerifier:
         http: httpx.AsyncClient,
         cache_seconds: float = 5.0,
         cache_size: int = 10_000,
+        metrics: CacheMetrics | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.auth = (client_id, client_secret)
@@ -39,6 +40,7 @@ class IntrospectionVerifier:
         self.http = http
         self.cache_seconds = cache_seconds
         self.cache_size = cache_size
+        self.metrics = metrics
         self._cache: dict[bytes, tuple[float, AccessToken]] = {}
 
     async def verify_token(self, token: str) -> AccessToken | None:
@@ -46,9 +48,11 @@ class IntrospectionVerifier:
         now = time.time()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
-            VERIFY_CACHE.labels("hit").inc()
+            if self.metrics is not None:
+                self.metrics.hit()
             return cached[1]
-        VERIFY_CACHE.labels("miss").inc()
+        if self.metrics is not None:
+            self.metrics.miss()
         try:
             response = await self.http.post(self.endpoint, data={"token": token}, auth=self.auth, timeout=5.0)
         except httpx.HTTPError as exc:

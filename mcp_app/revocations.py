@@ -17,7 +17,8 @@ import time
 
 import structlog
 
-from broker.store.client import RedisClient
+from mcp_app import revocation_keys
+from mcp_app.redis_client import RedisClient
 
 _log = structlog.get_logger("mcp_app.revocations")
 
@@ -30,8 +31,8 @@ RELOAD_EVERY = 300.0  # seconds between reloads of the set, which drop grants pa
 class RevocationWatcher:
     def __init__(self, redis: RedisClient, *, key_prefix: str = "mcpb", max_staleness: float = 30.0) -> None:
         self.redis = redis
-        self.set_key = f"{key_prefix}:{{revoked}}"
-        self.channel = f"{key_prefix}:revocations"
+        self.set_key = revocation_keys.revoked_set(key_prefix)
+        self.channel = revocation_keys.revocation_channel(key_prefix)
         self.max_staleness = max_staleness
         self._revoked: set[str] = set()
         self._last_ok = 0.0

@@ -33,6 +33,10 @@ class McpAppSettings(BaseSettings):
         default=30.0, gt=0, description="Seconds without news from Redis before the revocation view counts as stale."
     )
     fail_closed: bool = Field(default=True, description="Refuse every token while the revocation view is stale.")
+    scope_implies: dict[str, list[str]] = Field(
+        default_factory=lambda: {"notes:write": ["notes:read"]},
+        description="The scope hierarchy, as JSON: each scope maps to the scopes it implies.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=1, le=65535)
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header values accepted.")

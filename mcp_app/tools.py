@@ -10,25 +10,18 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from mcp_app.notes import NoteError, NotesStore
+from mcp_app.scopes import ScopeImplies, effective_scopes
 
 READ, WRITE = "notes:read", "notes:write"
 SCOPES = [READ, WRITE]
-IMPLIES = {WRITE: [READ]}  # a scope hierarchy: write includes read
 TOOL_SCOPES = {"list_notes": READ, "read_note": READ, "create_note": WRITE, "delete_note": WRITE}
 
 
-def effective_scopes(scopes: list[str]) -> set[str]:
-    out = set(scopes)
-    for scope in scopes:
-        out.update(IMPLIES.get(scope, []))
-    return out
-
-
-def _require(scope: str) -> AccessToken:
+def _require(scope: str, implies: ScopeImplies) -> AccessToken:
     token = get_access_token()
     if token is None:
         raise ToolError("not authenticated")
-    if scope not in effective_scopes(token.scopes):
+    if scope not in effective_scopes(token.scopes, implies):
         raise ToolError(f"this tool requires the {scope} scope; ask your MCP client to request it")
     return token
 
@@ -37,7 +30,7 @@ def _author(token: AccessToken) -> str:
     return str((token.claims or {}).get("sub") or token.subject or "unknown")
 
 
-def register_tools(server: MCPServer, notes: NotesStore | None) -> None:
+def register_tools(server: MCPServer, notes: NotesStore | None, scope_implies: ScopeImplies) -> None:
     @server.tool(description="Who the server thinks you are: subject, client, scopes and token expiry.")
     async def whoami() -> dict[str, Any]:
         token = get_access_token()
@@ -57,12 +50,12 @@ def register_tools(server: MCPServer, notes: NotesStore | None) -> None:
 
     @server.tool(description="List the team's notes (needs notes:read).")
     async def list_notes() -> list[dict[str, Any]]:
-        _require(READ)
+        _require(READ, scope_implies)
         return await store().list()
 
     @server.tool(description="Read one note by id (needs notes:read).")
     async def read_note(note_id: str) -> dict[str, Any]:
-        _require(READ)
+        _require(READ, scope_implies)
         try:
             return await store().get(note_id)
         except NoteError as exc:
@@ -70,7 +63,7 @@ def register_tools(server: MCPServer, notes: NotesStore | None) -> None:
 
     @server.tool(description="Create a note (needs notes:write).")
     async def create_note(title: str, body: str = "") -> dict[str, Any]:
-        token = _require(WRITE)
+        token = _require(WRITE, scope_implies)
         try:
             return await store().create(title, body, author=_author(token))
         except NoteError as exc:
@@ -78,5 +71,5 @@ def register_tools(server: MCPServer, notes: NotesStore | None) -> None:
 
     @server.tool(description="Delete a note by id (needs notes:write).")
     async def delete_note(note_id: str) -> dict[str, Any]:
-        _require(WRITE)
+        _require(WRITE, scope_implies)
         return {"deleted": await store().delete(note_id)}

@@ -27,11 +27,10 @@ from jose.backends.base import Key
 from jose.exceptions import JOSEError
 from mcp.server.auth.provider import AccessToken
 
-from broker.metrics import VERIFY_CACHE
+from mcp_app.cache_metrics import CacheMetrics
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-_HIT, _MISS = VERIFY_CACHE.labels("hit"), VERIFY_CACHE.labels("miss")
 
 
 def is_canonical_jws(token: str) -> bool:
@@ -142,6 +141,7 @@ class BrokerTokenVerifier:
         cache_size: int = 10_000,
         revocations: Revocations | None = None,
         fail_closed: bool = True,
+        metrics: CacheMetrics | None = None,
     ) -> None:
         self.issuer = issuer
         self.resource = resource
@@ -152,6 +152,7 @@ class BrokerTokenVerifier:
         self._cache_size = cache_size
         self.revocations = revocations
         self.fail_closed = fail_closed
+        self.metrics = metrics
         self.hits = 0
         self.misses = 0
 
@@ -169,11 +170,13 @@ class BrokerTokenVerifier:
         if cached is not None:
             if cached.expires_at is not None and cached.expires_at + self.leeway > time.time():
                 self.hits += 1
-                _HIT.inc()
+                if self.metrics is not None:
+                    self.metrics.hit()
                 return None if self._revoked(cached) else cached
             del self._cache[digest]
         self.misses += 1
-        _MISS.inc()
+        if self.metrics is not None:
+            self.metrics.miss()
         claims = await self._verify(token)
         if claims is None:
             return None

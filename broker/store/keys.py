@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from mcp_app import revocation_keys
+
 
 def digest(value: str) -> str:
     """What the store keeps instead of a secret: its SHA-256, hex."""
@@ -67,10 +69,10 @@ class Keys:
         return f"{self.prefix}:{{keys}}:lock"
 
     def revoked(self) -> str:
-        return f"{self.prefix}:{{revoked}}"
+        return revocation_keys.revoked_set(self.prefix)
 
     def revocation_channel(self) -> str:
-        return f"{self.prefix}:revocations"
+        return revocation_keys.revocation_channel(self.prefix)
 
     def flow(self, flow_id: str) -> str:
         return f"{self.prefix}:{{f:{flow_id}}}"

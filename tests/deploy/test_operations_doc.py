@@ -9,6 +9,7 @@ from prometheus_client import Counter, Histogram
 
 from broker import metrics
 from broker.audit import AuditEvent
+from mcp_app import metrics as mcp_app_metrics
 from tests.deploy.chart import CHART_DIR, ROOT
 
 DOC = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
@@ -25,7 +26,7 @@ def test_every_audit_event_is_documented() -> None:
 
 def test_the_metrics_table_matches_the_code() -> None:
     exposed = set()
-    for value in vars(metrics).values():
+    for value in [*vars(metrics).values(), *vars(mcp_app_metrics).values()]:
         if isinstance(value, Counter):
             exposed.add(f"{value._name}_total")
         elif isinstance(value, Histogram):

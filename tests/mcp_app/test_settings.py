@@ -21,7 +21,7 @@ def _shown(value: object) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, float) and value.is_integer():
         return f"`{int(value)}`"
-    if isinstance(value, list):
+    if isinstance(value, list | dict):
         return f"`{json.dumps(value)}`"
     return f"`{value}`"
 

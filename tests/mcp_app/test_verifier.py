@@ -80,6 +80,36 @@ async def test_refused_claims(ring: KeyRing, verifier: BrokerTokenVerifier, bad:
     assert await verifier.verify_token(sign(ring, claims(**bad))) is None
 
 
+class Counted:
+    """A metrics hook that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def hit(self) -> None:
+        self.seen.append("hit")
+
+    def miss(self) -> None:
+        self.seen.append("miss")
+
+
+async def test_metrics_are_optional_and_a_hook_hears_each_hit_and_miss(ring: KeyRing) -> None:
+    jwks = ring.jwks()
+    counted = Counted()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(200, json=jwks))) as http:
+        plain = BrokerTokenVerifier(issuer=ISSUER, resource=RESOURCE, jwks=JwksCache(f"{ISSUER}/jwks.json", http))
+        hooked = BrokerTokenVerifier(
+            issuer=ISSUER, resource=RESOURCE, jwks=JwksCache(f"{ISSUER}/jwks.json", http), metrics=counted
+        )
+        token = sign(ring, claims())
+        for _ in range(3):
+            assert await plain.verify_token(token) is not None
+            assert await hooked.verify_token(token) is not None
+        assert await hooked.verify_token(sign(ring, claims(aud="https://other.example.com/mcp"))) is None
+    assert (plain.misses, plain.hits) == (1, 2)
+    assert counted.seen == ["miss", "hit", "hit", "miss"]
+
+
 async def test_wrong_typ_is_refused(ring: KeyRing, verifier: BrokerTokenVerifier) -> None:
     assert await verifier.verify_token(sign(ring, claims(), typ="JWT")) is None
 

@@ -1,0 +1,80 @@
+"""The scope hierarchy is configuration: the guard's 403 and the tools both follow it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+import pytest
+from mcp.server.auth.provider import AccessToken
+
+from mcp_app.auth import BearerGuard
+from mcp_app.scopes import effective_scopes
+from mcp_app.settings import McpAppSettings
+
+
+def test_implied_scopes_follow_the_hierarchy_through_every_level() -> None:
+    implies = {"admin": ["notes:write"], "notes:write": ["notes:read"]}
+    assert effective_scopes(["admin"], implies) == {"admin", "notes:write", "notes:read"}
+    assert effective_scopes(["notes:read"], implies) == {"notes:read"}
+    assert effective_scopes(["notes:write"], {}) == {"notes:write"}
+    assert effective_scopes(["a"], {"a": ["b"], "b": ["a"]}) == {"a", "b"}  # a loop ends
+
+
+def test_the_default_hierarchy_is_the_demos(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert McpAppSettings().scope_implies == {"notes:write": ["notes:read"]}
+    monkeypatch.setenv("MCP_APP_SCOPE_IMPLIES", json.dumps({"notes:admin": ["notes:write", "notes:read"]}))
+    assert McpAppSettings().scope_implies == {"notes:admin": ["notes:write", "notes:read"]}
+
+
+class _Granted:
+    """A verifier that accepts the one token it was given, with these scopes."""
+
+    def __init__(self, scopes: list[str]) -> None:
+        self.scopes = scopes
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        return AccessToken(token=token, client_id="c1", scopes=self.scopes) if token == "t" else None
+
+
+async def _call_tool(guard: BearerGuard, tool: str) -> int:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}}).encode()
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "headers": [(b"authorization", b"Bearer t")],
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await guard(scope, receive, send)
+    return statuses[0]
+
+
+@pytest.mark.parametrize(
+    ("implies", "status"), [({"notes:write": ["notes:read"]}, 200), ({}, 403), ({"notes:write": []}, 403)]
+)
+async def test_the_guard_follows_the_configured_hierarchy(implies: dict[str, list[str]], status: int) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = BearerGuard(
+        app,
+        verifier=_Granted(["notes:write"]),
+        path="/mcp",
+        resource_metadata_url="https://mcp.example.com/.well-known/oauth-protected-resource/mcp",
+        scopes_supported=["notes:read", "notes:write"],
+        tool_scopes={"list_notes": "notes:read"},
+        scope_implies=implies,
+    )
+    assert await _call_tool(guard, "list_notes") == status
