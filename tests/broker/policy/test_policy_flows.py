@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import ldap3
@@ -17,6 +18,7 @@ import yaml
 from broker.app import create_app
 from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
+from broker.oauth.metadata import well_known_paths
 from tests.broker.flows import Broker, broker_yaml, refresh, tokens_for
 from tests.http import running
 
@@ -143,3 +145,39 @@ def test_removing_every_rule_denies_the_refresh(policy_broker: tuple[Broker, Pat
     assert _reload_and_wait(broker, path, policy)["outcome"] == "applied"
     denied = refresh(broker, client["client_id"], tokens["refresh_token"])
     assert denied.json()["error"] == "invalid_grant"
+
+
+def test_discovery_after_a_policy_reload_stays_as_read_at_start(policy_broker: tuple[Broker, Path]) -> None:
+    """The discovery document's ``scopes_supported`` is read at start (docs/configuration.md): a
+    reload that adds a scope and drops a resource puts the new policy in force at once, while the
+    document stays whole, unchanged, and the same at every well-known path."""
+    broker, path = policy_broker
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(broker.base))
+    paths = well_known_paths(broker.config.issuer)
+
+    def documents() -> list[dict[str, Any]]:
+        answers = [httpx.get(f"{origin}{p}") for p in paths]
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [a.json() for a in answers]
+
+    before = documents()
+    assert all(doc == before[0] for doc in before)
+    assert before[0]["issuer"] == broker.config.issuer
+    assert before[0]["scopes_supported"] == ["notes:read", "notes:write", "other:use"]
+    policy = _policy(path)
+    notes = next(r for r in policy["resources"] if r["id"] == "notes")
+    notes["scopes"].append({"name": "notes:admin", "description": "Administer notes"})
+    policy["resources"] = [r for r in policy["resources"] if r["id"] != "other"]
+    policy["mappings"] = [m for m in policy["mappings"] if m["resource"] != "other"] + [
+        {
+            "id": "writers-admin",
+            "resource": "notes",
+            "provider": "demo-ldap",
+            "groups": ["mcp-writers"],
+            "scopes": ["notes:admin"],
+        }
+    ]
+    assert _reload_and_wait(broker, path, policy)["outcome"] == "applied"
+    _, tokens = tokens_for(broker, "alice", scope="notes:admin notes:write")
+    assert "notes:admin" in tokens["scope"].split()  # the reloaded policy is in force
+    assert documents() == before
