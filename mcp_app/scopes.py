@@ -1,7 +1,8 @@
 """A scope hierarchy: which scopes a granted scope implies (``notes:write`` implies ``notes:read``).
 
 The hierarchy is configuration (``MCP_APP_SCOPE_IMPLIES`` for the demo server), never code
-of the verifier's: each MCP server passes its own.
+of the verifier's: each MCP server passes its own. The broker's policy (a resource's
+``implies``) follows the same rule, with this same function.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from broker.config.models import MappingRule, ResourceConfig
+from mcp_app.scopes import effective_scopes as closure  # one hierarchy rule for the broker and verifiers
 from providers.base import Identity
 
 
@@ -24,17 +25,6 @@ class Decision:
     scopes: frozenset[str]
     granted_by: dict[str, list[str]] = field(default_factory=dict)
     denied_by: dict[str, list[str]] = field(default_factory=dict)
-
-
-def closure(scopes: Iterable[str], implies: dict[str, list[str]]) -> set[str]:
-    out: set[str] = set()
-    stack = list(scopes)
-    while stack:
-        scope = stack.pop()
-        if scope not in out:
-            out.add(scope)
-            stack.extend(implies.get(scope, ()))
-    return out
 
 
 def _matches(rule: MappingRule, identity: Identity) -> bool:

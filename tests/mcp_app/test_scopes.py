@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
-from typing import Any
 
+import httpx
 import pytest
 from mcp.server.auth.provider import AccessToken
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from mcp_app.auth import BearerGuard
 from mcp_app.scopes import effective_scopes
@@ -39,37 +42,21 @@ class _Granted:
 
 
 async def _call_tool(guard: BearerGuard, tool: str) -> int:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}}).encode()
-    scope: dict[str, Any] = {
-        "type": "http",
-        "method": "POST",
-        "path": "/mcp",
-        "headers": [(b"authorization", b"Bearer t")],
-    }
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    await guard(scope, receive, send)
-    return statuses[0]
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://mcp.test") as client:
+        response = await client.post("/mcp", json=message, headers={"authorization": "Bearer t"})
+    return response.status_code
 
 
 @pytest.mark.parametrize(
     ("implies", "status"), [({"notes:write": ["notes:read"]}, 200), ({}, 403), ({"notes:write": []}, 403)]
 )
 async def test_the_guard_follows_the_configured_hierarchy(implies: dict[str, list[str]], status: int) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+    async def tool(_: Request) -> JSONResponse:
+        return JSONResponse({"jsonrpc": "2.0", "id": 1, "result": {}})
 
     guard = BearerGuard(
-        app,
+        Starlette(routes=[Route("/mcp", tool, methods=["POST"])]),
         verifier=_Granted(["notes:write"]),
         path="/mcp",
         resource_metadata_url="https://mcp.example.com/.well-known/oauth-protected-resource/mcp",
