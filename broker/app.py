@@ -28,6 +28,7 @@ from broker.store.client import RedisClient, create_redis
 from broker.store.keys import Keys
 from broker.store.tokens import TokenStore
 from broker.web.pages import Pages
+from providers.base import Lifecycle, Provider
 from providers.registry import open_provider
 
 _log = structlog.get_logger("mcp_broker")
@@ -61,7 +62,7 @@ def create_app(
     config: BrokerConfig,
     *,
     redis: RedisClient | None = None,
-    providers: Mapping[str, object] | None = None,
+    providers: Mapping[str, Provider] | None = None,
 ) -> FastAPI:
     """Build the broker's ASGI app. ``redis`` and ``providers`` may be passed in (tests);
     otherwise they are built from the configuration."""
@@ -122,11 +123,7 @@ def create_app(
         except Exception as exc:  # readiness reports it; the process stays up to say so
             _log.error("signing_keys_unavailable", error=str(exc))
         refresher = asyncio.create_task(_refresh_keys(keyring))
-        preparing = [
-            asyncio.create_task(prepare())
-            for p in upstreams.values()
-            if (prepare := getattr(p, "prepare", None)) is not None
-        ]
+        preparing = [asyncio.create_task(p.prepare()) for p in upstreams.values() if isinstance(p, Lifecycle)]
         watcher = asyncio.create_task(policies.watch())
         _log.info("broker_started", issuer=config.issuer, version=__version__, policy_version=policies.current.version)
         try:
@@ -138,9 +135,8 @@ def create_app(
                     await task
             await documents.aclose()
             for provider in upstreams.values():
-                close = getattr(provider, "aclose", None)
-                if close is not None:
-                    await close()
+                if isinstance(provider, Lifecycle):
+                    await provider.aclose()
             if redis is None:
                 await client.aclose()
 

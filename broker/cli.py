@@ -115,7 +115,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     from broker.policy import Policy
     from broker.policy.explain import explain, given_identity, render
-    from providers.base import Identity, LookupProvider, ProviderError
+    from providers.base import Identity, Lifecycle, LookupProvider, ProviderError
     from providers.registry import UnsupportedProvider, open_provider
 
     loaded = _load("explain", args.config)
@@ -138,9 +138,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 raise UnsupportedProvider(f"provider {args.provider!r} cannot look users up; pass --groups a,b")
             return await provider.lookup(args.user)
         finally:
-            close = getattr(provider, "aclose", None)
-            if close is not None:
-                await close()
+            if isinstance(provider, Lifecycle):
+                await provider.aclose()
 
     if args.groups is None and not args.user:
         print("mcp-broker explain: give --user NAME (looked up upstream) or --groups a,b", file=sys.stderr)

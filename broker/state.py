@@ -20,6 +20,7 @@ from broker.store.client import RedisClient
 from broker.store.keys import Keys
 from broker.store.tokens import TokenStore
 from broker.web.pages import Pages
+from providers.base import Provider
 
 
 @dataclass
@@ -31,7 +32,7 @@ class BrokerState:
     store: TokenStore
     clients: ClientRegistry
     policies: PolicyHolder
-    providers: Mapping[str, object]
+    providers: Mapping[str, Provider]
     grants: GrantService
     revocation: RevocationService
     pages: Pages

@@ -2,15 +2,19 @@
 protocols a provider may implement, and the outcomes a login can have.
 
 In the spirit of Dex's connectors (``connector/connector.go``): small optional capabilities
-instead of one large base class. A provider says which ones it implements simply by having
-the methods; the broker checks with ``isinstance`` against these runtime protocols.
+instead of one large base class. Every provider is a :class:`Provider` (an id and a display
+name); each provider class declares the capabilities it implements by inheriting them
+explicitly, as Dex's ``var _ connector.PasswordConnector = (*ldapConnector)(nil)`` does, so
+``mypy --strict`` checks every declared method and attribute and refuses to build a provider
+that lacks one. The broker finds a capability with ``isinstance`` against these runtime
+protocols, never with ``getattr``. :data:`CAPABILITIES` lists them all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,11 +85,16 @@ class UpstreamRejected(ProviderError):
 
 
 @runtime_checkable
-class PasswordProvider(Protocol):
-    """Checks a username and password (an LDAP directory, for example)."""
+class Provider(Protocol):
+    """What every provider is: ``open_provider`` returns one. Capabilities come on top."""
 
     id: str
     display_name: str
+
+
+@runtime_checkable
+class PasswordProvider(Provider, Protocol):
+    """Checks a username and password (an LDAP directory, for example)."""
 
     async def login(self, username: str, password: str) -> Identity:
         """Return the identity, or raise InvalidCredentials / AccountDisabled / UpstreamUnavailable."""
@@ -93,18 +102,12 @@ class PasswordProvider(Protocol):
 
 
 @runtime_checkable
-class RedirectProvider(Protocol):
+class RedirectProvider(Provider, Protocol):
     """Sends the browser upstream and turns the callback into an identity (OIDC, Entra ID).
 
     ``flow`` is JSON-serialisable data (nonce, PKCE verifier, ...) the broker keeps for the
-    callback, encrypted at rest, for ten minutes at most. A provider may also expose
-    ``origins: tuple[str, ...]`` (the origins its login URL can point at) so the consent page's
-    ``form-action`` policy allows the redirect there, ``prepare()`` (awaited in the background at
-    start, so slow or failing work there delays nothing), and ``aclose()`` to release connections.
+    callback, encrypted at rest, for ten minutes at most.
     """
-
-    id: str
-    display_name: str
 
     async def login_url(self, callback_url: str, state: str) -> tuple[str, Mapping[str, Any]]:
         """Return the upstream URL and the flow data to hand back to ``handle_callback``."""
@@ -119,10 +122,11 @@ class RedirectProvider(Protocol):
 class RefreshProvider(Protocol):
     """Looks a user up again at refresh time, so group changes upstream take effect.
 
-    A provider whose re-check spends an upstream refresh token sets
-    ``refresh_spends_upstream_token = True``: the broker then never runs two re-checks of one
-    grant at once.
+    ``refresh_spends_upstream_token`` is True when the re-check spends an upstream refresh
+    token: the broker then never runs two re-checks of one grant at once.
     """
+
+    refresh_spends_upstream_token: ClassVar[bool]
 
     async def refresh(self, identity: Identity) -> Identity:
         """Return fresh data, or raise InvalidCredentials / AccountDisabled if the user is gone."""
@@ -136,6 +140,56 @@ class LookupProvider(Protocol):
     async def lookup(self, username: str) -> Identity:
         """Return the identity, or raise InvalidCredentials if there is no such user."""
         ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """Work at the broker's start and end. Both default to doing nothing.
+
+    ``prepare()`` is awaited in the background at start (so slow or failing work there delays
+    nothing, and it must not raise); ``aclose()`` releases connections at shutdown.
+    """
+
+    async def prepare(self) -> None:
+        """Warm up before the first sign-in (read discovery documents, for example)."""
+        return None
+
+    async def aclose(self) -> None:
+        """Release connections and threads."""
+        return None
+
+
+@runtime_checkable
+class FormOrigins(Protocol):
+    """The origins a provider's login URL can point at: the consent and account pages'
+    ``form-action`` policy allows the redirect there."""
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """Origins (``scheme://host[:port]``) the browser is sent to for sign-in."""
+        ...
+
+
+@runtime_checkable
+class EmailDomainHints(Protocol):
+    """Email domains whose users the login page sends straight to this provider."""
+
+    @property
+    def email_domains(self) -> tuple[str, ...]:
+        """Domains as configured (compare them case-insensitively)."""
+        ...
+
+
+CAPABILITIES: tuple[type, ...] = (
+    PasswordProvider,
+    RedirectProvider,
+    RefreshProvider,
+    LookupProvider,
+    Lifecycle,
+    FormOrigins,
+    EmailDomainHints,
+)
+"""Every optional capability a provider can declare."""
 
 
 class ProviderConfig(BaseModel):

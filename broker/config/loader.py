@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from broker.config.models import BrokerConfig, MappingRule, PolicyFileModel, ResourceConfig
 from broker.redirect_rules import registration_problem
+from providers.registry import provider_types
 
 ENV_VAR = "MCP_BROKER_CONFIG"
 _REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -112,11 +113,17 @@ def _message(error: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"unknown provider type {error['input'].get('type')!r}; expected ldap, entra or oidc"
+        return f"unknown provider type {error['input'].get('type')!r}; expected {_provider_types()}"
     if kind == "union_tag_not_found":
-        return "a provider needs a 'type': ldap, entra or oidc"
+        return f"a provider needs a 'type': {_provider_types()}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+def _provider_types() -> str:
+    """The registry's provider types as a sentence: ``ldap, entra or oidc``."""
+    *most, last = provider_types()
+    return f"{', '.join(most)} or {last}" if most else last
 
 
 def _duplicates(values: Iterable[str]) -> set[str]:

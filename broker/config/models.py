@@ -7,15 +7,13 @@ unknown keys, so a typo is an error rather than a silently ignored setting.
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from broker.config.types import Duration, check_public_url
 from broker.display import hidden_character
-from providers.entra.config import EntraProviderConfig
-from providers.ldap.config import LdapProviderConfig
-from providers.oidc.config import OidcProviderConfig
+from providers.registry import ProviderConfigUnion
 
 
 class _Section(BaseModel):
@@ -232,12 +230,6 @@ class LoggingConfig(_Section):
     format: Literal["auto", "json", "console"] = Field(
         default="json", description="json (default), console, or auto (console on a TTY)."
     )
-
-
-ProviderConfigUnion = Annotated[
-    LdapProviderConfig | EntraProviderConfig | OidcProviderConfig,
-    Field(discriminator="type"),
-]
 
 
 class PolicyFileModel(_Section):

@@ -40,7 +40,7 @@ from broker.policy.holder import PolicyHolder
 from broker.store.keys import digest
 from broker.store.tokens import TokenStore
 from broker.upstream_log import log_upstream_failure
-from providers.base import AccountDisabled, Identity, InvalidCredentials, ProviderError, RefreshProvider
+from providers.base import AccountDisabled, Identity, InvalidCredentials, Provider, ProviderError, RefreshProvider
 
 _log = structlog.get_logger("mcp_broker.grants")
 UPSTREAM_LOCK_SECONDS = 10.0
@@ -82,7 +82,7 @@ class GrantService:
     store: TokenStore
     keyring: KeyRing
     policies: PolicyHolder
-    providers: Mapping[str, object]
+    providers: Mapping[str, Provider]
     sealer: Sealer
     _rechecked: dict[tuple[str, str], tuple[float, Identity]] = field(default_factory=dict)
 
@@ -224,7 +224,7 @@ class GrantService:
         lock: str | None = None
         if (
             isinstance(provider, RefreshProvider)
-            and getattr(provider, "refresh_spends_upstream_token", False)
+            and provider.refresh_spends_upstream_token
             and self._recent(grant) is None
         ):
             # One refresh at a time asks upstream when the re-check spends an upstream refresh

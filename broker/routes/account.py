@@ -22,7 +22,14 @@ from broker.security.password_login import password_login
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
 from broker.upstream_log import log_upstream_failure
-from providers.base import Identity, PasswordProvider, ProviderError, RedirectProvider, UpstreamUnavailable
+from providers.base import (
+    FormOrigins,
+    Identity,
+    PasswordProvider,
+    ProviderError,
+    RedirectProvider,
+    UpstreamUnavailable,
+)
 
 SESSION_TTL = 1800
 FLOW_TTL = 600
@@ -51,7 +58,7 @@ def _login_page(
     response = state.pages.render(
         "account_login.html",
         status=status,
-        form_targets=[o for p in providers for o in getattr(p, "origins", ())],
+        form_targets=[o for p in providers if isinstance(p, FormOrigins) for o in p.origins],
         csrf=csrf,
         providers=providers,
         chosen=chosen or (providers[0].id if providers else ""),

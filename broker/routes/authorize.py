@@ -41,6 +41,8 @@ from broker.store.keys import digest
 from broker.upstream_log import log_upstream_failure
 from broker.web.pages import same_secret
 from providers.base import (
+    EmailDomainHints,
+    FormOrigins,
     Identity,
     PasswordProvider,
     ProviderError,
@@ -419,18 +421,17 @@ def _access_denied(description: str = "the user is not allowed to use this resou
     return AccessDenied(description)
 
 
-def _provider_for_hint(providers: list[Any], login_hint: str) -> str:
+def _provider_for_hint(providers: list[PasswordProvider | RedirectProvider], login_hint: str) -> str:
     """The provider whose email domain matches ``login_hint`` (user@domain), else the first."""
     domain = login_hint.rpartition("@")[2].lower() if "@" in login_hint else ""
     for provider in providers:
-        config = getattr(provider, "config", None)
-        if domain and domain in {d.lower() for d in getattr(config, "email_domains", [])}:
-            return str(provider.id)
-    return str(providers[0].id)
+        if domain and isinstance(provider, EmailDomainHints) and domain in {d.lower() for d in provider.email_domains}:
+            return provider.id
+    return providers[0].id
 
 
-def _provider_origins(providers: list[Any]) -> list[str]:
-    return [o for p in providers for o in getattr(p, "origins", ())]
+def _provider_origins(providers: list[PasswordProvider | RedirectProvider]) -> list[str]:
+    return [o for p in providers if isinstance(p, FormOrigins) for o in p.origins]
 
 
 def _login_page(

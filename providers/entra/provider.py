@@ -43,7 +43,18 @@ from urllib.parse import urlsplit
 import certifi
 import httpx
 
-from providers.base import AccountDisabled, Identity, InvalidCredentials, UpstreamRejected, qualified_subject
+from providers.base import (
+    AccountDisabled,
+    EmailDomainHints,
+    FormOrigins,
+    Identity,
+    InvalidCredentials,
+    Lifecycle,
+    RedirectProvider,
+    RefreshProvider,
+    UpstreamRejected,
+    qualified_subject,
+)
 from providers.entra.config import EntraProviderConfig
 from providers.entra.graph import Graph
 from providers.entra.idtoken import IdTokenVerifier, JwksCache
@@ -62,8 +73,10 @@ def _strings(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-class EntraProvider:
+class EntraProvider(RedirectProvider, RefreshProvider, Lifecycle, FormOrigins, EmailDomainHints):
     """``RedirectProvider`` and ``RefreshProvider`` for Microsoft Entra ID."""
+
+    refresh_spends_upstream_token = False  # the re-check uses an app-only Graph token
 
     def __init__(self, config: EntraProviderConfig) -> None:
         self.config = config
@@ -80,7 +93,7 @@ class EntraProvider:
         )
         self._msal = MsalApps(config, self._http)
         host = self._msal.authority_host
-        self.origins: tuple[str, ...] = (_origin(host),)
+        self._origins = (_origin(host),)
         # Multi-tenant sign-in goes through /organizations; the tenant check is on the ID token.
         self._signin_authority = "organizations" if config.allowed_tenants else config.tenant_id
         self._graph_base = str(config.graph_url).rstrip("/")
@@ -93,6 +106,15 @@ class EntraProvider:
             jwks=JwksCache(f"{host}/{self._signin_authority}/discovery/v2.0/keys", self._http, timeout=config.timeout),
             v1_issuer_host=str(config.v1_issuer_host) if config.accept_v1_issuer else None,
         )
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """Where the login URL points: the authority host."""
+        return self._origins
+
+    @property
+    def email_domains(self) -> tuple[str, ...]:
+        return tuple(self.config.email_domains)
 
     def _graph_scope(self, scope: str) -> str:
         return scope if "://" in scope else f"{self._graph_base}/{scope}"

@@ -42,9 +42,14 @@ from ldap3.utils.dn import parse_dn
 
 from providers.base import (
     AccountDisabled,
+    EmailDomainHints,
     Identity,
     InvalidCredentials,
+    Lifecycle,
+    LookupProvider,
+    PasswordProvider,
     ProviderError,
+    RefreshProvider,
     UpstreamUnavailable,
     qualified_subject,
 )
@@ -111,8 +116,14 @@ def check_password(password: str) -> None:
         raise InvalidCredentials(f"password refused: {exc}") from None
 
 
-class LdapProvider:
+class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle, EmailDomainHints):
     """``PasswordProvider``, ``RefreshProvider`` and ``LookupProvider`` over ldap3."""
+
+    refresh_spends_upstream_token = False  # a directory lookup spends nothing
+
+    @property
+    def email_domains(self) -> tuple[str, ...]:
+        return tuple(self.config.email_domains)
 
     def __init__(self, config: LdapProviderConfig) -> None:
         self.config = config

@@ -26,7 +26,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import certifi
@@ -35,8 +35,11 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from providers.base import (
+    EmailDomainHints,
+    FormOrigins,
     Identity,
     InvalidCredentials,
+    Lifecycle,
     ProviderError,
     RedirectProvider,
     RefreshProvider,
@@ -53,7 +56,7 @@ DISCOVERY_MAX_AGE = 3600.0
 _TEXT = 200  # longest piece of upstream text quoted in a log message
 
 
-class OidcProvider:
+class OidcProvider(RedirectProvider, Lifecycle, FormOrigins, EmailDomainHints):
     """``RedirectProvider`` for any OpenID Connect OP found by discovery."""
 
     def __new__(cls, config: OidcProviderConfig, *, clock: Callable[[], float] = time.monotonic) -> OidcProvider:
@@ -83,6 +86,10 @@ class OidcProvider:
         if self._metadata is not None:
             found.append(origin(self._metadata.authorization_endpoint))
         return tuple(dict.fromkeys(found))
+
+    @property
+    def email_domains(self) -> tuple[str, ...]:
+        return tuple(self.config.email_domains)
 
     async def prepare(self) -> None:
         """Read the discovery document before the first sign-in, so ``origins`` names the
@@ -314,7 +321,7 @@ class OidcProvider:
         return userinfo
 
 
-class RefreshingOidcProvider(OidcProvider):
+class RefreshingOidcProvider(OidcProvider, RefreshProvider):
     """``RedirectProvider`` and ``RefreshProvider``: each broker refresh refreshes upstream too."""
 
     refresh_spends_upstream_token = True  # the broker serialises re-checks of one grant
@@ -355,14 +362,6 @@ class RefreshingOidcProvider(OidcProvider):
             "refresh_token": rotated if isinstance(rotated, str) and rotated else refresh_token,
         }
         return await self._identity(metadata, claims, token, private, userinfo)
-
-
-if TYPE_CHECKING:  # the capabilities each class claims, checked by mypy
-
-    def _capabilities(
-        plain: OidcProvider, refreshing: RefreshingOidcProvider
-    ) -> tuple[RedirectProvider, RedirectProvider, RefreshProvider]:
-        return plain, refreshing, refreshing
 
 
 def lookup(claims: Mapping[str, Any], path: str) -> Any:
