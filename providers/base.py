@@ -208,6 +208,12 @@ class ProviderConfig(BaseModel):
         """Whether this provider's usernames identify one account (see ``Identity``)."""
         return True
 
+    @property
+    def upstream_refresh_setting(self) -> str | None:
+        """The key of this entry, when set, that makes the broker keep upstream refresh tokens in
+        its grants (kept only encrypted, so ``signing.key_encryption_key`` is needed); else None."""
+        return None
+
     email_domains: list[str] = Field(
         default_factory=list,
         description="Email domains routed straight to this provider from the login page.",

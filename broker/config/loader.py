@@ -164,10 +164,11 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
         )
 
     for index, provider in enumerate(config.providers):
-        if getattr(provider, "use_upstream_refresh", False) and config.signing.key_encryption_key is None:
+        setting = provider.upstream_refresh_setting
+        if setting is not None and config.signing.key_encryption_key is None:
             problems.append(
                 Problem(
-                    f"providers[{index}].use_upstream_refresh",
+                    f"providers[{index}].{setting}",
                     "needs signing.key_encryption_key: upstream refresh tokens are kept only encrypted",
                 )
             )

@@ -111,3 +111,7 @@ class OidcProviderConfig(ProviderConfig):
     @property
     def usernames_are_unique(self) -> bool:
         return self.unique_usernames
+
+    @property
+    def upstream_refresh_setting(self) -> str | None:
+        return "use_upstream_refresh" if self.use_upstream_refresh else None

@@ -108,6 +108,21 @@ def test_unknown_provider_type() -> None:
     assert found == ["providers[2]: unknown provider type 'saml'; expected ldap, entra or oidc"]
 
 
+def test_a_provider_without_a_type_is_told_the_types() -> None:
+    found = problems(VALID.replace("    type: oidc\n", ""))
+    assert found == ["providers[2]: a provider needs a 'type': ldap, entra or oidc"]
+
+
+def test_upstream_refresh_needs_a_key_encryption_key() -> None:
+    text = VALID.replace("    client_id: abc\n", "    client_id: abc\n    use_upstream_refresh: true\n", 1)
+    assert parse_config(text, env=ENV).providers[2].upstream_refresh_setting == "use_upstream_refresh"
+    found = problems(text.replace("signing:\n  key_encryption_key: ${KEK}\n", ""))
+    assert found == [
+        "providers[2].use_upstream_refresh: needs signing.key_encryption_key: "
+        "upstream refresh tokens are kept only encrypted"
+    ]
+
+
 def test_entra_needs_exactly_one_credential() -> None:
     found = problems(VALID.replace("    client_secret: ${ENTRA_SECRET}\n", ""))
     assert found == ["providers[1]: set exactly one of client_secret or client_certificate_file"]
