@@ -33,6 +33,7 @@ from broker.devstack import RedisServer, Slapd
 from broker.security.password_login import LoginOutcome, password_login
 from broker.security.throttle import LoginThrottle
 from broker.store.keys import Keys
+from broker.store.redis_store import RedisStore
 from providers.base import ProviderError
 from providers.ldap.config import LdapProviderConfig
 from providers.ldap.provider import LdapProvider
@@ -122,7 +123,7 @@ async def main() -> None:
                 )
             )
             throttle = LoginThrottle(
-                redis, Keys("bench"), per_user=10**9, per_ip=10**9, window=60, failure_floor=args.floor
+                RedisStore(redis, Keys("bench")), per_user=10**9, per_ip=10**9, window=60, failure_floor=args.floor
             )
 
             def guarded(username: str, password: str) -> Awaitable[LoginOutcome]:

@@ -2,7 +2,7 @@
 
 A private Redis with its append-only file; mcp_app's ``RevocationWatcher`` on it; Redis stopped
 for each of ``--outages`` seconds and started again on the same port; the moment it answers, a
-broker revokes a grant (``TokenStore.revoke_grant``: the set entry and the announcement, which
+broker revokes a grant (``RedisStore.revoke_grant``: the set entry and the announcement, which
 the watcher, not yet resubscribed, does not hear). The figure is the time from Redis answering
 to the watcher refusing the grant; the promise is "within a second".
 
@@ -24,7 +24,8 @@ import structlog
 from broker.devstack import RedisServer
 from broker.store.client import create_redis
 from broker.store.keys import Keys
-from broker.store.tokens import TokenStore
+from broker.store.records import Grant
+from broker.store.redis_store import RedisStore
 from mcp_app.revocations import RevocationWatcher
 
 
@@ -38,9 +39,9 @@ async def one_restart(server: RedisServer, outage: float, grant_id: str) -> floa
         await asyncio.to_thread(server.start)
         answering = time.monotonic()
         broker = create_redis(server.url)
-        store = TokenStore(broker, Keys("bench"))
+        store = RedisStore(broker, Keys("bench"))
         await store.create_grant(
-            {"grant_id": grant_id, "subject": "bench", "status": "active", "expires_at": time.time() + 600},
+            Grant(grant_id=grant_id, subject="bench", status="active", expires_at=time.time() + 600),
             "h",
             refresh_ttl=600,
             grant_ttl=600,

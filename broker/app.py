@@ -26,7 +26,7 @@ from broker.security.throttle import LoginThrottle
 from broker.state import BrokerState
 from broker.store.client import RedisClient, create_redis
 from broker.store.keys import Keys
-from broker.store.tokens import TokenStore
+from broker.store.redis_store import RedisStore
 from broker.web.pages import Pages
 from providers.base import Lifecycle, Provider
 from providers.registry import open_provider
@@ -83,7 +83,7 @@ def create_app(
             rotation_interval=config.signing.rotation_interval,
             overlap=config.signing.key_overlap,
         )
-        store = TokenStore(client, keys)
+        store = RedisStore(client, keys)
         documents = MetadataDocuments(config.registration)
         policies = PolicyHolder(config)
         app.state.broker = BrokerState(
@@ -102,8 +102,7 @@ def create_app(
             pages=Pages(config.issuer),
             introspection_resources=_introspection(config),
             throttle=LoginThrottle(
-                client,
-                keys,
+                store,
                 per_user=config.login_protection.max_failures_per_user,
                 per_account=config.login_protection.max_failures_per_account,
                 per_ip=config.login_protection.max_failures_per_ip,
@@ -111,8 +110,7 @@ def create_app(
                 failure_floor=config.login_protection.failure_floor,
             ),
             registrations=RateLimit(
-                client,
-                keys,
+                store,
                 name="reg",
                 limit=config.registration.dynamic_registration_per_ip,
                 window=config.registration.dynamic_registration_window,

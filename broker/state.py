@@ -16,9 +16,9 @@ from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
+from broker.store.base import Store
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
-from broker.store.tokens import TokenStore
 from broker.web.pages import Pages
 from providers.base import Provider
 
@@ -29,7 +29,7 @@ class BrokerState:
     redis: RedisClient
     keys: Keys
     keyring: KeyRing
-    store: TokenStore
+    store: Store
     clients: ClientRegistry
     policies: PolicyHolder
     providers: Mapping[str, Provider]

@@ -15,7 +15,7 @@ from broker import redirect_rules as redirects
 from broker.config.models import RegistrationConfig
 from broker.display import hidden_character
 from broker.oauth.errors import InvalidClient, InvalidClientMetadata, InvalidRedirectUri
-from broker.store.tokens import TokenStore
+from broker.store.base import Store
 from providers.net import is_loopback_host
 
 AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
@@ -164,7 +164,7 @@ def validate_metadata(
 
 
 class ClientRegistry:
-    def __init__(self, config: RegistrationConfig, store: TokenStore, metadata_documents: Any = None) -> None:
+    def __init__(self, config: RegistrationConfig, store: Store, metadata_documents: Any = None) -> None:
         self.config = config
         self.store = store
         self.documents = metadata_documents

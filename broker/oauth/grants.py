@@ -34,11 +34,12 @@ from broker.oauth.errors import (
 )
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
-from broker.oauth.tokens import mint_access_token, new_handle, open_for, parse_handle, seal_for
+from broker.oauth.tokens import mint_access_token, new_grant_id, new_handle, open_for, parse_handle, seal_for
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
+from broker.store.base import Store
 from broker.store.keys import digest
-from broker.store.tokens import TokenStore
+from broker.store.records import AuthorizationCode, Grant, StoredIdentity
 from broker.upstream_log import log_upstream_failure
 from providers.base import AccountDisabled, Identity, InvalidCredentials, Provider, ProviderError, RefreshProvider
 
@@ -47,39 +48,39 @@ UPSTREAM_LOCK_SECONDS = 10.0
 SUCCESSOR_MARGIN = 30  # seconds a retried refresh's answer outlives the reuse grace window (clock skew)
 
 
-def identity_record(identity: Identity, sealer: Sealer) -> dict[str, Any]:
+def identity_record(identity: Identity, sealer: Sealer) -> StoredIdentity:
     """What the store keeps of an identity; provider-private data only encrypted."""
-    return {
-        "provider_id": identity.provider_id,
-        "subject": identity.subject,
-        "username": identity.username,
-        "email": identity.email,
-        "display_name": identity.display_name,
-        "groups": sorted(identity.groups),
-        "group_names": dict(identity.group_names),
-        "username_is_unique": identity.username_is_unique,
-        "private": sealer.seal(dict(identity.private), context=f"identity:{identity.provider_id}:{identity.subject}"),
-    }
+    return StoredIdentity(
+        provider_id=identity.provider_id,
+        subject=identity.subject,
+        username=identity.username,
+        email=identity.email,
+        display_name=identity.display_name,
+        groups=tuple(sorted(identity.groups)),
+        group_names=dict(identity.group_names),
+        username_is_unique=identity.username_is_unique,
+        private=sealer.seal(dict(identity.private), context=f"identity:{identity.provider_id}:{identity.subject}"),
+    )
 
 
-def identity_from(record: Mapping[str, Any], sealer: Sealer) -> Identity:
+def identity_from(record: StoredIdentity, sealer: Sealer) -> Identity:
     return Identity(
-        provider_id=record["provider_id"],
-        subject=record["subject"],
-        username=record["username"],
-        email=record.get("email"),
-        display_name=record.get("display_name"),
-        groups=frozenset(record.get("groups", [])),
-        group_names=dict(record.get("group_names", {})),
-        username_is_unique=record.get("username_is_unique") is True,
-        private=sealer.open(record.get("private"), context=f"identity:{record['provider_id']}:{record['subject']}"),
+        provider_id=record.provider_id,
+        subject=record.subject,
+        username=record.username,
+        email=record.email,
+        display_name=record.display_name,
+        groups=frozenset(record.groups),
+        group_names=dict(record.group_names),
+        username_is_unique=record.username_is_unique,
+        private=sealer.open(record.private, context=f"identity:{record.provider_id}:{record.subject}"),
     )
 
 
 @dataclass
 class GrantService:
     config: BrokerConfig
-    store: TokenStore
+    store: Store
     keyring: KeyRing
     policies: PolicyHolder
     providers: Mapping[str, Provider]
@@ -90,18 +91,18 @@ class GrantService:
     def policy(self) -> Policy:
         return self.policies.current
 
-    def _token_response(self, grant: Mapping[str, Any], scopes: list[str], refresh: str | None) -> dict[str, Any]:
+    def _token_response(self, grant: Grant, scopes: list[str], refresh: str | None) -> dict[str, Any]:
         ttl = self.config.tokens.access_token_ttl
         access = mint_access_token(
             self.keyring,
             issuer=self.config.issuer,
-            subject=grant["subject"],
-            client_id=grant["client_id"],
-            resource=grant["resource"],
+            subject=grant.subject,
+            client_id=grant.client_id,
+            resource=grant.resource,
             scopes=scopes,
-            grant_id=grant["grant_id"],
+            grant_id=grant.grant_id,
             ttl=ttl,
-            auth_time=grant.get("auth_time"),
+            auth_time=grant.auth_time,
         )
         body: dict[str, Any] = {
             "access_token": access.token,
@@ -113,9 +114,47 @@ class GrantService:
             body["refresh_token"] = refresh
         return body
 
-    def _refresh_ttls(self, grant: Mapping[str, Any], now: float) -> tuple[int, int]:
-        remaining = int(grant["expires_at"] - now)
+    def _refresh_ttls(self, grant: Grant, now: float) -> tuple[int, int]:
+        remaining = int(grant.expires_at - now)
         return min(self.config.tokens.refresh_token_idle_ttl, remaining), remaining
+
+    # -- browser flow --------------------------------------------------------------------------
+    def seal_flow_data(self, flow_id: str, data: Mapping[str, Any]) -> dict[str, Any] | str | None:
+        """A provider's flow data as a pending flow keeps it: sealed when a key encryption key is
+        configured (short-lived either way)."""
+        return self.sealer.seal(dict(data), context=f"flow:{flow_id}") if self.sealer.enabled else dict(data)
+
+    def open_flow_data(self, flow_id: str, data: dict[str, Any] | str | None) -> dict[str, Any]:
+        return data if isinstance(data, dict) else self.sealer.open(data, context=f"flow:{flow_id}")
+
+    async def issue_code(
+        self,
+        *,
+        client_id: str,
+        redirect_uri: str,
+        redirect_uri_given: bool,
+        code_challenge: str,
+        resource: str,
+        scopes: list[str],
+        identity: Identity,
+    ) -> tuple[str, str]:
+        """Store a new authorization code for a signed-in user: (its grant id, the code)."""
+        grant_id = new_grant_id()
+        code = new_handle("ac", grant_id)
+        record = AuthorizationCode(
+            code_hash=digest(code),
+            client_id=client_id,
+            redirect_uri=redirect_uri,
+            redirect_uri_given=redirect_uri_given,
+            code_challenge=code_challenge,
+            resource=resource,
+            scopes=tuple(scopes),
+            identity=identity_record(identity, self.sealer),
+            auth_time=int(time.time()),
+            policy_version=self.policy.version,
+        )
+        await self.store.save_code(grant_id, record, self.config.tokens.authorization_code_ttl)
+        return grant_id, code
 
     # -- authorization_code ----------------------------------------------------------------
     async def exchange_code(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
@@ -131,55 +170,53 @@ class GrantService:
             await self.store.revoke_grant(grant_id, "code_replayed")
             audit("code_replayed", grant_id=grant_id, client_id=client.client_id)
             raise InvalidGrant(detail=f"authorization code of grant {grant_id} replayed; grant revoked")
-        if taken.outcome != "ok" or taken.record is None:
+        if taken.outcome != "ok" or taken.code is None:
             raise InvalidGrant(detail="unknown or expired authorization code")
-        record = taken.record
+        record = taken.code
         # RFC 6749 §4.1.3: required if the authorization request had one, and then identical
         # (no loopback port leeway here: that applies to matching the registration only).
         redirect_uri = form.get("redirect_uri")
-        if redirect_uri is None and record.get("redirect_uri_given", True):
+        if redirect_uri is None and record.redirect_uri_given:
             raise InvalidGrant(detail="redirect_uri is required: the authorization request had one")
-        if redirect_uri is not None and redirect_uri != record["redirect_uri"]:
+        if redirect_uri is not None and redirect_uri != record.redirect_uri:
             raise InvalidGrant(detail="redirect_uri differs from the authorization request")
-        if not pkce.verify(form.get("code_verifier"), record["code_challenge"]):
+        if not pkce.verify(form.get("code_verifier"), record.code_challenge):
             raise InvalidGrant(detail="PKCE code_verifier does not match the code_challenge")
         resource = form.get("resource")
         if resource is not None:
             found = find_resource(self.policy, resource)
-            if found is None or found.uri != record["resource"]:
+            if found is None or found.uri != record.resource:
                 raise InvalidTarget(detail=f"token request resource {resource!r} differs from the code's")
         now = time.time()
-        grant = {
-            "grant_id": grant_id,
-            "client_id": client.client_id,
-            "subject": record["identity"]["subject"],
-            "username": record["identity"]["username"],
-            "provider_id": record["identity"]["provider_id"],
-            "resource": record["resource"],
-            "scopes": " ".join(record["scopes"]),
-            "requested": " ".join(record["requested"] or []),
-            "identity": record["identity"],
-            "created_at": now,
-            "last_refresh": now,
-            "auth_time": record.get("auth_time"),
-            "expires_at": now + self.config.tokens.refresh_token_absolute_ttl,
-            "status": "active",
-            "code_hash": code_hash,
-            "refresh_count": 0,
-            "policy_version": record.get("policy_version"),
-        }
+        grant = Grant(
+            grant_id=grant_id,
+            client_id=client.client_id,
+            subject=record.identity.subject,
+            username=record.identity.username,
+            provider_id=record.identity.provider_id,
+            resource=record.resource,
+            scopes=" ".join(record.scopes),
+            identity=record.identity,
+            created_at=now,
+            last_refresh=now,
+            auth_time=record.auth_time,
+            expires_at=now + self.config.tokens.refresh_token_absolute_ttl,
+            status="active",
+            code_hash=code_hash,
+            policy_version=record.policy_version,
+        )
         issue_refresh = "refresh_token" in client.grant_types
         refresh = new_handle("rt", grant_id) if issue_refresh else None
         idle, remaining = self._refresh_ttls(grant, now)
         await self.store.create_grant(grant, digest(refresh) if refresh else "none", idle, remaining)
-        response = self._token_response(grant, record["scopes"], refresh)
+        response = self._token_response(grant, list(record.scopes), refresh)
         TOKENS_ISSUED.inc()
         audit(
             "token_issued",
             grant_id=grant_id,
             client_id=client.client_id,
-            sub=grant["subject"],
-            resource=grant["resource"],
+            sub=grant.subject,
+            resource=grant.resource,
             scope=response["scope"],
             refresh_token_issued=refresh is not None,
         )
@@ -197,16 +234,16 @@ class GrantService:
         grant, record = await self.store.get_grant_and_refresh(grant_id, old_hash)
         if grant is None:
             raise InvalidGrant(detail=f"grant {grant_id} unknown or expired")
-        if grant["client_id"] != client.client_id:
-            raise InvalidGrant(detail=f"refresh token of {grant['client_id']} presented by {client.client_id}")
-        if grant["status"] != "active":
-            raise InvalidGrant(detail=f"grant {grant_id} is {grant['status']}")
+        if grant.client_id != client.client_id:
+            raise InvalidGrant(detail=f"refresh token of {grant.client_id} presented by {client.client_id}")
+        if grant.status != "active":
+            raise InvalidGrant(detail=f"grant {grant_id} is {grant.status}")
         resource = form.get("resource")
         if resource is not None:
             found = find_resource(self.policy, resource)
-            if found is None or found.uri != grant["resource"]:
+            if found is None or found.uri != grant.resource:
                 raise InvalidTarget(detail="a refresh cannot change the resource")
-        current = grant["scopes"].split()
+        current = grant.scope_list
         requested = form.get("scope")
         narrowed: list[str] | None = None
         if requested is not None and requested.strip():
@@ -217,10 +254,10 @@ class GrantService:
 
         if record is None:
             raise InvalidGrant(detail=f"refresh token unknown or expired for grant {grant_id}")
-        if record.get("state") == "rotated":
-            return await self._replayed(grant, token, float(record["at"]), record.get("successor"), old_hash)
+        if record.rotated:
+            return await self._replayed(grant, token, record.rotated_at, record.successor, old_hash)
 
-        provider = self.providers.get(grant["identity"]["provider_id"])
+        provider = self.providers.get(grant.identity.provider_id if grant.identity else grant.provider_id)
         lock: str | None = None
         if (
             isinstance(provider, RefreshProvider)
@@ -239,28 +276,28 @@ class GrantService:
             if lock is not None:
                 await self.store.unlock_grant(grant_id, lock)
 
-    async def _await_winner(self, grant: Mapping[str, Any], token: str, old_hash: str) -> dict[str, Any]:
+    async def _await_winner(self, grant: Grant, token: str, old_hash: str) -> dict[str, Any]:
         """Another request holds the grant's upstream lock: wait for its rotation and answer alike."""
         deadline = time.monotonic() + UPSTREAM_LOCK_SECONDS
         while time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-            record = await self.store.get_refresh(grant["grant_id"], old_hash)
+            record = await self.store.get_refresh(grant.grant_id, old_hash)
             if record is None:
                 break
-            if record.get("state") == "rotated":
-                return await self._replayed(grant, token, float(record["at"]), record.get("successor"), old_hash)
-        raise TemporarilyUnavailable(detail=f"concurrent refresh of grant {grant['grant_id']} did not finish")
+            if record.rotated:
+                return await self._replayed(grant, token, record.rotated_at, record.successor, old_hash)
+        raise TemporarilyUnavailable(detail=f"concurrent refresh of grant {grant.grant_id} did not finish")
 
     async def _rotate(
         self,
         client: Client,
-        grant: Mapping[str, Any],
+        grant: Grant,
         token: str,
         old_hash: str,
         current: list[str],
         narrowed: list[str] | None,
     ) -> dict[str, Any]:
-        grant_id = grant["grant_id"]
+        grant_id = grant.grant_id
         allowed, fresh = await self._reevaluate(grant)
         grant_scopes = [s for s in current if s in allowed]
         scopes = [s for s in (narrowed if narrowed is not None else current) if s in allowed]
@@ -293,7 +330,7 @@ class GrantService:
             "token_refreshed",
             grant_id=grant_id,
             client_id=client.client_id,
-            sub=grant["subject"],
+            sub=grant.subject,
             scope=response["scope"],
             scope_narrowed=sorted(set(current) - set(scopes)) or None,
             policy_version=self.policy.version,
@@ -301,32 +338,32 @@ class GrantService:
         return response
 
     async def _replayed(
-        self, grant: Mapping[str, Any], token: str, rotated_at: float, successor: str | None, old_hash: str
+        self, grant: Grant, token: str, rotated_at: float, successor: str | None, old_hash: str
     ) -> dict[str, Any]:
         grace = self.config.tokens.refresh_reuse_grace
         if time.time() - rotated_at <= grace:
-            successor = successor or await self.store.get_successor(grant["grant_id"], old_hash)
+            successor = successor or await self.store.get_successor(grant.grant_id, old_hash)
             if not successor:  # kept SUCCESSOR_MARGIN seconds past the window: should not happen
-                raise InvalidGrant(detail=f"the answer to a retried refresh of grant {grant['grant_id']} is gone")
+                raise InvalidGrant(detail=f"the answer to a retried refresh of grant {grant.grant_id} is gone")
             response = open_for(token, successor)
-            _log.info("refresh_retry_within_grace", grant_id=grant["grant_id"])
+            _log.info("refresh_retry_within_grace", grant_id=grant.grant_id)
             return response
-        await self.store.revoke_grant(grant["grant_id"], "refresh_token_reuse")
+        await self.store.revoke_grant(grant.grant_id, "refresh_token_reuse")
         REFRESH_REUSE.inc()
         audit(
             "refresh_reuse_detected",
-            grant_id=grant["grant_id"],
-            client_id=grant["client_id"],
-            sub=grant["subject"],
+            grant_id=grant.grant_id,
+            client_id=grant.client_id,
+            sub=grant.subject,
             rotated_seconds_ago=round(time.time() - rotated_at, 3),
         )
-        raise InvalidGrant(detail=f"rotated refresh token of grant {grant['grant_id']} reused; grant revoked")
+        raise InvalidGrant(detail=f"rotated refresh token of grant {grant.grant_id} reused; grant revoked")
 
-    def _recent(self, grant: Mapping[str, Any]) -> Identity | None:
+    def _recent(self, grant: Grant) -> Identity | None:
         interval = self.config.tokens.upstream_recheck_interval
-        if not interval:
+        if not interval or grant.identity is None:
             return None
-        key = (grant["identity"]["provider_id"], grant["identity"]["subject"])
+        key = (grant.identity.provider_id, grant.identity.subject)
         hit = self._rechecked.get(key)
         if hit is None or time.monotonic() - hit[0] > interval:
             return None
@@ -339,10 +376,12 @@ class GrantService:
             self._rechecked.clear()
         self._rechecked[(identity.provider_id, identity.subject)] = (time.monotonic(), identity)
 
-    async def _reevaluate(self, grant: Mapping[str, Any]) -> tuple[frozenset[str], Identity | None]:
+    async def _reevaluate(self, grant: Grant) -> tuple[frozenset[str], Identity | None]:
         """Scopes the user may hold now, with fresh group data where the provider can give it,
         and the fresh identity to store (None when the provider cannot refresh)."""
-        identity = identity_from(grant["identity"], self.sealer)
+        if grant.identity is None:
+            raise InvalidGrant(detail=f"grant {grant.grant_id} has no identity to re-check")
+        identity = identity_from(grant.identity, self.sealer)
         provider = self.providers.get(identity.provider_id)
         if provider is None:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
@@ -356,20 +395,20 @@ class GrantService:
                     identity = fresh = await provider.refresh(identity)
                 self._remember(fresh)
             except (InvalidCredentials, AccountDisabled) as exc:
-                await self.store.revoke_grant(grant["grant_id"], "user_no_longer_valid")
+                await self.store.revoke_grant(grant.grant_id, "user_no_longer_valid")
                 raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None
             except ProviderError as exc:
                 log_upstream_failure(identity.provider_id, "refresh", exc)
                 raise TemporarilyUnavailable(detail=f"upstream re-check failed: {exc}") from None
-        resource = self.policy.resource_for(grant["resource"])
+        resource = self.policy.resource_for(grant.resource)
         if resource is None:
-            raise InvalidGrant(detail=f"resource {grant['resource']} is no longer configured")
+            raise InvalidGrant(detail=f"resource {grant.resource} is no longer configured")
         decision = self.policy.evaluate(resource, identity)
-        if not decision.scopes & set(grant["scopes"].split()):
-            await self.store.revoke_grant(grant["grant_id"], "no_scopes_left")
+        if not decision.scopes & set(grant.scope_list):
+            await self.store.revoke_grant(grant.grant_id, "no_scopes_left")
             audit(
                 "access_denied",
-                grant_id=grant["grant_id"],
+                grant_id=grant.grant_id,
                 sub=identity.subject,
                 resource=resource.uri,
                 reason="no scope left at refresh",

@@ -10,14 +10,14 @@ from broker.audit import audit
 from broker.oauth.clients import Client
 from broker.oauth.signing import KeyRing
 from broker.oauth.tokens import parse_handle, verify_access_token
+from broker.store.base import Store
 from broker.store.keys import digest
-from broker.store.tokens import TokenStore
 
 
 @dataclass
 class RevocationService:
     issuer: str
-    store: TokenStore
+    store: Store
     keyring: KeyRing
 
     async def _grant_of(self, token: str) -> tuple[str | None, dict[str, Any] | None, str]:
@@ -36,12 +36,12 @@ class RevocationService:
         if grant_id is None:
             return
         grant = await self.store.get_grant(grant_id)
-        if grant is None or grant["client_id"] != client.client_id:
+        if grant is None or grant.client_id != client.client_id:
             return
         if kind == "refresh_token" and await self.store.get_refresh(grant_id, digest(token)) is None:
             return
         if await self.store.revoke_grant(grant_id, f"{kind}_revoked_by_client"):
-            audit("token_revoked", grant_id=grant_id, client_id=client.client_id, sub=grant["subject"], token_kind=kind)
+            audit("token_revoked", grant_id=grant_id, client_id=client.client_id, sub=grant.subject, token_kind=kind)
 
     async def revoke_user(self, subject: str, reason: str = "admin") -> list[str]:
         """Revoke every grant of one user; return the grant ids revoked."""
@@ -60,21 +60,21 @@ class RevocationService:
         if grant_id is None:
             return inactive
         grant = await self.store.get_grant(grant_id)
-        if grant is None or grant["status"] != "active" or grant["resource"] not in allowed_resources:
+        if grant is None or not grant.active or grant.resource not in allowed_resources:
             return inactive
         if kind == "refresh_token":
             record = await self.store.get_refresh(grant_id, digest(token))
-            if record is None or record.get("state") != "active":
+            if record is None or record.rotated:
                 return inactive
             return {
                 "active": True,
                 "token_type": "refresh_token",
-                "client_id": grant["client_id"],
-                "sub": grant["subject"],
-                "scope": grant["scopes"],
-                "aud": grant["resource"],
+                "client_id": grant.client_id,
+                "sub": grant.subject,
+                "scope": grant.scopes,
+                "aud": grant.resource,
                 "iss": self.issuer,
-                "exp": int(grant["expires_at"]),
+                "exp": int(grant.expires_at),
             }
         assert claims is not None
         if claims["exp"] <= time.time() or claims.get("aud") not in allowed_resources:
@@ -87,5 +87,5 @@ class RevocationService:
                 for k in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti")
                 if k in claims
             },
-            "username": grant.get("username"),
+            "username": grant.username,
         }

@@ -21,6 +21,7 @@ from broker.routes.forms import read_page_form
 from broker.security.password_login import password_login
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
+from broker.store.records import BrowserSession, PendingFlow, UpstreamLeg
 from broker.upstream_log import log_upstream_failure
 from providers.base import (
     FormOrigins,
@@ -35,15 +36,11 @@ SESSION_TTL = 1800
 FLOW_TTL = 600
 
 
-def _session_key(state: BrokerState, token: str) -> str:
-    return f"{state.keys.prefix}:{{s:{digest(token)[:40]}}}"
-
-
-async def _session(state: BrokerState, request: Request) -> dict[str, Any] | None:
+async def _session(state: BrokerState, request: Request) -> BrowserSession | None:
     token = request.cookies.get(state.pages.session_cookie)
     if not token or len(token) > 100:
         return None
-    return await state.store.get_json(_session_key(state, token))
+    return await state.store.get_session(token)
 
 
 def _providers(state: BrokerState) -> list[Any]:
@@ -72,14 +69,14 @@ def _login_page(
 
 async def start_session(state: BrokerState, identity: Identity) -> Response:
     token = secrets.token_urlsafe(32)
-    await state.store.set_json(
-        _session_key(state, token),
-        {
-            "subject": identity.subject,
-            "username": identity.username,
-            "provider": identity.provider_id,
-            "created_at": time.time(),
-        },
+    await state.store.save_session(
+        token,
+        BrowserSession(
+            subject=identity.subject,
+            username=identity.username,
+            provider=identity.provider_id,
+            created_at=time.time(),
+        ),
         SESSION_TTL,
     )
     audit(
@@ -109,19 +106,19 @@ def router(base: str) -> APIRouter:
         if session is None:
             return _login_page(state)
         grants = []
-        for grant_id in await state.store.user_grant_ids(session["subject"]):
+        for grant_id in await state.store.user_grant_ids(session.subject):
             grant = await state.store.get_grant(grant_id)
-            if grant is None or grant["status"] != "active":
+            if grant is None or not grant.active:
                 continue
-            client = await state.clients.get(grant["client_id"])
-            resource = state.policy.resource_for(grant["resource"])
-            last, last_iso = _when(grant["last_refresh"])
+            client = await state.clients.get(grant.client_id)
+            resource = state.policy.resource_for(grant.resource)
+            last, last_iso = _when(grant.last_refresh)
             grants.append(
                 {
                     "grant_id": grant_id,
-                    "client_name": client.client_name if client else grant["client_id"],
-                    "resource_name": resource.name if resource else grant["resource"],
-                    "scopes": grant["scopes"].split(),
+                    "client_name": client.client_name if client else grant.client_id,
+                    "resource_name": resource.name if resource else grant.resource,
+                    "scopes": grant.scope_list,
                     "last_used": last,
                     "last_used_iso": last_iso,
                 }
@@ -129,7 +126,7 @@ def router(base: str) -> APIRouter:
         csrf = secrets.token_urlsafe(24)
         response = state.pages.render(
             "account.html",
-            username=session["username"],
+            username=session.username,
             grants=grants,
             csrf=csrf,
             notice=(request.query_params.get("notice") == "disconnected" and "Disconnected.") or None,
@@ -185,21 +182,18 @@ def router(base: str) -> APIRouter:
             except ProviderError as exc:
                 log_upstream_failure(provider.id, "login_url", exc)
                 return pages.error(request, "Sign-in unavailable", exc.public, status=503)
-            sealer = state.grants.sealer
             await state.store.save_flow(
                 flow_id,
-                {
-                    "purpose": "account",
-                    "approved": True,
-                    "provider": provider.id,
-                    "binding_hash": digest(binding),
-                    "upstream": {
-                        "data": sealer.seal(dict(data), context=f"flow:{flow_id}") if sealer.enabled else dict(data)
-                    },
-                },
+                PendingFlow(
+                    purpose="account",
+                    approved=True,
+                    provider=provider.id,
+                    binding_hash=digest(binding),
+                    upstream=UpstreamLeg(data=state.grants.seal_flow_data(flow_id, data)),
+                ),
                 FLOW_TTL,
             )
-            await state.store.save_flow(f"up.{digest(upstream_state)}", {"flow_id": flow_id}, FLOW_TTL)
+            await state.store.save_upstream_pointer(upstream_state, flow_id, FLOW_TTL)
             response = pages.redirect(url)
             pages.set_flow(response, binding)
             return response
@@ -219,14 +213,14 @@ def router(base: str) -> APIRouter:
             return pages.csrf_refused(request)
         grant_id = form.get("grant", "")
         grant = await state.store.get_grant(grant_id) if len(grant_id) <= 64 else None
-        if grant is None or grant["subject"] != session["subject"]:  # only one's own grants
+        if grant is None or grant.subject != session.subject:  # only one's own grants
             return pages.error(request, "Not found", "That connection does not exist or is not yours.", status=404)
         if await state.store.revoke_grant(grant_id, "user_disconnected"):
             audit(
                 "grant_revoked",
                 grant_id=grant_id,
-                sub=session["subject"],
-                client_id=grant["client_id"],
+                sub=session.subject,
+                client_id=grant.client_id,
                 reason="user_disconnected",
             )
         return pages.redirect(f"{state.config.issuer}/account?notice=disconnected")
@@ -241,7 +235,7 @@ def router(base: str) -> APIRouter:
             return state.pages.csrf_refused(request)
         token = request.cookies.get(state.pages.session_cookie)
         if token:
-            await state.store.redis.delete(_session_key(state, token))
+            await state.store.end_session(token)
         response = state.pages.redirect(f"{state.config.issuer}/account")
         state.pages.clear(response, session=True)
         return response

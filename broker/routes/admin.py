@@ -6,7 +6,7 @@ Authenticated with the static admin bearer token (``admin.token``); off when it 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
@@ -17,6 +17,7 @@ from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
 from broker.policy.explain import explain, given_identity
 from broker.routes import openapi
 from broker.state import BrokerState, get_state
+from broker.store.records import Grant
 from broker.upstream_log import log_upstream_failure
 from providers.base import LookupProvider, PasswordProvider, ProviderError
 
@@ -73,18 +74,18 @@ async def require_admin(request: Request, authorization: Annotated[str | None, H
 Admin = Annotated[BrokerState, Depends(require_admin)]
 
 
-def _view(grant: dict[str, Any]) -> GrantView:
+def _view(grant: Grant) -> GrantView:
     return GrantView(
-        grant_id=grant["grant_id"],
-        client_id=grant["client_id"],
-        subject=grant["subject"],
-        username=grant["username"],
-        resource=grant["resource"],
-        scopes=grant["scopes"].split(),
-        status=grant["status"],
-        created_at=grant["created_at"],
-        last_refresh=grant["last_refresh"],
-        expires_at=grant["expires_at"],
+        grant_id=grant.grant_id,
+        client_id=grant.client_id,
+        subject=grant.subject,
+        username=grant.username,
+        resource=grant.resource,
+        scopes=grant.scope_list,
+        status=grant.status,
+        created_at=grant.created_at,
+        last_refresh=grant.last_refresh,
+        expires_at=grant.expires_at,
     )
 
 
@@ -138,7 +139,7 @@ def router(base: str) -> APIRouter:
             raise InvalidRequest("no such grant")
         changed = await state.store.revoke_grant(grant_id, "admin")
         if changed:
-            audit("grant_revoked", grant_id=grant_id, sub=grant["subject"], reason="admin")
+            audit("grant_revoked", grant_id=grant_id, sub=grant.subject, reason="admin")
         return RevokedView(revoked=[grant_id] if changed else [])
 
     @api.post(
@@ -160,12 +161,7 @@ def router(base: str) -> APIRouter:
     @api.get("/users/{subject}/consents", summary="A user's remembered consents", **openapi.ADMIN_ROUTE)
     async def consents(subject: str, state: Admin) -> JSONResponse:
         found = await state.store.consents(subject)
-        return JSONResponse(
-            [
-                {"client_id": key.split(" ", 1)[0], "resource": key.split(" ", 1)[1], **value}
-                for key, value in sorted(found.items())
-            ]
-        )
+        return JSONResponse([{"client_id": c.client_id, "resource": c.resource, **c.to_json()} for c in found])
 
     @api.delete("/users/{subject}/consents", summary="Forget a remembered consent", **openapi.ADMIN_ROUTE)
     async def forget(subject: str, client_id: str, resource: str, state: Admin) -> JSONResponse:

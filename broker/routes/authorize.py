@@ -30,14 +30,13 @@ from broker.oauth.authorize import (
 )
 from broker.oauth.clients import Client
 from broker.oauth.errors import OAuthError
-from broker.oauth.grants import identity_record
-from broker.oauth.tokens import new_grant_id, new_handle
 from broker.redirect_rules import is_loopback_redirect
 from broker.routes import openapi
 from broker.routes.forms import read_page_form
 from broker.security.password_login import password_login
 from broker.state import BrokerState, get_state
 from broker.store.keys import digest
+from broker.store.records import PendingFlow, UpstreamLeg
 from broker.upstream_log import log_upstream_failure
 from broker.web.pages import same_secret
 from providers.base import (
@@ -72,13 +71,15 @@ def _error_redirect(state: BrokerState, redirect_uri: str, error: OAuthError, cl
     )
 
 
-async def _load(state: BrokerState, flow_id: str | None) -> tuple[dict[str, Any], AuthorizationRequest, Client] | None:
+async def _load(state: BrokerState, flow_id: str | None) -> tuple[PendingFlow, AuthorizationRequest, Client] | None:
     if not flow_id or len(flow_id) > 64:
         return None
     flow = await state.store.get_flow(flow_id)
     if flow is None:
         return None
-    request = AuthorizationRequest(**flow["request"])
+    if flow.request is None:  # an account-page sign-in, not an authorization request
+        return None
+    request = AuthorizationRequest(**flow.request)
     client = await state.clients.get(request.client_id)
     if client is None:
         return None
@@ -119,12 +120,7 @@ def router(base: str) -> APIRouter:
         csrf = secrets.token_urlsafe(24)
         await state.store.save_flow(
             flow_id,
-            {
-                "request": auth.to_record(),
-                "csrf_hash": digest(csrf),
-                "approved": False,
-                "created_at": time.time(),
-            },
+            PendingFlow(request=auth.to_record(), csrf_hash=digest(csrf), approved=False, created_at=time.time()),
             FLOW_TTL,
         )
         wanted = set(auth.scopes) if auth.scopes else {s.name for s in resource.scopes}
@@ -162,10 +158,10 @@ def router(base: str) -> APIRouter:
         if loaded is None:
             return pages.error(request, *EXPIRED)
         flow, auth, client = loaded
-        if not pages.csrf_ok(request, form.get("csrf"), flow["csrf_hash"]):
+        if not pages.csrf_ok(request, form.get("csrf"), flow.csrf_hash):
             _log.warning("csrf_check_failed", client_id=client.client_id)
             return pages.csrf_refused(request)
-        if flow.get("approved"):
+        if flow.approved:
             return pages.error(request, *EXPIRED)
         if form.get("decision") != "approve":
             await state.store.take_flow(form["flow"])
@@ -190,7 +186,7 @@ def router(base: str) -> APIRouter:
         if not isinstance(provider, PasswordProvider | RedirectProvider):
             return pages.error(request, "Invalid request", "Choose one of the sign-in options offered.")
         binding = secrets.token_urlsafe(24)
-        flow.update(approved=True, provider=provider.id, binding_hash=digest(binding), client_id=client.client_id)
+        flow = flow.approve(provider=provider.id, binding_hash=digest(binding), client_id=client.client_id)
         audit(
             "consent_granted",
             client_id=client.client_id,
@@ -212,16 +208,14 @@ def router(base: str) -> APIRouter:
                 _log.warning("upstream_login_url_failed", provider=provider.id, error=str(exc))
                 log_upstream_failure(provider.id, "login_url", exc)
                 return pages.error(request, "Sign-in unavailable", exc.public, status=503)
-            flow["upstream"] = {
-                "state_hash": digest(upstream_state),
-                # Sealed when a key encryption key is configured; short-lived either way.
-                "data": state.grants.sealer.seal(dict(flow_data), context=f"flow:{form['flow']}")
-                if state.grants.sealer.enabled
-                else dict(flow_data),
-            }
+            flow = flow.with_upstream(
+                UpstreamLeg(
+                    state_hash=digest(upstream_state), data=state.grants.seal_flow_data(form["flow"], flow_data)
+                )
+            )
             if not await state.store.update_flow(form["flow"], flow):
                 return pages.error(request, *EXPIRED)
-            await state.store.save_flow(f"up.{digest(upstream_state)}", {"flow_id": form["flow"]}, FLOW_TTL)
+            await state.store.save_upstream_pointer(upstream_state, form["flow"], FLOW_TTL)
             response = pages.redirect(url)
         pages.set_flow(response, binding)
         return response
@@ -234,7 +228,7 @@ def router(base: str) -> APIRouter:
             return checked
         flow, auth, client, provider = checked
         csrf = secrets.token_urlsafe(24)
-        flow["csrf_hash"] = digest(csrf)
+        flow = flow.with_csrf(digest(csrf))
         if not await state.store.update_flow(request.query_params["flow"], flow):
             return state.pages.error(request, *EXPIRED)
         response = _login_page(state, request.query_params["flow"], csrf, auth, client, provider)
@@ -252,7 +246,7 @@ def router(base: str) -> APIRouter:
         if isinstance(checked, Response):
             return checked
         flow, auth, client, provider = checked
-        if not pages.csrf_ok(request, form.get("csrf"), flow["csrf_hash"]):
+        if not pages.csrf_ok(request, form.get("csrf"), flow.csrf_hash):
             return pages.csrf_refused(request)
         if not isinstance(provider, PasswordProvider):
             return pages.error(request, "Invalid request", "This sign-in option does not take a password.")
@@ -326,27 +320,26 @@ def router(base: str) -> APIRouter:
         upstream_state = request.query_params.get("state")
         if not upstream_state:
             return pages.error(request, *EXPIRED)
-        pointer_key = f"up.{digest(upstream_state)}"
-        pointer = await state.store.get_flow(pointer_key)
-        if pointer is None:
+        flow_id = await state.store.get_upstream_pointer(upstream_state)
+        if flow_id is None:
             return pages.error(request, *EXPIRED)
-        pending = await state.store.get_flow(pointer["flow_id"])
+        pending = await state.store.get_flow(flow_id)
         # The browser that approved must be the one coming back; only then is the state spent,
         # so a replayed callback URL without the cookie cannot spoil the real sign-in.
-        if pending is None or not same_secret(request.cookies.get(pages.flow_cookie), pending.get("binding_hash")):
+        if pending is None or not same_secret(request.cookies.get(pages.flow_cookie), pending.binding_hash):
             return pages.error(request, *EXPIRED)
-        if await state.store.take_flow(pointer_key) is None:  # single use
+        if await state.store.take_upstream_pointer(upstream_state) is None:  # single use
             return pages.error(request, *EXPIRED)
-        if pending.get("purpose") == "account":
-            return await _account_callback(state, request, pointer["flow_id"], pending, provider_id)
-        checked = await _approved_flow(state, request, pointer["flow_id"])
+        if pending.purpose == "account":
+            return await _account_callback(state, request, flow_id, pending, provider_id)
+        checked = await _approved_flow(state, request, flow_id)
         if isinstance(checked, Response):
             return checked
         flow, auth, client, provider = checked
         if provider.id != provider_id or not isinstance(provider, RedirectProvider):
             return pages.error(request, *EXPIRED)
         if "error" in request.query_params:
-            await state.store.take_flow(pointer["flow_id"])
+            await state.store.take_flow(flow_id)
             audit(
                 "login_failed",
                 provider=provider.id,
@@ -370,12 +363,10 @@ def router(base: str) -> APIRouter:
                 identity = await provider.handle_callback(
                     f"{state.config.issuer}/callback/{provider.id}",
                     dict(request.query_params),
-                    flow["upstream"]["data"]
-                    if isinstance(flow["upstream"]["data"], dict)
-                    else state.grants.sealer.open(flow["upstream"]["data"], context=f"flow:{pointer['flow_id']}"),
+                    state.grants.open_flow_data(flow_id, flow.upstream.data if flow.upstream else None),
                 )
         except ProviderError as exc:
-            await state.store.take_flow(pointer["flow_id"])
+            await state.store.take_flow(flow_id)
             LOGINS.labels(provider.id, type(exc).__name__).inc()
             audit("login_failed", provider=provider.id, client_id=client.client_id, outcome=type(exc).__name__)
             _log.warning("upstream_callback_failed", provider=provider.id, error=str(exc))
@@ -383,27 +374,27 @@ def router(base: str) -> APIRouter:
             return pages.error(
                 request, "Sign-in failed", exc.public, status=502 if isinstance(exc, UpstreamUnavailable) else 400
             )
-        return await _finish(state, request, pointer["flow_id"], auth, client, identity)
+        return await _finish(state, request, flow_id, auth, client, identity)
 
     return api
 
 
 async def _account_callback(
-    state: BrokerState, request: Request, flow_id: str, flow: dict[str, Any], provider_id: str
+    state: BrokerState, request: Request, flow_id: str, flow: PendingFlow, provider_id: str
 ) -> Response:
     from broker.routes.account import start_session
 
-    provider = state.providers.get(flow.get("provider", ""))
+    provider = state.providers.get(flow.provider or "")
     await state.store.take_flow(flow_id)
-    if provider is None or provider_id != flow.get("provider") or not isinstance(provider, RedirectProvider):
+    if provider is None or provider_id != flow.provider or not isinstance(provider, RedirectProvider):
         return state.pages.error(request, *EXPIRED)
-    data = flow["upstream"]["data"]
+    data = flow.upstream.data if flow.upstream else None
     try:
         with UPSTREAM_LATENCY.labels(provider.id, "callback").time():
             identity = await provider.handle_callback(
                 f"{state.config.issuer}/callback/{provider.id}",
                 dict(request.query_params),
-                data if isinstance(data, dict) else state.grants.sealer.open(data, context=f"flow:{flow_id}"),
+                state.grants.open_flow_data(flow_id, data),
             )
     except ProviderError as exc:
         LOGINS.labels(provider.id, type(exc).__name__).inc()
@@ -463,17 +454,15 @@ def _login_page(
 
 async def _approved_flow(
     state: BrokerState, request: Request, flow_id: str | None
-) -> tuple[dict[str, Any], AuthorizationRequest, Client, Any] | Response:
+) -> tuple[PendingFlow, AuthorizationRequest, Client, Any] | Response:
     loaded = await _load(state, flow_id)
     if loaded is None:
         return state.pages.error(request, *EXPIRED)
     flow, auth, client = loaded
-    if not flow.get("approved") or not same_secret(
-        request.cookies.get(state.pages.flow_cookie), flow.get("binding_hash")
-    ):
+    if not flow.approved or not same_secret(request.cookies.get(state.pages.flow_cookie), flow.binding_hash):
         _log.warning("flow_binding_failed", client_id=client.client_id)
         return state.pages.error(request, *EXPIRED)
-    provider = state.providers.get(flow.get("provider", ""))
+    provider = state.providers.get(flow.provider or "")
     if provider is None:
         return state.pages.error(request, *EXPIRED)
     return flow, auth, client, provider
@@ -519,24 +508,14 @@ async def _finish(
         )
         pages.clear(response)
         return response
-    grant_id = new_grant_id()
-    code = new_handle("ac", grant_id)
-    await state.store.save_code(
-        grant_id,
-        {
-            "code_hash": digest(code),
-            "client_id": client.client_id,
-            "redirect_uri": auth.redirect_uri,
-            "redirect_uri_given": auth.redirect_uri_given,
-            "code_challenge": auth.code_challenge,
-            "resource": resource.uri,
-            "scopes": sorted(scopes),
-            "requested": auth.scopes,
-            "identity": identity_record(identity, state.grants.sealer),
-            "auth_time": int(time.time()),
-            "policy_version": state.policy.version,
-        },
-        state.config.tokens.authorization_code_ttl,
+    grant_id, code = await state.grants.issue_code(
+        client_id=client.client_id,
+        redirect_uri=auth.redirect_uri,
+        redirect_uri_given=auth.redirect_uri_given,
+        code_challenge=auth.code_challenge,
+        resource=resource.uri,
+        scopes=sorted(scopes),
+        identity=identity,
     )
     await state.store.remember_consent(identity.subject, client.client_id, resource.uri, sorted(scopes))
     audit(

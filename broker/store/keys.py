@@ -9,7 +9,7 @@ braces), so all of them live in one slot and the script runs unchanged on Cluste
 * ``{prefix}:{keys}:…``           the signing key ring;
 * ``{prefix}:{revoked}``          revoked grant ids (sorted set scored by expiry); announced on
   ``{prefix}:revocations`` (a channel, in no slot). Revoking touches the grant's slot and this
-  one: one script on a single node, two ordered scripts on Cluster (see ``TokenStore.revoke_grant``).
+  one: one script on a single node, two ordered scripts on Cluster (see ``RedisStore.revoke_grant``).
 
 Tokens handed to clients embed the grant id, so the broker derives the slot from the token
 itself and never needs a cross-slot lookup on the hot path.

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from broker.devstack import RedisServer
 from broker.store.client import create_redis
 from broker.store.keys import Keys
-from broker.store.tokens import TokenStore
+from broker.store.records import Grant
+from broker.store.redis_store import RedisStore
 from mcp_app.revocations import RevocationWatcher
 from tests.faults import die_after
 
@@ -133,10 +134,10 @@ async def test_a_revocation_cut_short_at_any_step_still_reaches_the_watcher(
     try:
         for survived in range(1, 7):
             broker = create_redis(redis_server.url)
-            store = TokenStore(broker, Keys(prefix))
+            store = RedisStore(broker, Keys(prefix))
             grant_id = f"g{survived}"
             await store.create_grant(
-                {"grant_id": grant_id, "subject": "alice", "status": "active", "expires_at": time.time() + 600},
+                Grant(grant_id=grant_id, subject="alice", status="active", expires_at=time.time() + 600),
                 "h",
                 refresh_ttl=600,
                 grant_ttl=600,
@@ -145,11 +146,11 @@ async def test_a_revocation_cut_short_at_any_step_still_reaches_the_watcher(
             with contextlib.suppress(ConnectionError):
                 await store.revoke_grant(grant_id, "test")
             await broker.aclose()
-            stored = await TokenStore(redis_client, Keys(prefix)).get_grant(grant_id)
+            stored = await RedisStore(redis_client, Keys(prefix)).get_grant(grant_id)
             assert stored is not None
-            if stored["status"] == "revoked":
+            if stored.status == "revoked":
                 await eventually(lambda g=grant_id: watcher.is_revoked(g), 1.0)
-        assert stored["status"] == "revoked"  # the last run was not cut short
+        assert stored.status == "revoked"  # the last run was not cut short
     finally:
         await watcher.stop()
 

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from broker.config.models import LoginProtectionConfig
 from broker.security.throttle import LoginThrottle
 from broker.store.keys import Keys
+from broker.store.redis_store import RedisStore
 from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import Broker, login_form, register
 from tests.broker.flows import sign_in_attempt as attempt
@@ -127,8 +128,7 @@ def test_the_account_limit_is_unset_by_default_and_not_below_the_pair_limit() ->
 
 def throttle_for(client: aioredis.Redis, per_user: int, per_account: int | None = None) -> LoginThrottle:
     return LoginThrottle(
-        client,
-        Keys(f"t{secrets.token_hex(4)}"),
+        RedisStore(client, Keys(f"t{secrets.token_hex(4)}")),
         per_user=per_user,
         per_account=per_account,
         per_ip=1000,
@@ -179,7 +179,8 @@ async def test_unlock_clears_every_count_of_the_username(redis_client: aioredis.
     assert await throttle.unlock("ldap", "BOB")
     assert [await fail(throttle, "bob", ip) for ip in ("10.0.0.1", "10.0.0.1", "10.0.0.1")] == [True, True, False]
     assert await fail(throttle, "bob", "10.0.0.2")  # its pair was cleared too
-    assert await redis_client.get(f"{throttle._user_base('ldap', 'alice')}") == b"1"  # others keep theirs
+    assert isinstance(throttle.store, RedisStore)
+    assert await redis_client.get(throttle.store._user_base("ldap", "alice")) == b"1"  # others keep theirs
 
 
 async def test_parallel_guesses_from_many_addresses_cannot_outrun_the_global_count(

@@ -138,12 +138,13 @@ async def test_the_token_store_works_on_a_cluster(cluster: ClusterSetup) -> None
     """Every multi-key step of a grant's life (create, rotate, revoke, the user's index) on Cluster."""
     import time
 
-    from broker.store.tokens import TokenStore
+    from broker.store.records import Grant
+    from broker.store.redis_store import RedisStore
 
     client = create_redis(cluster.url, password=cluster.password)
-    store = TokenStore(client, Keys("clustertest"))
+    store = RedisStore(client, Keys("clustertest"))
     now = time.time()
-    grant = {"grant_id": "g-cl", "subject": "alice", "status": "active", "expires_at": now + 600, "scopes": "a"}
+    grant = Grant(grant_id="g-cl", subject="alice", status="active", expires_at=now + 600, scopes="a")
     try:
         await store.create_grant(grant, "h1", refresh_ttl=600, grant_ttl=600)
         assert await store.user_grant_ids("alice") == ["g-cl"]
@@ -167,16 +168,17 @@ async def test_on_a_cluster_no_grant_is_revoked_before_it_is_recorded(
     servers load (and a grant in the set but not yet marked is refused by them: fail closed)."""
     import time
 
-    from broker.store.tokens import TokenStore
+    from broker.store.records import Grant
+    from broker.store.redis_store import RedisStore
 
     keys = Keys("clustercrash")
-    admin = TokenStore(create_redis(cluster.url, password=cluster.password), keys)
+    admin = RedisStore(create_redis(cluster.url, password=cluster.password), keys)
     try:
         for survived in range(8):
             client = create_redis(cluster.url, password=cluster.password)
-            store = TokenStore(client, keys)
+            store = RedisStore(client, keys)
             grant_id = f"g-crash-{survived}"
-            grant = {"grant_id": grant_id, "subject": "bob", "status": "active", "expires_at": time.time() + 600}
+            grant = Grant(grant_id=grant_id, subject="bob", status="active", expires_at=time.time() + 600)
             await store.create_grant(grant, "h", refresh_ttl=600, grant_ttl=600)
             die_after(monkeypatch, client, survived)
             with contextlib.suppress(ConnectionError):
@@ -184,8 +186,8 @@ async def test_on_a_cluster_no_grant_is_revoked_before_it_is_recorded(
             await client.aclose()
             stored = await admin.get_grant(grant_id)
             assert stored is not None
-            if stored["status"] == "revoked":
+            if stored.status == "revoked":
                 assert grant_id in await admin.revoked()
-        assert stored["status"] == "revoked"  # the last run was not cut short
+        assert stored.status == "revoked"  # the last run was not cut short
     finally:
         await admin.redis.aclose()

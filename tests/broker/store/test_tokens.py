@@ -10,15 +10,28 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from broker.store.keys import Keys
-from broker.store.tokens import TokenStore
+from broker.store.records import AuthorizationCode, Grant, StoredIdentity
+from broker.store.redis_store import RedisStore
 
 
-def store_for(client: aioredis.Redis) -> TokenStore:
-    return TokenStore(client, Keys(f"t{secrets.token_hex(4)}"))
+def store_for(client: aioredis.Redis) -> RedisStore:
+    return RedisStore(client, Keys(f"t{secrets.token_hex(4)}"))
 
 
-def grant(grant_id: str, lifetime: float) -> dict[str, object]:
-    return {"grant_id": grant_id, "subject": "alice", "status": "active", "expires_at": time.time() + lifetime}
+def grant(grant_id: str, lifetime: float) -> Grant:
+    return Grant(grant_id=grant_id, subject="alice", status="active", expires_at=time.time() + lifetime)
+
+
+def code(code_hash: str, client_id: str) -> AuthorizationCode:
+    return AuthorizationCode(
+        code_hash=code_hash,
+        client_id=client_id,
+        redirect_uri="http://127.0.0.1/cb",
+        code_challenge="c",
+        resource="https://mcp.example.com",
+        scopes=("a",),
+        identity=StoredIdentity(provider_id="ldap", subject="alice", username="alice"),
+    )
 
 
 async def test_a_shorter_new_grant_does_not_cut_the_users_index_short(redis_client: aioredis.Redis) -> None:
@@ -74,13 +87,13 @@ async def test_a_lock_is_released_only_by_its_holder(redis_client: aioredis.Redi
 
 async def test_a_code_presented_by_another_client_is_refused_unspent(redis_client: aioredis.Redis) -> None:
     store = store_for(redis_client)
-    await store.save_code("g", {"code_hash": "h", "client_id": "owner"}, 60)
+    await store.save_code("g", code("h", "owner"), 60)
     refused = await store.take_code("g", "h", "thief")
-    assert (refused.outcome, refused.record) == ("wrong_client", None)  # nothing of the code is shown
+    assert (refused.outcome, refused.code) == ("wrong_client", None)  # nothing of the code is shown
     taken = await store.take_code("g", "h", "owner")
     assert taken.outcome == "ok"
-    assert taken.record is not None
-    assert taken.record["client_id"] == "owner"
+    assert taken.code is not None
+    assert taken.code.client_id == "owner"
     assert (await store.take_code("g", "h", "owner")).outcome == "missing"  # spent once
 
 
@@ -104,7 +117,9 @@ async def test_a_revocation_is_one_script_on_one_node(redis_client: aioredis.Red
         assert await store.revoke_grant("g", "test")
         redis_client.execute_command = real  # type: ignore[method-assign]
         assert commands == ["EVALSHA"]
-        assert (await store.get_grant("g") or {})["status"] == "revoked"
+        revoked = await store.get_grant("g")
+        assert revoked is not None
+        assert revoked.status == "revoked"
         assert "g" in await store.revoked()
         heard = await listener.get_message(ignore_subscribe_messages=True, timeout=2)
         heard = heard or await listener.get_message(ignore_subscribe_messages=True, timeout=2)

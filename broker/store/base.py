@@ -1,0 +1,244 @@
+"""The store contract: every operation the broker asks of its shared state, and its atomicity rule.
+
+Every backend MUST keep the rule stated on each method, across every replica of the broker (the
+conformance suite in ``tests/broker/store/conformance.py`` checks them against each one). Only
+the backend names keys or holds scripts; callers deal in the typed records of
+:mod:`broker.store.records`. Every record carries an expiry: nothing outlives the lifetime
+configured for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from broker.store.records import (
+    AuthorizationCode,
+    BrowserSession,
+    Consent,
+    Grant,
+    PendingFlow,
+    RefreshToken,
+    StoredIdentity,
+)
+
+TakeOutcome = Literal["ok", "replayed", "missing", "wrong_client"]
+RotateOutcome = Literal["ok", "rotated", "revoked", "nogrant", "unknown"]
+AttemptState = Literal["started", "locked", "busy"]
+LoginOutcome = Literal["failed", "cleared", "void"]
+
+
+@dataclass(frozen=True)
+class TakeResult:
+    """``ok``: the code, now spent. ``replayed``: it was spent already (its grant exists).
+    ``wrong_client``: another client presented it (left unspent). ``missing``: unknown or expired."""
+
+    outcome: TakeOutcome
+    code: AuthorizationCode | None = None
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    """``ok``: this caller rotated the token. ``rotated``: another did, at ``rotated_at``, and
+    ``successor`` is its answer sealed under the old token ("" once the grace window is over).
+    ``revoked`` / ``nogrant`` / ``unknown``: the grant is revoked, gone, or the token unknown."""
+
+    outcome: RotateOutcome
+    rotated_at: float = 0.0
+    successor: str = ""
+
+
+@dataclass(frozen=True)
+class AttemptStart:
+    """``started``: the attempt counts as in flight. ``locked``: refused for ``retry_after``
+    seconds. ``busy``: failures plus attempts in flight reach the limit; retry shortly."""
+
+    state: AttemptState
+    retry_after: int = 0
+
+
+@dataclass(frozen=True)
+class LocksReached:
+    """Which locks a failed sign-in has just reached (each reported once, when reached)."""
+
+    pair: bool = False
+    account: bool = False
+
+
+@dataclass(frozen=True)
+class Hit:
+    count: int
+    retry_after: int
+
+
+class Store(Protocol):
+    # -- clients ---------------------------------------------------------------------------
+    async def save_client(self, client_id: str, record: Mapping[str, Any], ttl: int) -> None:
+        """Store a registered client's record (``Client.to_record``) for ``ttl`` seconds,
+        replacing any earlier one."""
+
+    async def get_client(self, client_id: str, *, touch_ttl: int | None = None) -> dict[str, Any] | None:
+        """A client's record, or None. With ``touch_ttl`` its expiry restarts in the same step."""
+
+    # -- pending authorization flows -------------------------------------------------------
+    async def save_flow(self, flow_id: str, flow: PendingFlow, ttl: int) -> None:
+        """Store a new flow for ``ttl`` seconds."""
+
+    async def get_flow(self, flow_id: str) -> PendingFlow | None:
+        """A flow, or None once taken or expired."""
+
+    async def update_flow(self, flow_id: str, flow: PendingFlow) -> bool:
+        """Replace a flow, keeping its expiry. MUST NOT recreate a flow that was taken or has
+        expired meanwhile (False then): replace-if-present is one atomic step."""
+
+    async def take_flow(self, flow_id: str) -> PendingFlow | None:
+        """Remove and return a flow. Single use across replicas: of concurrent takes, exactly one
+        gets the flow, the others None."""
+
+    async def count_flow_attempt(self, flow_id: str) -> int:
+        """Count one more failed sign-in on a flow and return the new count, atomically however
+        many arrive at once (no two callers see the same number); 0 if the flow has expired.
+        The count lives exactly as long as its flow."""
+
+    async def save_upstream_pointer(self, upstream_state: str, flow_id: str, ttl: int) -> None:
+        """Remember which flow the ``state`` sent to an upstream provider belongs to (only its hash
+        is kept), for ``ttl`` seconds."""
+
+    async def get_upstream_pointer(self, upstream_state: str) -> str | None:
+        """The flow id an upstream ``state`` points to, without spending it."""
+
+    async def take_upstream_pointer(self, upstream_state: str) -> str | None:
+        """Spend an upstream ``state``. Single use across replicas: of concurrent takes, exactly one
+        gets the flow id."""
+
+    # -- codes and grants ------------------------------------------------------------------
+    async def save_code(self, grant_id: str, code: AuthorizationCode, ttl: int) -> None:
+        """Store an authorization code under the grant id it will start, for ``ttl`` seconds."""
+
+    async def take_code(self, grant_id: str, code_hash: str, client_id: str) -> TakeResult:
+        """Spend a code. MUST be atomic and single use across replicas: of concurrent exchanges
+        exactly one gets ``ok``. Another client's attempt is refused (``wrong_client``) without
+        spending it; a wrong secret for a known grant id burns the code (``missing``); a code
+        whose grant exists reports ``replayed``."""
+
+    async def create_grant(self, grant: Grant, refresh_hash: str, refresh_ttl: int, grant_ttl: int) -> None:
+        """Store a grant with its first refresh token (active) in one atomic step, and index the
+        grant under its user until the user's longest-lived grant expires."""
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        """A grant, or None once expired."""
+
+    async def get_grant_and_refresh(self, grant_id: str, refresh_hash: str) -> tuple[Grant | None, RefreshToken | None]:
+        """A grant and one of its refresh tokens, read together (one consistent snapshot)."""
+
+    async def get_refresh(self, grant_id: str, refresh_hash: str) -> RefreshToken | None:
+        """One refresh token's record, or None if unknown or expired."""
+
+    async def get_successor(self, grant_id: str, refresh_hash: str) -> str | None:
+        """The sealed answer a rotated token's retries get, while the grace window lasts."""
+
+    async def rotate_refresh(
+        self,
+        grant_id: str,
+        old_hash: str,
+        new_hash: str,
+        *,
+        successor: str,
+        new_ttl: int,
+        rotated_ttl: int,
+        successor_ttl: int = 60,
+        scopes: str,
+        identity: StoredIdentity | None = None,
+        now: float | None = None,
+    ) -> RotateResult:
+        """Swap an active refresh token for ``new_hash``. MUST be atomic: of concurrent rotations
+        of one token exactly one gets ``ok``; every other gets ``rotated`` with the winner's
+        ``successor``. A revoked grant never rotates (``revoked``), whatever the interleaving.
+        In the same step the grant's scopes, last refresh and (when given) identity are written.
+        The rotated marker lives ``rotated_ttl`` seconds (a later reuse is theft), the successor
+        only ``successor_ttl``."""
+
+    async def lock_grant(self, grant_id: str, seconds: float) -> str | None:
+        """Take a grant's lock for ``seconds``: the holder's token, or None if another holds it.
+        At most one holder at a time across replicas."""
+
+    async def unlock_grant(self, grant_id: str, token: str) -> None:
+        """Free the lock only if ``token``'s holder still holds it (compare-and-delete, atomic): a
+        holder slower than its lock's expiry MUST NOT free a lock another has taken since."""
+
+    async def revoke_grant(self, grant_id: str, reason: str) -> bool:
+        """Mark a grant revoked, record it in the revoked set and announce it to resource servers.
+        True if it was active. A revoked grant stays revoked. No grant is marked revoked before it
+        is in the revoked set and announced (fail closed if a step is cut short)."""
+
+    async def user_grant_ids(self, subject: str) -> list[str]:
+        """Ids of a user's grants not yet expired (some may be revoked)."""
+
+    async def revoked(self) -> list[str]:
+        """Ids of revoked grants whose tokens have not all expired yet."""
+
+    # -- browser sessions ------------------------------------------------------------------
+    async def save_session(self, token: str, session: BrowserSession, ttl: int) -> None:
+        """Store a session under its cookie token (only the token's hash is kept)."""
+
+    async def get_session(self, token: str) -> BrowserSession | None:
+        """The session a cookie token opens, or None."""
+
+    async def end_session(self, token: str) -> None:
+        """Forget a session at once, on every replica."""
+
+    # -- remembered consents ---------------------------------------------------------------
+    async def remember_consent(self, subject: str, client_id: str, resource: str, scopes: list[str]) -> None:
+        """Remember (replacing) what a user granted one client for one resource."""
+
+    async def consents(self, subject: str) -> list[Consent]:
+        """A user's remembered consents, sorted by client and resource."""
+
+    async def forget_consent(self, subject: str, client_id: str, resource: str) -> bool:
+        """Forget one consent; True if there was one."""
+
+    # -- sign-in throttling ----------------------------------------------------------------
+    async def start_login_attempt(
+        self,
+        provider_id: str,
+        username: str,
+        source: str | None,
+        *,
+        pair_limit: int,
+        account_limit: int,
+        in_flight_ttl: int,
+    ) -> AttemptStart:
+        """Start one password attempt for a username from ``source`` (an address). MUST be
+        atomic: the attempt starts only while failures plus attempts in flight stay under both the
+        pair's and the account's limit, so parallel guesses cannot all pass one check. Usernames
+        are compared case-insensitively."""
+
+    async def finish_login_attempt(
+        self,
+        provider_id: str,
+        username: str,
+        source: str | None,
+        outcome: LoginOutcome,
+        *,
+        window: int,
+        pair_limit: int,
+        account_limit: int,
+    ) -> LocksReached:
+        """Settle an attempt, atomically: ``failed`` counts a failure for the pair and the account
+        (each for ``window`` seconds from its first), ``cleared`` clears the pair's, ``void``
+        neither. Reports the locks this failure has just reached."""
+
+    async def start_address_attempt(self, address: str, *, limit: int, window: int, in_flight_ttl: int) -> AttemptStart:
+        """As :meth:`start_login_attempt`, for one client address across usernames."""
+
+    async def finish_address_attempt(self, address: str, outcome: Literal["failed", "void"], *, window: int) -> None:
+        """As :meth:`finish_login_attempt`, for one client address."""
+
+    async def clear_login_failures(self, provider_id: str, username: str) -> bool:
+        """Clear a username's failures for every address and the account. True if any."""
+
+    # -- request rate limits ---------------------------------------------------------------
+    async def count_request(self, limit_name: str, subject: str, *, window: int) -> Hit:
+        """Count one request by ``subject`` in a fixed window of ``window`` seconds, atomically:
+        the count so far and the seconds left in the window."""

@@ -1,0 +1,474 @@
+"""The Redis store: the one implementation of :class:`broker.store.base.Store`, and the only
+module that names Redis keys (through :mod:`broker.store.keys`) or runs Lua.
+
+Atomicity rules (stated per method on the protocol; this backend keeps them with Lua, one slot per
+script on Cluster):
+
+* ``take_code`` spends a code exactly once, and only for the client it was issued to: another
+  client's attempt is refused without spending it. A second take reports the replay and the grant.
+* ``rotate_refresh`` moves a refresh token from active to rotated exactly once; every other
+  caller learns that it lost and gets the stored successor (encrypted under the old token).
+  The rotated marker lives as long as the grant (a later reuse is theft); the successor only
+  for the reuse grace window, so a grant refreshed every few minutes does not pile up answers.
+* A revoked grant stays revoked; nothing it issued refreshes again. No grant is marked revoked
+  before it is in the revoked set resource servers load and announced on their channel.
+* A grant's lock is freed only by the holder that took it.
+
+Every key carries a TTL, so nothing outlives the lifetime configured for it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar, get_args
+
+from redis.asyncio.cluster import RedisCluster
+
+from broker.metrics import TOKENS_REVOKED
+from broker.store import throttle_scripts
+from broker.store.base import (
+    AttemptStart,
+    Hit,
+    LocksReached,
+    LoginOutcome,
+    RotateOutcome,
+    RotateResult,
+    Store,
+    TakeOutcome,
+    TakeResult,
+)
+from broker.store.client import RedisClient
+from broker.store.keys import Keys, digest
+from broker.store.records import (
+    AuthorizationCode,
+    BrowserSession,
+    Consent,
+    Grant,
+    PendingFlow,
+    RefreshToken,
+    StoredIdentity,
+    dumps,
+    loads,
+)
+
+# KEYS: the code, its grant. ARGV: the code's hash, the client presenting it. A code presented by
+# another client than its own is refused and left for its owner (not spent: that would make the
+# rightful exchange look like a replay).
+_TAKE_CODE = """
+local code = redis.call('GET', KEYS[1])
+if code then
+  local c = cjson.decode(code)
+  if c.code_hash == ARGV[1] and c.client_id ~= ARGV[2] then return {'wrong_client', ''} end
+  redis.call('DEL', KEYS[1])
+  return {'ok', code}
+end
+local grant = redis.call('GET', KEYS[2])
+if grant then
+  local g = cjson.decode(grant)
+  if g.code_hash == ARGV[1] then return {'replayed', grant} end
+end
+return {'missing', ''}
+"""
+
+_ROTATE = """
+local grant = redis.call('GET', KEYS[1])
+if not grant then return {'nogrant', '', ''} end
+local g = cjson.decode(grant)
+if g.status ~= 'active' then return {'revoked', '', ''} end
+local rt = redis.call('GET', KEYS[2])
+if not rt then return {'unknown', '', ''} end
+local r = cjson.decode(rt)
+if r.state == 'rotated' then return {'rotated', rt, r.successor or redis.call('GET', KEYS[4]) or ''} end
+redis.call('SET', KEYS[2], cjson.encode({state='rotated', at=tonumber(ARGV[1])}), 'EX', ARGV[4])
+redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[7])
+redis.call('SET', KEYS[3], '{"state":"active"}', 'EX', ARGV[3])
+g.scopes = ARGV[5]
+if ARGV[6] ~= '' then g.identity = cjson.decode(ARGV[6]) end
+g.last_refresh = tonumber(ARGV[1])
+g.refresh_count = (g.refresh_count or 0) + 1
+redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
+return {'ok', '', ''}
+"""
+
+_INDEX_GRANT = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local want = tonumber(ARGV[1]) + 60 - tonumber(redis.call('TIME')[1])
+if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) end
+"""
+
+# Revocation. ARGV: now, reason, grant id, revocation channel[, expiry of the grant's tokens].
+# KEYS[1] the grant: marks it revoked; ``changed`` is 1 if it was not yet, ``expires`` when its
+# tokens have all expired (an hour from now for a grant already gone).
+_MARK_REVOKED = """
+local changed, expires = 0, tonumber(ARGV[1]) + 3600
+local grant = redis.call('GET', KEYS[1])
+if grant then
+  local g = cjson.decode(grant)
+  expires = tonumber(g.expires_at) or expires
+  if g.status ~= 'revoked' then
+    g.status = 'revoked'
+    g.revoked_at = tonumber(ARGV[1])
+    g.revoked_reason = ARGV[2]
+    redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
+    changed = 1
+  end
+end
+"""
+# KEYS[#KEYS] the revoked set: records the grant until ``expires`` (pruning what is past) and
+# announces it, in the same step, so the record resource servers reload from and the message
+# they hear cannot part.
+_ANNOUNCE_REVOKED = """
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[#KEYS], expires, ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+"""
+_REVOKE = _MARK_REVOKED + _ANNOUNCE_REVOKED + "return changed"  # one node: all in one script
+_REVOKE_MARK = _MARK_REVOKED + "return changed"  # Cluster: the grant's slot ...
+_REVOKE_ANNOUNCE = "local expires = tonumber(ARGV[5])" + _ANNOUNCE_REVOKED  # ... and the set's
+
+# KEYS: a flow, its attempt count. Returns the new count, or 0 if the flow has expired.
+_COUNT_ATTEMPT = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+local n = redis.call('INCR', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('EXPIRE', KEYS[2], 3600) end
+return n
+"""
+
+
+# KEYS: a lock. ARGV: its holder's token. Frees the lock only if that holder still has it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_Word = TypeVar("_Word", bound=str)
+
+
+def _outcome(value: object, allowed: Sequence[_Word]) -> _Word:
+    """A script's outcome word, checked against the words it may return."""
+    text = _text(value)
+    for word in allowed:
+        if word == text:
+            return word
+    raise ValueError(f"unexpected store script outcome {text!r}")
+
+
+def _pair(reply: object) -> tuple[int, int]:
+    """A script's ``{a, b}`` integer reply."""
+    if not isinstance(reply, list | tuple) or len(reply) != 2:
+        raise ValueError(f"unexpected store script reply {reply!r}")
+    return int(reply[0]), int(reply[1])
+
+
+_TAKE_OUTCOMES: tuple[TakeOutcome, ...] = get_args(TakeOutcome)
+_ROTATE_OUTCOMES: tuple[RotateOutcome, ...] = get_args(RotateOutcome)
+_ATTEMPT_STATES: dict[int, Literal["started", "locked", "busy"]] = {1: "started", 0: "locked", 2: "busy"}
+
+
+def _attempt(reply: object) -> AttemptStart:
+    state, ttl = _pair(reply)
+    return AttemptStart(_ATTEMPT_STATES[state], max(ttl, 1) if state == 0 else 0)
+
+
+class RedisStore:
+    """:class:`broker.store.base.Store` on Redis: standalone, Sentinel or Cluster."""
+
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._take_code = redis.register_script(_TAKE_CODE)
+        self._rotate = redis.register_script(_ROTATE)
+        self._revoke = redis.register_script(_REVOKE)
+        self._revoke_mark = redis.register_script(_REVOKE_MARK)
+        self._revoke_announce = redis.register_script(_REVOKE_ANNOUNCE)
+        self._unlock = redis.register_script(_UNLOCK)
+        self._index_grant = redis.register_script(_INDEX_GRANT)
+        self._count_attempt = redis.register_script(_COUNT_ATTEMPT)
+        self._start_address = redis.register_script(throttle_scripts.START)
+        self._finish_address = redis.register_script(throttle_scripts.FINISH)
+        self._start_user = redis.register_script(throttle_scripts.START_USER)
+        self._finish_user = redis.register_script(throttle_scripts.FINISH_USER)
+        self._clear_user = redis.register_script(throttle_scripts.UNLOCK)
+        self._hit = redis.register_script(throttle_scripts.HIT)
+
+    # -- clients ---------------------------------------------------------------------------
+    async def save_client(self, client_id: str, record: Mapping[str, Any], ttl: int) -> None:
+        await self.redis.set(self.keys.client(client_id), dumps(record), ex=ttl)
+
+    async def get_client(self, client_id: str, *, touch_ttl: int | None = None) -> dict[str, Any] | None:
+        key = self.keys.client(client_id)
+        raw = await (self.redis.getex(key, ex=touch_ttl) if touch_ttl else self.redis.get(key))
+        return loads(raw)
+
+    # -- pending authorization flows -------------------------------------------------------
+    async def save_flow(self, flow_id: str, flow: PendingFlow, ttl: int) -> None:
+        await self.redis.set(self.keys.flow(flow_id), dumps(flow.to_json()), ex=ttl)
+
+    async def get_flow(self, flow_id: str) -> PendingFlow | None:
+        record = loads(await self.redis.get(self.keys.flow(flow_id)))
+        return PendingFlow.from_json(record) if record is not None else None
+
+    async def update_flow(self, flow_id: str, flow: PendingFlow) -> bool:
+        key = self.keys.flow(flow_id)
+        return bool(await self.redis.set(key, dumps(flow.to_json()), keepttl=True, xx=True))
+
+    async def take_flow(self, flow_id: str) -> PendingFlow | None:
+        record = loads(await self.redis.getdel(self.keys.flow(flow_id)))
+        return PendingFlow.from_json(record) if record is not None else None
+
+    async def count_flow_attempt(self, flow_id: str) -> int:
+        flow = self.keys.flow(flow_id)
+        return int(await self._count_attempt(keys=[flow, f"{flow}:attempts"]))
+
+    def _pointer(self, upstream_state: str) -> str:
+        # A flow-shaped key (``up.<hash>``) holding ``{"flow_id": ...}``, as it always has.
+        return self.keys.flow(f"up.{digest(upstream_state)}")
+
+    async def save_upstream_pointer(self, upstream_state: str, flow_id: str, ttl: int) -> None:
+        await self.redis.set(self._pointer(upstream_state), dumps({"flow_id": flow_id}), ex=ttl)
+
+    async def get_upstream_pointer(self, upstream_state: str) -> str | None:
+        record = loads(await self.redis.get(self._pointer(upstream_state)))
+        return _text(record["flow_id"]) if record and "flow_id" in record else None
+
+    async def take_upstream_pointer(self, upstream_state: str) -> str | None:
+        record = loads(await self.redis.getdel(self._pointer(upstream_state)))
+        return _text(record["flow_id"]) if record and "flow_id" in record else None
+
+    # -- codes and grants ------------------------------------------------------------------
+    async def save_code(self, grant_id: str, code: AuthorizationCode, ttl: int) -> None:
+        await self.redis.set(self.keys.code(grant_id), dumps(code.to_json()), ex=ttl)
+
+    async def take_code(self, grant_id: str, code_hash: str, client_id: str) -> TakeResult:
+        word, raw = await self._take_code(
+            keys=[self.keys.code(grant_id), self.keys.grant(grant_id)], args=[code_hash, client_id]
+        )
+        outcome = _outcome(word, _TAKE_OUTCOMES)
+        if outcome != "ok":
+            return TakeResult(outcome)
+        record = loads(raw)
+        if record is None or record.get("code_hash") != code_hash:
+            return TakeResult("missing")  # right grant id, wrong secret: burn it all the same
+        return TakeResult("ok", AuthorizationCode.from_json(record))
+
+    async def create_grant(self, grant: Grant, refresh_hash: str, refresh_ttl: int, grant_ttl: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.grant(grant.grant_id), dumps(grant.to_json()), ex=grant_ttl)
+            pipe.set(self.keys.refresh(grant.grant_id, refresh_hash), RefreshToken.ACTIVE_JSON, ex=refresh_ttl)
+            await pipe.execute()
+        # The user's index lives as long as their longest grant: a newer, shorter grant (after a
+        # lifetime was lowered) must not cut it short and hide older grants from revocation.
+        await self._index_grant(
+            keys=[self.keys.user_grants(grant.subject)], args=[int(grant.expires_at), grant.grant_id]
+        )
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        record = loads(await self.redis.get(self.keys.grant(grant_id)))
+        return Grant.from_json(record) if record is not None else None
+
+    async def get_grant_and_refresh(self, grant_id: str, refresh_hash: str) -> tuple[Grant | None, RefreshToken | None]:
+        # One slot, so MGET works on Cluster too.
+        grant, refresh = await self.redis.mget([self.keys.grant(grant_id), self.keys.refresh(grant_id, refresh_hash)])
+        grant_record, refresh_record = loads(grant), loads(refresh)
+        return (
+            Grant.from_json(grant_record) if grant_record is not None else None,
+            RefreshToken.from_json(refresh_record) if refresh_record is not None else None,
+        )
+
+    async def get_successor(self, grant_id: str, refresh_hash: str) -> str | None:
+        raw = await self.redis.get(self.keys.successor(grant_id, refresh_hash))
+        return _text(raw) if raw else None
+
+    async def get_refresh(self, grant_id: str, refresh_hash: str) -> RefreshToken | None:
+        record = loads(await self.redis.get(self.keys.refresh(grant_id, refresh_hash)))
+        return RefreshToken.from_json(record) if record is not None else None
+
+    async def rotate_refresh(
+        self,
+        grant_id: str,
+        old_hash: str,
+        new_hash: str,
+        *,
+        successor: str,
+        new_ttl: int,
+        rotated_ttl: int,
+        successor_ttl: int = 60,
+        scopes: str,
+        identity: StoredIdentity | None = None,
+        now: float | None = None,
+    ) -> RotateResult:
+        now = time.time() if now is None else now
+        word, raw, kept = await self._rotate(
+            keys=[
+                self.keys.grant(grant_id),
+                self.keys.refresh(grant_id, old_hash),
+                self.keys.refresh(grant_id, new_hash),
+                self.keys.successor(grant_id, old_hash),
+            ],
+            args=[
+                now,
+                successor,
+                max(1, new_ttl),
+                max(1, rotated_ttl),
+                scopes,
+                dumps(identity.to_json()) if identity is not None else "",
+                max(1, min(successor_ttl, rotated_ttl)),
+            ],
+        )
+        outcome = _outcome(word, _ROTATE_OUTCOMES)
+        if outcome == "rotated":
+            record = RefreshToken.from_json(loads(raw) or {})
+            return RotateResult("rotated", record.rotated_at, _text(kept) if kept else "")
+        return RotateResult(outcome)
+
+    async def lock_grant(self, grant_id: str, seconds: float) -> str | None:
+        token = secrets.token_urlsafe(16)
+        taken = await self.redis.set(self.keys.grant_lock(grant_id), token, nx=True, px=int(seconds * 1000))
+        return token if taken else None
+
+    async def unlock_grant(self, grant_id: str, token: str) -> None:
+        await self._unlock(keys=[self.keys.grant_lock(grant_id)], args=[token])
+
+    async def revoke_grant(self, grant_id: str, reason: str) -> bool:
+        """On one node (standalone or Sentinel) that is one script: no crash falls between the steps.
+        On Cluster the grant and the set live in different slots, which no script spans; there the
+        record and the announcement (one script in the set's slot) come first and the grant is
+        marked after. A crash between them leaves a grant every resource server refuses that the
+        broker has not marked yet (the caller saw an error and retries), never a revoked grant that
+        resource servers still accept.
+        """
+        now = time.time()
+        args: list[str | float] = [now, reason, grant_id, self.keys.revocation_channel()]
+        if isinstance(self.redis, RedisCluster):
+            grant = await self.get_grant(grant_id)
+            expires_at = grant.expires_at if grant else now + 3600
+            await self._revoke_announce(keys=[self.keys.revoked()], args=[*args, expires_at])
+            changed = bool(await self._revoke_mark(keys=[self.keys.grant(grant_id)], args=args))
+        else:
+            changed = bool(await self._revoke(keys=[self.keys.grant(grant_id), self.keys.revoked()], args=args))
+        if changed:
+            TOKENS_REVOKED.labels(reason).inc()
+        return changed
+
+    async def user_grant_ids(self, subject: str) -> list[str]:
+        key = self.keys.user_grants(subject)
+        await self.redis.zremrangebyscore(key, "-inf", time.time())
+        return [_text(g) for g in await self.redis.zrange(key, 0, -1)]
+
+    async def revoked(self) -> list[str]:
+        key = self.keys.revoked()
+        await self.redis.zremrangebyscore(key, "-inf", time.time())
+        return [_text(g) for g in await self.redis.zrange(key, 0, -1)]
+
+    # -- browser sessions ------------------------------------------------------------------
+    def _session(self, token: str) -> str:
+        return f"{self.keys.prefix}:{{s:{digest(token)[:40]}}}"
+
+    async def save_session(self, token: str, session: BrowserSession, ttl: int) -> None:
+        await self.redis.set(self._session(token), dumps(session.to_json()), ex=ttl)
+
+    async def get_session(self, token: str) -> BrowserSession | None:
+        record = loads(await self.redis.get(self._session(token)))
+        return BrowserSession.from_json(record) if record is not None else None
+
+    async def end_session(self, token: str) -> None:
+        await self.redis.delete(self._session(token))
+
+    # -- remembered consents ---------------------------------------------------------------
+    async def remember_consent(self, subject: str, client_id: str, resource: str, scopes: list[str]) -> None:
+        key = self.keys.user_consents(subject)
+        consent = Consent(client_id, resource, tuple(scopes), time.time())
+        await self.redis.hset(key, consent.hash_field, dumps(consent.to_json()))
+        await self.redis.expire(key, 400 * 86400)
+
+    async def consents(self, subject: str) -> list[Consent]:
+        raw = await self.redis.hgetall(self.keys.user_consents(subject))
+        found = [Consent.from_json(_text(k), loads(v) or {}) for k, v in raw.items()]
+        return sorted(found, key=lambda c: c.hash_field)
+
+    async def forget_consent(self, subject: str, client_id: str, resource: str) -> bool:
+        return bool(await self.redis.hdel(self.keys.user_consents(subject), f"{client_id} {resource}"))
+
+    # -- sign-in throttling ----------------------------------------------------------------
+    def _user_base(self, provider_id: str, username: str) -> str:
+        # The account count keeps the key it had before pairs were counted, so counts carry over.
+        return f"{self.keys.prefix}:{{rl:u:{digest(provider_id + ':' + username.lower())[:32]}}}"
+
+    @staticmethod
+    def _source(address: str | None) -> str:
+        return digest(address or "")[:32]  # addresses are hashed like every other throttle key
+
+    def _user_keys(self, provider_id: str, username: str, source: str | None) -> list[str]:
+        base = self._user_base(provider_id, username)
+        pair = f"{base}:ip:{self._source(source)}"
+        return [base, f"{base}:inflight", pair, f"{pair}:inflight", f"{base}:ips"]
+
+    def _address_keys(self, address: str) -> list[str]:
+        base = f"{self.keys.prefix}:{{rl:ip:{digest(address)[:32]}}}"
+        return [base, f"{base}:inflight"]
+
+    async def start_login_attempt(
+        self,
+        provider_id: str,
+        username: str,
+        source: str | None,
+        *,
+        pair_limit: int,
+        account_limit: int,
+        in_flight_ttl: int,
+    ) -> AttemptStart:
+        keys = self._user_keys(provider_id, username, source)[:4]
+        return _attempt(await self._start_user(keys=keys, args=[pair_limit, account_limit, in_flight_ttl]))
+
+    async def finish_login_attempt(
+        self,
+        provider_id: str,
+        username: str,
+        source: str | None,
+        outcome: LoginOutcome,
+        *,
+        window: int,
+        pair_limit: int,
+        account_limit: int,
+    ) -> LocksReached:
+        pair, account = _pair(
+            await self._finish_user(
+                keys=self._user_keys(provider_id, username, source),
+                args=[outcome, window, self._source(source), pair_limit, account_limit],
+            )
+        )
+        return LocksReached(pair=bool(pair), account=bool(account))
+
+    async def start_address_attempt(self, address: str, *, limit: int, window: int, in_flight_ttl: int) -> AttemptStart:
+        return _attempt(
+            await self._start_address(keys=self._address_keys(address), args=[limit, window, in_flight_ttl])
+        )
+
+    async def finish_address_attempt(self, address: str, outcome: Literal["failed", "void"], *, window: int) -> None:
+        await self._finish_address(keys=self._address_keys(address), args=[outcome, window])
+
+    async def clear_login_failures(self, provider_id: str, username: str) -> bool:
+        base = self._user_base(provider_id, username)
+        # The set names the pairs to clear (every key a script touches is named, for Cluster);
+        # a pair that fails between the two steps stays counted, as it would a moment later.
+        pairs = sorted(_text(p) for p in await self.redis.smembers(f"{base}:ips"))
+        keys = [base, f"{base}:ips", *(f"{base}:ip:{pair}" for pair in pairs)]
+        return bool(await self._clear_user(keys=keys, args=pairs))
+
+    # -- request rate limits ---------------------------------------------------------------
+    async def count_request(self, limit_name: str, subject: str, *, window: int) -> Hit:
+        key = f"{self.keys.prefix}:{{rl:{limit_name}:{digest(subject)[:32]}}}"
+        count, ttl = _pair(await self._hit(keys=[key], args=[window]))
+        return Hit(count, ttl)
+
+
+def _conforms(store: RedisStore) -> Store:
+    return store  # mypy checks here that RedisStore keeps the whole protocol
