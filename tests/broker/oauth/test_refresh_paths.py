@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -27,6 +27,21 @@ from tests.broker.flows import (
     register,
     tokens_for,
 )
+
+
+def as_admin(slapd: Slapd, change: Callable[[ldap3.Connection], bool]) -> None:
+    """One change to the directory as its administrator, which must succeed."""
+    admin = slapd.admin_connection()
+    try:
+        assert change(admin), admin.result
+    finally:
+        admin.unbind()
+
+
+def leave_group(slapd: Slapd, dn: str, group: str) -> None:
+    as_admin(
+        slapd, lambda admin: admin.modify(slapd.directory.group_dn(group), {"member": [(ldap3.MODIFY_DELETE, [dn])]})
+    )
 
 
 def introspect(broker: Broker, token: str) -> object:
@@ -73,13 +88,7 @@ def test_an_upstream_recheck_is_reused_within_the_interval_and_asked_again_after
         first = refresh(broker, client_id, tokens["refresh_token"]).json()  # asks the directory
         assert first["scope"] == "notes:read notes:write"
 
-        admin = slapd.admin_connection()
-        try:
-            assert admin.modify(slapd.directory.group_dn("mcp-writers"), {"member": [(ldap3.MODIFY_DELETE, [dn])]}), (
-                admin.result
-            )
-        finally:
-            admin.unbind()
+        leave_group(slapd, dn, "mcp-writers")
         stale = refresh(broker, client_id, first["refresh_token"]).json()
         assert time.monotonic() - asked < RECHECK, "the machine was too slow to stay within the interval"
         assert stale["scope"] == "notes:read notes:write"  # the directory was not asked again
@@ -89,11 +98,7 @@ def test_an_upstream_recheck_is_reused_within_the_interval_and_asked_again_after
         narrowed = refresh(broker, client_id, stale["refresh_token"]).json()  # asks again
         assert narrowed["scope"] == "notes:read"
 
-        admin = slapd.admin_connection()
-        try:
-            assert admin.delete(dn), admin.result  # the user is gone from the directory
-        finally:
-            admin.unbind()
+        as_admin(slapd, lambda admin: admin.delete(dn))  # the user is gone from the directory
         kept = refresh(broker, client_id, narrowed["refresh_token"])
         assert time.monotonic() - asked < RECHECK, "the machine was too slow to stay within the interval"
         assert kept.status_code == 200, kept.text  # still the answer of the last re-check
@@ -113,13 +118,7 @@ def test_without_a_recheck_interval_every_refresh_asks_the_directory(
         client, tokens = tokens_for(broker, uid)
         first = refresh(broker, client["client_id"], tokens["refresh_token"]).json()
         assert first["scope"] == "notes:read notes:write"
-        admin = slapd.admin_connection()
-        try:
-            assert admin.modify(slapd.directory.group_dn("mcp-writers"), {"member": [(ldap3.MODIFY_DELETE, [dn])]}), (
-                admin.result
-            )
-        finally:
-            admin.unbind()
+        leave_group(slapd, dn, "mcp-writers")
         assert refresh(broker, client["client_id"], first["refresh_token"]).json()["scope"] == "notes:read"
 
 
