@@ -87,7 +87,6 @@ redis.call('SET', KEYS[3], '{"state":"active"}', 'EX', ARGV[3])
 g.scopes = ARGV[5]
 if ARGV[6] ~= '' then g.identity = cjson.decode(ARGV[6]) end
 g.last_refresh = tonumber(ARGV[1])
-g.refresh_count = (g.refresh_count or 0) + 1
 redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
 return {'ok', '', ''}
 """
@@ -98,7 +97,8 @@ local want = tonumber(ARGV[1]) + 60 - tonumber(redis.call('TIME')[1])
 if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) end
 """
 
-# Revocation. ARGV: now, reason, grant id, revocation channel[, expiry of the grant's tokens].
+# Revocation. ARGV: now, reason (not stored: nothing read it), grant id, revocation channel[, expiry of
+# the grant's tokens].
 # KEYS[1] the grant: marks it revoked; ``changed`` is 1 if it was not yet, ``expires`` when its
 # tokens have all expired (an hour from now for a grant already gone).
 _MARK_REVOKED = """
@@ -110,7 +110,6 @@ if grant then
   if g.status ~= 'revoked' then
     g.status = 'revoked'
     g.revoked_at = tonumber(ARGV[1])
-    g.revoked_reason = ARGV[2]
     redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
     changed = 1
   end
