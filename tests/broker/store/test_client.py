@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from broker.devstack import RedisServer
 from broker.store.client import create_redis, parse_redis_url
 from broker.store.keys import Keys
 from tests.faults import die_after
-from tests.services import ClusterSetup, SentinelSetup, start_cluster, start_sentinel
+from tests.services import ClusterSetup, SentinelSetup
 
 
 @pytest.mark.parametrize(
@@ -78,20 +77,6 @@ async def test_wrong_password_fails_clearly(redis_server: RedisServer) -> None:
     with pytest.raises(AuthenticationError):
         await client.ping()
     await client.aclose()
-
-
-@pytest.fixture(scope="module")
-def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
-    setup = start_sentinel(tmp_path_factory.mktemp("sentinel"))
-    yield setup
-    setup.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
-    setup = start_cluster(tmp_path_factory.mktemp("cluster"))
-    yield setup
-    setup.stop()
 
 
 async def test_sentinel_finds_the_master(sentinel: SentinelSetup) -> None:

@@ -1,0 +1,398 @@
+"""The store conformance suite: what every backend of :class:`broker.store.base.Store` must do.
+
+Each check takes a fresh store (its own key space) and exercises one part of the protocol through
+the protocol alone, concurrency cases included: the atomicity rules in the protocol's docstrings
+are asserted here, for whatever backend runs them (``test_conformance.py`` runs them on Redis
+standalone, Sentinel and Cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from broker.store.base import Store
+from broker.store.records import (
+    AuthorizationCode,
+    BrowserSession,
+    Consent,
+    Grant,
+    PendingFlow,
+    RefreshToken,
+    StoredIdentity,
+    UpstreamLeg,
+)
+
+Check = Callable[[Store], Awaitable[None]]
+IDENTITY = StoredIdentity(provider_id="ldap", subject="alice-sub", username="alice", groups=("readers",))
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+def a_grant(grant_id: str, subject: str = "alice-sub", lifetime: float = 600, **fields: object) -> Grant:
+    now = time.time()
+    return Grant(
+        grant_id=grant_id,
+        subject=subject,
+        expires_at=now + lifetime,
+        client_id="client-1",
+        username="alice",
+        provider_id="ldap",
+        resource="https://mcp.example.com",
+        scopes="notes:read notes:write",
+        identity=IDENTITY,
+        created_at=now,
+        last_refresh=now,
+        code_hash=str(fields.get("code_hash", "")),
+    )
+
+
+def a_code(code_hash: str, client_id: str = "client-1") -> AuthorizationCode:
+    return AuthorizationCode(
+        code_hash=code_hash,
+        client_id=client_id,
+        redirect_uri="http://127.0.0.1:9000/cb",
+        code_challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        resource="https://mcp.example.com",
+        scopes=("notes:read",),
+        identity=IDENTITY,
+        auth_time=int(time.time()),
+        policy_version="v1",
+    )
+
+
+async def rotate(
+    store: Store, grant_id: str, old: str, new: str, successor: str = "", *, successor_ttl: int = 60
+) -> tuple[str, str]:
+    result = await store.rotate_refresh(
+        grant_id,
+        old,
+        new,
+        successor=successor or f"answer-{new}",
+        new_ttl=600,
+        rotated_ttl=600,
+        successor_ttl=successor_ttl,
+        scopes="notes:read",
+    )
+    return result.outcome, result.successor
+
+
+# -- clients -------------------------------------------------------------------------------------
+async def clients(store: Store) -> None:
+    record = {"client_id": "c1", "redirect_uris": ["http://127.0.0.1/cb"], "grant_types": ["authorization_code"]}
+    assert await store.get_client("c1") is None
+    await store.save_client("c1", record, 600)
+    assert await store.get_client("c1") == record
+    assert await store.get_client("c1", touch_ttl=900) == record
+    await store.save_client("c1", {**record, "client_name": "renamed"}, 600)
+    assert (await store.get_client("c1") or {}).get("client_name") == "renamed"
+
+
+# -- flows ---------------------------------------------------------------------------------------
+async def flows(store: Store) -> None:
+    flow = PendingFlow(request={"client_id": "c1", "scopes": ["a"]}, csrf_hash="h", created_at=time.time())
+    await store.save_flow("f", flow, 600)
+    assert await store.get_flow("f") == flow
+    approved = flow.approve(provider="ldap", binding_hash="b", client_id="c1")
+    assert await store.update_flow("f", approved)
+    assert await store.get_flow("f") == approved
+    assert await store.take_flow("f") == approved
+    assert await store.get_flow("f") is None
+    assert not await store.update_flow("f", approved)  # taken: never recreated
+    assert await store.get_flow("f") is None
+    assert await store.take_flow("f") is None
+
+
+async def flows_are_taken_once(store: Store) -> None:
+    await store.save_flow("f", PendingFlow(approved=True, provider="ldap"), 600)
+    taken = await asyncio.gather(*(store.take_flow("f") for _ in range(10)))
+    assert [t for t in taken if t is not None] == [PendingFlow(approved=True, provider="ldap")]
+
+
+async def flow_attempts(store: Store) -> None:
+    await store.save_flow("f", PendingFlow(), 600)
+    counts = await asyncio.gather(*(store.count_flow_attempt("f") for _ in range(12)))
+    assert sorted(counts) == list(range(1, 13))
+    await store.take_flow("f")
+    assert await store.count_flow_attempt("f") == 0  # the flow is gone: nothing counted
+    assert await store.count_flow_attempt("never-was") == 0
+
+
+async def upstream_pointers(store: Store) -> None:
+    state = secrets.token_urlsafe(32)
+    await store.save_flow("f", PendingFlow(upstream=UpstreamLeg(data={"nonce": "n"}, state_hash="x")), 600)
+    await store.save_upstream_pointer(state, "f", 600)
+    assert await store.get_upstream_pointer(state) == "f"
+    assert await store.get_upstream_pointer(state) == "f"  # looking does not spend it
+    assert await store.get_upstream_pointer("another-state") is None
+    taken = await asyncio.gather(*(store.take_upstream_pointer(state) for _ in range(10)))
+    assert [t for t in taken if t is not None] == ["f"]  # single use
+    assert await store.get_upstream_pointer(state) is None
+    assert (await store.get_flow("f") or PendingFlow()).upstream == UpstreamLeg(data={"nonce": "n"}, state_hash="x")
+
+
+# -- codes ---------------------------------------------------------------------------------------
+async def codes(store: Store) -> None:
+    grant_id = new_id()
+    code = a_code("hash-1")
+    await store.save_code(grant_id, code, 60)
+    refused = await store.take_code(grant_id, "hash-1", "thief")
+    assert (refused.outcome, refused.code) == ("wrong_client", None)
+    taken = await store.take_code(grant_id, "hash-1", "client-1")
+    assert (taken.outcome, taken.code) == ("ok", code)
+    assert (await store.take_code(grant_id, "hash-1", "client-1")).outcome == "missing"  # no grant yet
+    await store.create_grant(a_grant(grant_id, code_hash="hash-1"), "r1", 600, 600)
+    assert (await store.take_code(grant_id, "hash-1", "client-1")).outcome == "replayed"
+    assert (await store.take_code(grant_id, "other-hash", "client-1")).outcome == "missing"
+
+
+async def a_wrong_secret_burns_the_code(store: Store) -> None:
+    grant_id = new_id()
+    await store.save_code(grant_id, a_code("right"), 60)
+    assert (await store.take_code(grant_id, "wrong", "client-1")).outcome == "missing"
+    assert (await store.take_code(grant_id, "right", "client-1")).outcome == "missing"
+
+
+async def concurrent_code_exchange(store: Store) -> None:
+    grant_id = new_id()
+    await store.save_code(grant_id, a_code("h"), 60)
+    results = await asyncio.gather(*(store.take_code(grant_id, "h", "client-1") for _ in range(12)))
+    outcomes = sorted(r.outcome for r in results)
+    assert outcomes == ["missing"] * 11 + ["ok"]  # exactly one exchange
+
+
+# -- grants and refresh tokens -------------------------------------------------------------------
+async def grants(store: Store) -> None:
+    grant_id = new_id()
+    grant = a_grant(grant_id, subject=f"user-{grant_id}")
+    assert await store.get_grant(grant_id) is None
+    await store.create_grant(grant, "r1", 600, 600)
+    assert await store.get_grant(grant_id) == grant
+    assert await store.get_refresh(grant_id, "r1") == RefreshToken("active")
+    assert await store.get_refresh(grant_id, "nope") is None
+    assert await store.get_grant_and_refresh(grant_id, "r1") == (grant, RefreshToken("active"))
+    assert await store.get_grant_and_refresh(new_id(), "r1") == (None, None)
+    other = new_id()
+    await store.create_grant(a_grant(other, subject=f"user-{grant_id}", lifetime=60), "r2", 60, 60)
+    assert sorted(await store.user_grant_ids(f"user-{grant_id}")) == sorted([grant_id, other])
+    assert await store.user_grant_ids("nobody") == []
+
+
+async def rotation(store: Store) -> None:
+    grant_id = new_id()
+    await store.create_grant(a_grant(grant_id), "r1", 600, 600)
+    assert await rotate(store, grant_id, "r1", "r2", "sealed-2") == ("ok", "")
+    grant = await store.get_grant(grant_id)
+    assert grant is not None
+    assert grant.scopes == "notes:read"  # written in the same step
+    assert grant.identity == IDENTITY  # kept when no fresh identity is given
+    marker = await store.get_refresh(grant_id, "r1")
+    assert marker is not None
+    assert marker.rotated
+    assert marker.rotated_at > 0
+    assert await store.get_refresh(grant_id, "r2") == RefreshToken("active")
+    assert await store.get_successor(grant_id, "r1") == "sealed-2"
+    assert await rotate(store, grant_id, "r1", "r3") == ("rotated", "sealed-2")  # a retry: the same answer
+    assert await rotate(store, grant_id, "unknown", "r4") == ("unknown", "")
+    assert await rotate(store, new_id(), "r1", "r4") == ("nogrant", "")
+    fresh = StoredIdentity(provider_id="ldap", subject="alice-sub", username="alice", groups=("writers",))
+    result = await store.rotate_refresh(
+        grant_id, "r2", "r5", successor="s5", new_ttl=600, rotated_ttl=600, scopes="notes:read", identity=fresh
+    )
+    assert result.outcome == "ok"
+    assert (await store.get_grant(grant_id) or a_grant("x")).identity == fresh
+
+
+async def concurrent_rotation(store: Store) -> None:
+    """Of ten concurrent rotations of one token exactly one wins; every other gets the winner's
+    answer. Once the successor's short life is over a retry still learns it lost (``rotated``),
+    with no answer: the caller treats that as reuse."""
+    grant_id = new_id()
+    await store.create_grant(a_grant(grant_id), "r1", 600, 600)
+    results = await asyncio.gather(
+        *(rotate(store, grant_id, "r1", f"n{i}", f"sealed-{i}", successor_ttl=1) for i in range(10))
+    )
+    winners = [i for i, (outcome, _) in enumerate(results) if outcome == "ok"]
+    assert len(winners) == 1
+    answer = f"sealed-{winners[0]}"
+    assert sorted(results) == sorted([("ok", "")] + [("rotated", answer)] * 9)
+    assert [i for i in range(10) if await store.get_refresh(grant_id, f"n{i}") is not None] == winners
+    await asyncio.sleep(2.2)  # the successor lived one second
+    assert await rotate(store, grant_id, "r1", "late") == ("rotated", "")
+    assert await store.get_successor(grant_id, "r1") is None
+
+
+async def revocation(store: Store) -> None:
+    grant_id = new_id()
+    await store.create_grant(a_grant(grant_id), "r1", 600, 600)
+    assert await store.revoke_grant(grant_id, "test")
+    assert not await store.revoke_grant(grant_id, "test")  # once
+    grant = await store.get_grant(grant_id)
+    assert grant is not None
+    assert grant.status == "revoked"
+    assert grant.revoked_at is not None
+    assert grant_id in await store.revoked()
+    assert await rotate(store, grant_id, "r1", "r2") == ("revoked", "")  # stays revoked
+    assert not await store.revoke_grant(new_id(), "test")  # unknown: nothing was active
+
+
+async def revoke_during_rotate(store: Store) -> None:
+    """A revocation racing a rotation: whichever lands first, the grant ends revoked and in the
+    revoked set, and no token of it rotates afterwards."""
+    for _ in range(5):
+        grant_id = new_id()
+        await store.create_grant(a_grant(grant_id), "r1", 600, 600)
+        (outcome, _), changed = await asyncio.gather(
+            rotate(store, grant_id, "r1", "r2"), store.revoke_grant(grant_id, "test")
+        )
+        assert outcome in ("ok", "revoked")
+        assert changed
+        assert (await store.get_grant(grant_id) or a_grant("x")).status == "revoked"
+        assert grant_id in await store.revoked()
+        assert await rotate(store, grant_id, "r2", "r3") == ("revoked", "")
+        assert await rotate(store, grant_id, "r1", "r4") == ("revoked", "")
+
+
+async def absolute_lifetime_end(store: Store) -> None:
+    """At the end of its absolute lifetime a grant and its tokens are gone: nothing refreshes,
+    and the user's index no longer lists it."""
+    grant_id = new_id()
+    subject = f"user-{grant_id}"
+    await store.create_grant(a_grant(grant_id, subject=subject, lifetime=1), "r1", 1, 1)
+    assert await store.user_grant_ids(subject) == [grant_id]
+    await asyncio.sleep(2.2)
+    assert await store.get_grant(grant_id) is None
+    assert await store.get_refresh(grant_id, "r1") is None
+    assert await rotate(store, grant_id, "r1", "r2") == ("nogrant", "")
+    assert await store.user_grant_ids(subject) == []
+
+
+async def lock_ownership(store: Store) -> None:
+    grant_id = new_id()
+    holders = await asyncio.gather(*(store.lock_grant(grant_id, 10) for _ in range(8)))
+    owners = [h for h in holders if h is not None]
+    assert len(owners) == 1  # one holder at a time
+    await store.unlock_grant(grant_id, "not-the-holder")
+    assert await store.lock_grant(grant_id, 10) is None  # only the holder frees it
+    await store.unlock_grant(grant_id, owners[0])
+    slow = await store.lock_grant(grant_id, 0.1)
+    assert slow is not None
+    await asyncio.sleep(0.3)  # the slow holder's lock runs out while it still works
+    current = await store.lock_grant(grant_id, 10)
+    assert current is not None
+    await store.unlock_grant(grant_id, slow)  # ... and it frees "its" lock late
+    assert await store.lock_grant(grant_id, 10) is None  # the current holder's lock stands
+    await store.unlock_grant(grant_id, current)
+    assert await store.lock_grant(grant_id, 10) is not None
+
+
+# -- sessions and consents -----------------------------------------------------------------------
+async def sessions(store: Store) -> None:
+    token = secrets.token_urlsafe(32)
+    session = BrowserSession(subject="alice-sub", username="alice", provider="ldap", created_at=time.time())
+    assert await store.get_session(token) is None
+    await store.save_session(token, session, 600)
+    assert await store.get_session(token) == session
+    assert await store.get_session(secrets.token_urlsafe(32)) is None
+    await store.end_session(token)
+    assert await store.get_session(token) is None
+
+
+async def consents(store: Store) -> None:
+    subject = f"user-{new_id()}"
+    assert await store.consents(subject) == []
+    await store.remember_consent(subject, "c2", "https://b.example", ["x"])
+    await store.remember_consent(subject, "c1", "https://a.example", ["notes:read"])
+    await store.remember_consent(subject, "c1", "https://a.example", ["notes:read", "notes:write"])  # replaces
+    found = await store.consents(subject)
+    assert [(c.client_id, c.resource, c.scopes) for c in found] == [
+        ("c1", "https://a.example", ("notes:read", "notes:write")),
+        ("c2", "https://b.example", ("x",)),
+    ]
+    assert all(isinstance(c, Consent) and c.at > 0 for c in found)
+    assert await store.forget_consent(subject, "c1", "https://a.example")
+    assert not await store.forget_consent(subject, "c1", "https://a.example")
+    assert [c.client_id for c in await store.consents(subject)] == ["c2"]
+
+
+# -- throttling and rate limits ------------------------------------------------------------------
+async def login_attempts(store: Store) -> None:
+    """Parallel attempts cannot all pass one check: of ten at once with a limit of three, three
+    start; three failures lock the pair (reported once) but not the same username elsewhere."""
+    user = f"bob-{new_id()}"
+
+    async def start(source: str) -> str:
+        started = await store.start_login_attempt(
+            "ldap", user, source, pair_limit=3, account_limit=12, in_flight_ttl=60
+        )
+        return started.state
+
+    states = await asyncio.gather(*(start("10.0.0.1") for _ in range(10)))
+    assert sorted(states) == ["busy"] * 7 + ["started"] * 3
+    reached = [
+        await store.finish_login_attempt("ldap", user, "10.0.0.1", "failed", window=60, pair_limit=3, account_limit=12)
+        for _ in range(3)
+    ]
+    assert [(r.pair, r.account) for r in reached] == [(False, False), (False, False), (True, False)]
+    locked = await store.start_login_attempt(
+        "ldap", user.upper(), "10.0.0.1", pair_limit=3, account_limit=12, in_flight_ttl=60
+    )
+    assert locked.state == "locked"  # usernames compare case-insensitively
+    assert 1 <= locked.retry_after <= 60
+    assert await start("10.0.0.2") == "started"  # the pair is locked, not the account
+    await store.finish_login_attempt("ldap", user, "10.0.0.2", "cleared", window=60, pair_limit=3, account_limit=12)
+    assert await store.clear_login_failures("ldap", user)
+    assert await start("10.0.0.1") == "started"
+    assert not await store.clear_login_failures("ldap", f"nobody-{new_id()}")
+
+
+async def address_attempts(store: Store) -> None:
+    address = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}-{new_id()}"
+    first = await store.start_address_attempt(address, limit=2, window=60, in_flight_ttl=60)
+    second = await store.start_address_attempt(address, limit=2, window=60, in_flight_ttl=60)
+    assert (first.state, second.state) == ("started", "started")
+    assert (await store.start_address_attempt(address, limit=2, window=60, in_flight_ttl=60)).state == "busy"
+    await store.finish_address_attempt(address, "failed", window=60)
+    await store.finish_address_attempt(address, "failed", window=60)
+    locked = await store.start_address_attempt(address, limit=2, window=60, in_flight_ttl=60)
+    assert locked.state == "locked"
+    assert 1 <= locked.retry_after <= 60
+
+
+async def request_counts(store: Store) -> None:
+    subject = f"10.0.0.{new_id()}"
+    hits = await asyncio.gather(*(store.count_request("reg", subject, window=30) for _ in range(5)))
+    assert sorted(h.count for h in hits) == [1, 2, 3, 4, 5]
+    assert all(1 <= h.retry_after <= 30 for h in hits)
+    assert (await store.count_request("other", subject, window=30)).count == 1  # each limit counts alone
+
+
+CHECKS: dict[str, Check] = {
+    check.__name__: check
+    for check in (
+        clients,
+        flows,
+        flows_are_taken_once,
+        flow_attempts,
+        upstream_pointers,
+        codes,
+        a_wrong_secret_burns_the_code,
+        concurrent_code_exchange,
+        grants,
+        rotation,
+        concurrent_rotation,
+        revocation,
+        revoke_during_rotate,
+        absolute_lifetime_end,
+        lock_ownership,
+        sessions,
+        consents,
+        login_attempts,
+        address_attempts,
+        request_counts,
+    )
+}
