@@ -89,7 +89,6 @@ def create_app(
         app.state.broker = BrokerState(
             config=config,
             redis=client,
-            keys=keys,
             keyring=keyring,
             store=store,
             clients=ClientRegistry(config.registration, store, documents),

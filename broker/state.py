@@ -18,7 +18,6 @@ from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.store.base import Store
 from broker.store.client import RedisClient
-from broker.store.keys import Keys
 from broker.web.pages import Pages
 from providers.base import Provider
 
@@ -27,7 +26,6 @@ from providers.base import Provider
 class BrokerState:
     config: BrokerConfig
     redis: RedisClient
-    keys: Keys
     keyring: KeyRing
     store: Store
     clients: ClientRegistry
