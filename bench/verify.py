@@ -25,6 +25,7 @@ from jose import jwt
 from broker.devstack import RedisServer
 from broker.oauth.signing import KeyRing, new_kek
 from broker.store.keys import Keys
+from broker.store.redis_store import RedisStore
 from mcp_app.verifier import BrokerTokenVerifier, JwksCache
 
 ISSUER, RESOURCE = "https://auth.example.com", "https://mcp.example.com/mcp"
@@ -35,7 +36,7 @@ async def main(iterations: int, algorithm: str) -> None:
         server = RedisServer(Path(state), persist=False).start()
         try:
             client = aioredis.Redis.from_url(server.url)
-            ring = KeyRing(client, Keys(), kek=new_kek(), algorithm=algorithm)  # type: ignore[arg-type]
+            ring = KeyRing(RedisStore(client, Keys()), kek=new_kek(), algorithm=algorithm)  # type: ignore[arg-type]
             await ring.refresh()
             jwks = ring.jwks()
             async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=jwks))) as h:

@@ -74,16 +74,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis if redis is not None else _redis_for(config)
         kek = config.signing.key_encryption_key
+        store = RedisStore(client, keys)
         keyring = KeyRing(
-            client,
-            keys,
+            store,
             algorithm=config.signing.algorithm,
             kek=kek.get_secret_value() if kek else None,
             keys_dir=config.signing.keys_dir,
             rotation_interval=config.signing.rotation_interval,
             overlap=config.signing.key_overlap,
         )
-        store = RedisStore(client, keys)
         documents = MetadataDocuments(config.registration)
         policies = PolicyHolder(config)
         app.state.broker = BrokerState(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ from jose.backends.base import Key
 
 from broker.oauth.sealing import Envelope, decode_kek
 from broker.oauth.sealing import KeyConfigError as KeyConfigError  # re-exported: KeyRing raises it
-from broker.store.client import RedisClient
-from broker.store.keys import Keys
+from broker.store.base import SigningKeyStore
 
 Algorithm = Literal["ES256", "RS256"]
 
@@ -68,8 +66,7 @@ class KeyRing:
 
     def __init__(
         self,
-        redis: RedisClient | None,
-        keys: Keys,
+        store: SigningKeyStore | None,
         *,
         algorithm: Algorithm = "ES256",
         kek: str | None = None,
@@ -79,8 +76,7 @@ class KeyRing:
     ) -> None:
         if keys_dir is None and kek is None:
             raise KeyConfigError("set signing.key_encryption_key (or signing.keys_dir) to sign tokens")
-        self._redis = redis
-        self._keys = keys
+        self._store = store
         self._alg = algorithm
         self._kek = Envelope(decode_kek(kek)) if kek else None
         self._keys_dir = keys_dir
@@ -124,7 +120,7 @@ class KeyRing:
         if self._keys_dir is not None:
             self._ring = self._from_dir(Path(self._keys_dir))
         else:
-            self._ring = await self._from_redis()
+            self._ring = await self._from_store()
         now = time.time()
         current = self._current_or_none(now)
         published = [
@@ -147,11 +143,9 @@ class KeyRing:
             raise KeyConfigError(f"signing.keys_dir {folder} holds no *.pem key")
         return ring
 
-    async def _from_redis(self) -> list[SigningKey]:
-        assert self._redis is not None
-        ring_key = self._keys.signing_keys()
-        records = await self._redis.hgetall(ring_key)
-        ring = [self._record_to_key(json.loads(v)) for v in records.values()]
+    async def _from_store(self) -> list[SigningKey]:
+        assert self._store is not None
+        ring = [self._record_to_key(record) for record in await self._store.signing_keys()]
         ring = [k for k in ring if k.alg == self._alg]
         now = time.time()
         current = self._current_or_none_of(ring, now)
@@ -161,43 +155,42 @@ class KeyRing:
         if not (due_current or due_next):
             return ring
         # One replica creates keys; the others wait for the lock and read what it wrote.
-        if await self._redis.set(self._keys.signing_lock(), "1", nx=True, ex=30):
+        lock = await self._store.lock_signing_keys(30)
+        if lock is not None:
             try:
-                records = await self._redis.hgetall(ring_key)
-                ring = [k for k in (self._record_to_key(json.loads(v)) for v in records.values()) if k.alg == self._alg]
+                ring = [k for k in map(self._record_to_key, await self._store.signing_keys()) if k.alg == self._alg]
                 current = self._current_or_none_of(ring, now)
                 if current is None:
-                    current = await self._create(ring_key, now)
+                    current = await self._create(now)
                     ring.append(current)
                 if not [k for k in ring if k.activate_at > now]:
-                    ring.append(await self._create(ring_key, current.activate_at + self._rotation))
+                    ring.append(await self._create(current.activate_at + self._rotation))
                 # Forget keys whose tokens have all expired.
                 cutoff = now - self._rotation - self._overlap
                 stale = [k.kid for k in ring if k.activate_at < cutoff and k is not current]
                 if stale:
-                    await self._redis.hdel(ring_key, *stale)
+                    await self._store.drop_signing_keys(stale)
                     ring = [k for k in ring if k.kid not in stale]
             finally:
-                await self._redis.delete(self._keys.signing_lock())
+                await self._store.unlock_signing_keys(lock)
             return ring
         for _ in range(50):
             await asyncio.sleep(0.1)
-            if not await self._redis.exists(self._keys.signing_lock()):
+            if not await self._store.signing_keys_locked():
                 break
-        records = await self._redis.hgetall(ring_key)
-        return [k for k in (self._record_to_key(json.loads(v)) for v in records.values()) if k.alg == self._alg]
+        return [k for k in map(self._record_to_key, await self._store.signing_keys()) if k.alg == self._alg]
 
     @staticmethod
     def _current_or_none_of(ring: list[SigningKey], now: float) -> SigningKey | None:
         live = [k for k in ring if k.activate_at <= now]
         return max(live, key=lambda k: k.activate_at) if live else None
 
-    async def _create(self, ring_key: str, activate_at: float) -> SigningKey:
-        assert self._redis is not None
+    async def _create(self, activate_at: float) -> SigningKey:
+        assert self._store is not None
         kid = f"{time.strftime('%Y%m%d', time.gmtime(activate_at))}-{secrets.token_hex(4)}"
         pem = _generate_pem(self._alg)
         record = {"kid": kid, "alg": self._alg, "activate_at": activate_at, "key": self._encrypt(kid, pem)}
-        await self._redis.hset(ring_key, kid, json.dumps(record))
+        await self._store.save_signing_key(kid, record)
         return _load(kid, self._alg, activate_at, pem)
 
     def _record_to_key(self, record: dict[str, Any]) -> SigningKey:

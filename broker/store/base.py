@@ -9,7 +9,7 @@ configured for it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -72,7 +72,31 @@ class Hit:
     retry_after: int
 
 
-class Store(Protocol):
+class SigningKeyStore(Protocol):
+    """Where the signing key ring lives (its private keys sealed by the caller)."""
+
+    async def signing_keys(self) -> list[dict[str, Any]]:
+        """Every stored signing key record, in no particular order."""
+
+    async def save_signing_key(self, kid: str, record: Mapping[str, Any]) -> None:
+        """Add one key record to the ring (replacing one of the same ``kid``)."""
+
+    async def drop_signing_keys(self, kids: Sequence[str]) -> None:
+        """Remove these keys from the ring."""
+
+    async def lock_signing_keys(self, seconds: int) -> str | None:
+        """Take the ring's lock, so one replica at a time creates keys: the holder's token, or
+        None if another holds it. At most one holder across replicas; the lock ends by itself
+        after ``seconds``."""
+
+    async def unlock_signing_keys(self, token: str) -> None:
+        """Free the ring's lock only if ``token``'s holder still holds it (compare-and-delete)."""
+
+    async def signing_keys_locked(self) -> bool:
+        """Whether any replica holds the ring's lock now."""
+
+
+class Store(SigningKeyStore, Protocol):
     # -- clients ---------------------------------------------------------------------------
     async def save_client(self, client_id: str, record: Mapping[str, Any], ttl: int) -> None:
         """Store a registered client's record (``Client.to_record``) for ``ttl`` seconds,

@@ -462,6 +462,28 @@ class RedisStore:
         keys = [base, f"{base}:ips", *(f"{base}:ip:{pair}" for pair in pairs)]
         return bool(await self._clear_user(keys=keys, args=pairs))
 
+    # -- the signing key ring ----------------------------------------------------------------
+    async def signing_keys(self) -> list[dict[str, Any]]:
+        records = await self.redis.hgetall(self.keys.signing_keys())
+        return [record for value in records.values() if (record := loads(value)) is not None]
+
+    async def save_signing_key(self, kid: str, record: Mapping[str, Any]) -> None:
+        await self.redis.hset(self.keys.signing_keys(), kid, dumps(record))
+
+    async def drop_signing_keys(self, kids: Sequence[str]) -> None:
+        if kids:
+            await self.redis.hdel(self.keys.signing_keys(), *kids)
+
+    async def lock_signing_keys(self, seconds: int) -> str | None:
+        token = secrets.token_urlsafe(16)
+        return token if await self.redis.set(self.keys.signing_lock(), token, nx=True, ex=seconds) else None
+
+    async def unlock_signing_keys(self, token: str) -> None:
+        await self._unlock(keys=[self.keys.signing_lock()], args=[token])
+
+    async def signing_keys_locked(self) -> bool:
+        return bool(await self.redis.exists(self.keys.signing_lock()))
+
     # -- request rate limits ---------------------------------------------------------------
     async def count_request(self, limit_name: str, subject: str, *, window: int) -> Hit:
         key = f"{self.keys.prefix}:{{rl:{limit_name}:{digest(subject)[:32]}}}"

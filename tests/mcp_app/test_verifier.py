@@ -16,6 +16,7 @@ from jose import jwt
 
 from broker.oauth.signing import KeyRing, new_kek
 from broker.store.keys import Keys
+from broker.store.redis_store import RedisStore
 from mcp_app.verifier import BrokerTokenVerifier, JwksCache, is_canonical_jws
 from tests.jws import non_canonical, signature_variants
 
@@ -25,7 +26,7 @@ RESOURCE = "https://mcp.example.com/mcp"
 
 @pytest.fixture
 async def ring(redis_client: aioredis.Redis) -> KeyRing:
-    keyring = KeyRing(redis_client, Keys(), kek=new_kek())
+    keyring = KeyRing(RedisStore(redis_client, Keys()), kek=new_kek())
     await keyring.refresh()
     return keyring
 

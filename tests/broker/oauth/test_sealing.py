@@ -23,6 +23,7 @@ from broker.oauth.signing import KeyRing, new_kek
 from broker.oauth.tokens import open_for, seal_for
 from broker.store.client import RedisClient
 from broker.store.keys import Keys
+from broker.store.redis_store import RedisStore
 
 
 def _old_private_aead(kek: str) -> AESGCM:
@@ -108,7 +109,7 @@ def test_a_successor_sealed_by_the_old_code_still_opens_and_back() -> None:
 async def test_a_signing_key_stored_by_the_old_code_still_loads(redis_client: RedisClient) -> None:
     kek = new_kek()
     keys = Keys("sealcompat")
-    first = KeyRing(redis_client, keys, kek=kek)
+    first = KeyRing(RedisStore(redis_client, keys), kek=kek)
     await first.refresh()
     # Re-store every key of the ring as the old code sealed it, then load the ring afresh.
     records = await redis_client.hgetall(keys.signing_keys())
@@ -118,7 +119,7 @@ async def test_a_signing_key_stored_by_the_old_code_still_loads(redis_client: Re
         pem = _old_decrypt_key(kek, record["kid"], record["key"])  # the envelope's output opens the old way
         record["key"] = _old_encrypt_key(kek, record["kid"], pem)
         await redis_client.hset(keys.signing_keys(), field, json.dumps(record))
-    second = KeyRing(redis_client, keys, kek=kek)
+    second = KeyRing(RedisStore(redis_client, keys), kek=kek)
     await second.refresh()
     assert second.current.kid == first.current.kid
     assert second.jwks() == first.jwks()

@@ -12,11 +12,12 @@ from jose import jwt
 
 from broker.oauth.signing import KeyConfigError, KeyRing, new_kek
 from broker.store.keys import Keys
+from broker.store.redis_store import RedisStore
 
 
 async def test_replicas_share_one_ring(redis_client: aioredis.Redis) -> None:
     kek = new_kek()
-    rings = [KeyRing(redis_client, Keys(), kek=kek) for _ in range(4)]
+    rings = [KeyRing(RedisStore(redis_client, Keys()), kek=kek) for _ in range(4)]
     await asyncio.gather(*(ring.refresh() for ring in rings))
     kids = {ring.current.kid for ring in rings}
     assert len(kids) == 1
@@ -30,7 +31,7 @@ async def test_replicas_share_one_ring(redis_client: aioredis.Redis) -> None:
 
 async def test_a_token_signed_by_one_replica_verifies_with_the_jwks_of_another(redis_client: aioredis.Redis) -> None:
     kek = new_kek()
-    one, two = KeyRing(redis_client, Keys(), kek=kek), KeyRing(redis_client, Keys(), kek=kek)
+    one, two = KeyRing(RedisStore(redis_client, Keys()), kek=kek), KeyRing(RedisStore(redis_client, Keys()), kek=kek)
     await one.refresh()
     await two.refresh()
     key = one.current
@@ -40,13 +41,13 @@ async def test_a_token_signed_by_one_replica_verifies_with_the_jwks_of_another(r
 
 
 async def test_wrong_key_encryption_key_is_a_clear_error(redis_client: aioredis.Redis) -> None:
-    await KeyRing(redis_client, Keys(), kek=new_kek()).refresh()
+    await KeyRing(RedisStore(redis_client, Keys()), kek=new_kek()).refresh()
     with pytest.raises(KeyConfigError, match="key_encryption_key differs"):
-        await KeyRing(redis_client, Keys(), kek=new_kek()).refresh()
+        await KeyRing(RedisStore(redis_client, Keys()), kek=new_kek()).refresh()
 
 
 async def test_next_key_takes_over_after_the_rotation_interval(redis_client: aioredis.Redis) -> None:
-    ring = KeyRing(redis_client, Keys(), kek=new_kek(), rotation_interval=1, overlap=60)
+    ring = KeyRing(RedisStore(redis_client, Keys()), kek=new_kek(), rotation_interval=1, overlap=60)
     await ring.refresh()
     first = ring.current.kid
     await asyncio.sleep(1.1)
@@ -58,16 +59,16 @@ async def test_next_key_takes_over_after_the_rotation_interval(redis_client: aio
 
 
 async def test_rs256(redis_client: aioredis.Redis) -> None:
-    ring = KeyRing(redis_client, Keys(), kek=new_kek(), algorithm="RS256")
+    ring = KeyRing(RedisStore(redis_client, Keys()), kek=new_kek(), algorithm="RS256")
     await ring.refresh()
     assert ring.jwks()["keys"][0]["kty"] == "RSA"
 
 
 def test_a_key_encryption_key_or_keys_dir_is_required() -> None:
     with pytest.raises(KeyConfigError, match="key_encryption_key"):
-        KeyRing(None, Keys())
+        KeyRing(None)
     with pytest.raises(KeyConfigError, match="32 bytes"):
-        KeyRing(None, Keys(), kek="c2hvcnQ")
+        KeyRing(None, kek="c2hvcnQ")
 
 
 async def test_keys_from_a_mounted_folder(tmp_path: object) -> None:
@@ -81,7 +82,7 @@ async def test_keys_from_a_mounted_folder(tmp_path: object) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     (folder / "2026-11.pem").write_bytes(pem)
-    ring = KeyRing(None, Keys(), keys_dir=str(folder))
+    ring = KeyRing(None, keys_dir=str(folder))
     await ring.refresh()
     assert ring.current.kid == "2026-11"
     assert ring.current.activate_at <= time.time()

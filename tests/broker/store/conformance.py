@@ -319,6 +319,28 @@ async def consents(store: Store) -> None:
     assert [c.client_id for c in await store.consents(subject)] == ["c2"]
 
 
+# -- the signing key ring ------------------------------------------------------------------------
+async def signing_key_ring(store: Store) -> None:
+    assert await store.signing_keys() == []
+    one = {"kid": "k1", "alg": "ES256", "activate_at": 1.0, "key": "sealed-1"}
+    two = {"kid": "k2", "alg": "ES256", "activate_at": 2.0, "key": "sealed-2"}
+    await store.save_signing_key("k1", one)
+    await store.save_signing_key("k2", two)
+    assert sorted(await store.signing_keys(), key=lambda r: str(r["kid"])) == [one, two]
+    await store.drop_signing_keys(["k1"])
+    await store.drop_signing_keys([])
+    assert await store.signing_keys() == [two]
+    assert not await store.signing_keys_locked()
+    holders = await asyncio.gather(*(store.lock_signing_keys(30) for _ in range(6)))
+    owners = [h for h in holders if h is not None]
+    assert len(owners) == 1  # one replica creates keys at a time
+    assert await store.signing_keys_locked()
+    await store.unlock_signing_keys("not-the-holder")
+    assert await store.signing_keys_locked()  # only the holder frees it
+    await store.unlock_signing_keys(owners[0])
+    assert not await store.signing_keys_locked()
+
+
 # -- throttling and rate limits ------------------------------------------------------------------
 async def login_attempts(store: Store) -> None:
     """Parallel attempts cannot all pass one check: of ten at once with a limit of three, three
@@ -391,6 +413,7 @@ CHECKS: dict[str, Check] = {
         lock_ownership,
         sessions,
         consents,
+        signing_key_ring,
         login_attempts,
         address_attempts,
         request_counts,
