@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -16,47 +15,17 @@ from broker.config.models import RegistrationConfig
 from broker.display import hidden_character
 from broker.oauth.errors import InvalidClient, InvalidClientMetadata, InvalidRedirectUri
 from broker.store.base import Store
+from broker.store.records import CLIENT_GRANT_TYPES, ClientAuthMethod, ClientRegistration
 from providers.net import is_loopback_host
 
-AuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
+AuthMethod = ClientAuthMethod
 AUTH_METHODS: tuple[AuthMethod, ...] = ("none", "client_secret_post", "client_secret_basic")
-GRANT_TYPES = ("authorization_code", "refresh_token")
+GRANT_TYPES = CLIENT_GRANT_TYPES
+Client = ClientRegistration  # one model for all three kinds; its fields and JSON live with the records
 CLIENT_CACHE_SECONDS = 30.0
 # RFC 7591 §2: human-readable strings, and the URLs a client may give for its pages and logo.
 TEXT_FIELDS = ("client_name", "software_id", "software_version")
 PAGE_URI_FIELDS = ("client_uri", "logo_uri", "policy_uri", "tos_uri")
-
-
-@dataclass(frozen=True)
-class Client:
-    client_id: str
-    client_name: str
-    redirect_uris: tuple[str, ...]
-    application_type: Literal["native", "web"] = "native"
-    token_endpoint_auth_method: AuthMethod = "none"  # noqa: S105 - a method name, not a secret
-    grant_types: tuple[str, ...] = GRANT_TYPES
-    kind: Literal["static", "dynamic", "metadata_document"] = "dynamic"
-    secret_hash: str | None = field(default=None, repr=False)
-    client_uri: str | None = None
-    created_at: int = 0
-
-    @property
-    def is_public(self) -> bool:
-        return self.token_endpoint_auth_method == "none"  # noqa: S105
-
-    @property
-    def verified_domain(self) -> str | None:
-        """The domain that vouches for a metadata-document client; None for the others."""
-        return urlsplit(self.client_id).hostname if self.kind == "metadata_document" else None
-
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Client:
-        return cls(
-            **{**record, "redirect_uris": tuple(record["redirect_uris"]), "grant_types": tuple(record["grant_types"])}
-        )
 
 
 def hash_secret(secret: str) -> str:
@@ -197,10 +166,9 @@ class ClientRegistry:
             return cached[1]
         # Registrations never change, so a few seconds of caching is safe; the idle TTL is
         # refreshed on every miss, which is often enough for a lifetime measured in days.
-        record = await self.store.get_client(client_id, touch_ttl=self.config.registration_idle_ttl)
-        if record is None:
+        client = await self.store.get_client(client_id, touch_ttl=self.config.registration_idle_ttl)
+        if client is None:
             return None
-        client = Client.from_record(record)
         if len(self._recent) >= 10_000:
             self._recent.clear()
         self._recent[client_id] = (time.monotonic(), client)
@@ -227,7 +195,7 @@ class ClientRegistry:
             client_uri=client_uri,
             created_at=now,
         )
-        await self.store.save_client(client_id, client.to_record(), self.config.registration_idle_ttl)
+        await self.store.save_client(client, self.config.registration_idle_ttl)
         response: dict[str, Any] = {
             "client_id": client_id,
             "client_id_issued_at": now,

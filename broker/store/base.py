@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 from broker.store.records import (
     AuthorizationCode,
     BrowserSession,
+    ClientRegistration,
     Consent,
     Grant,
     PendingFlow,
@@ -98,12 +99,11 @@ class SigningKeyStore(Protocol):
 
 class Store(SigningKeyStore, Protocol):
     # -- clients ---------------------------------------------------------------------------
-    async def save_client(self, client_id: str, record: Mapping[str, Any], ttl: int) -> None:
-        """Store a registered client's record (``Client.to_record``) for ``ttl`` seconds,
-        replacing any earlier one."""
+    async def save_client(self, client: ClientRegistration, ttl: int) -> None:
+        """Store a registered client for ``ttl`` seconds, replacing any earlier one."""
 
-    async def get_client(self, client_id: str, *, touch_ttl: int | None = None) -> dict[str, Any] | None:
-        """A client's record, or None. With ``touch_ttl`` its expiry restarts in the same step."""
+    async def get_client(self, client_id: str, *, touch_ttl: int | None = None) -> ClientRegistration | None:
+        """A registered client, or None. With ``touch_ttl`` its expiry restarts in the same step."""
 
     # -- pending authorization flows -------------------------------------------------------
     async def save_flow(self, flow_id: str, flow: PendingFlow, ttl: int) -> None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 GrantStatus = Literal["active", "revoked"]
+ClientAuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
+CLIENT_GRANT_TYPES = ("authorization_code", "refresh_token")
 
 
 def _opt_str(value: object) -> str | None:
@@ -34,6 +37,41 @@ def loads(raw: bytes | str | None) -> dict[str, Any] | None:
 
 def dumps(record: Mapping[str, Any]) -> str:
     return json.dumps(record)
+
+
+@dataclass(frozen=True)
+class ClientRegistration:
+    """An OAuth client: pre-registered (config), dynamically registered (RFC 7591, the kind the
+    store keeps) or a client ID metadata document. ``broker.oauth.clients.Client`` is this."""
+
+    client_id: str
+    client_name: str
+    redirect_uris: tuple[str, ...]
+    application_type: Literal["native", "web"] = "native"
+    token_endpoint_auth_method: ClientAuthMethod = "none"  # noqa: S105 - a method name, not a secret
+    grant_types: tuple[str, ...] = CLIENT_GRANT_TYPES
+    kind: Literal["static", "dynamic", "metadata_document"] = "dynamic"
+    secret_hash: str | None = field(default=None, repr=False)
+    client_uri: str | None = None
+    created_at: int = 0
+
+    @property
+    def is_public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"  # noqa: S105
+
+    @property
+    def verified_domain(self) -> str | None:
+        """The domain that vouches for a metadata-document client; None for the others."""
+        return urlsplit(self.client_id).hostname if self.kind == "metadata_document" else None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Self:
+        return cls(
+            **{**record, "redirect_uris": tuple(record["redirect_uris"]), "grant_types": tuple(record["grant_types"])}
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from broker.store.keys import Keys, digest
 from broker.store.records import (
     AuthorizationCode,
     BrowserSession,
+    ClientRegistration,
     Consent,
     Grant,
     PendingFlow,
@@ -199,13 +200,13 @@ class RedisStore:
         self._hit = redis.register_script(throttle_scripts.HIT)
 
     # -- clients ---------------------------------------------------------------------------
-    async def save_client(self, client_id: str, record: Mapping[str, Any], ttl: int) -> None:
-        await self.redis.set(self.keys.client(client_id), dumps(record), ex=ttl)
+    async def save_client(self, client: ClientRegistration, ttl: int) -> None:
+        await self.redis.set(self.keys.client(client.client_id), dumps(client.to_json()), ex=ttl)
 
-    async def get_client(self, client_id: str, *, touch_ttl: int | None = None) -> dict[str, Any] | None:
+    async def get_client(self, client_id: str, *, touch_ttl: int | None = None) -> ClientRegistration | None:
         key = self.keys.client(client_id)
-        raw = await (self.redis.getex(key, ex=touch_ttl) if touch_ttl else self.redis.get(key))
-        return loads(raw)
+        record = loads(await (self.redis.getex(key, ex=touch_ttl) if touch_ttl else self.redis.get(key)))
+        return ClientRegistration.from_json(record) if record is not None else None
 
     # -- pending authorization flows -------------------------------------------------------
     async def save_flow(self, flow_id: str, flow: PendingFlow, ttl: int) -> None:

@@ -12,11 +12,13 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from broker.store.base import Store
 from broker.store.records import (
     AuthorizationCode,
     BrowserSession,
+    ClientRegistration,
     Consent,
     Grant,
     PendingFlow,
@@ -83,13 +85,20 @@ async def rotate(
 
 # -- clients -------------------------------------------------------------------------------------
 async def clients(store: Store) -> None:
-    record = {"client_id": "c1", "redirect_uris": ["http://127.0.0.1/cb"], "grant_types": ["authorization_code"]}
+    client = ClientRegistration(
+        client_id="c1",
+        client_name="One",
+        redirect_uris=("http://127.0.0.1/cb",),
+        token_endpoint_auth_method="client_secret_post",
+        secret_hash="h",
+        created_at=int(time.time()),
+    )
     assert await store.get_client("c1") is None
-    await store.save_client("c1", record, 600)
-    assert await store.get_client("c1") == record
-    assert await store.get_client("c1", touch_ttl=900) == record
-    await store.save_client("c1", {**record, "client_name": "renamed"}, 600)
-    assert (await store.get_client("c1") or {}).get("client_name") == "renamed"
+    await store.save_client(client, 600)
+    assert await store.get_client("c1") == client
+    assert await store.get_client("c1", touch_ttl=900) == client
+    await store.save_client(replace(client, client_name="renamed"), 600)
+    assert (await store.get_client("c1") or client).client_name == "renamed"
 
 
 # -- flows ---------------------------------------------------------------------------------------
