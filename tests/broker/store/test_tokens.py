@@ -10,8 +10,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from broker.store.keys import Keys
-from broker.store.records import AuthorizationCode, Grant, StoredIdentity
+from broker.store.records import Grant
 from broker.store.redis_store import RedisStore
+from tests.broker.store.conformance import a_code
 
 
 def store_for(client: aioredis.Redis) -> RedisStore:
@@ -20,18 +21,6 @@ def store_for(client: aioredis.Redis) -> RedisStore:
 
 def grant(grant_id: str, lifetime: float) -> Grant:
     return Grant(grant_id=grant_id, subject="alice", status="active", expires_at=time.time() + lifetime)
-
-
-def code(code_hash: str, client_id: str) -> AuthorizationCode:
-    return AuthorizationCode(
-        code_hash=code_hash,
-        client_id=client_id,
-        redirect_uri="http://127.0.0.1/cb",
-        code_challenge="c",
-        resource="https://mcp.example.com",
-        scopes=("a",),
-        identity=StoredIdentity(provider_id="ldap", subject="alice", username="alice"),
-    )
 
 
 async def test_a_shorter_new_grant_does_not_cut_the_users_index_short(redis_client: aioredis.Redis) -> None:
@@ -87,7 +76,7 @@ async def test_a_lock_is_released_only_by_its_holder(redis_client: aioredis.Redi
 
 async def test_a_code_presented_by_another_client_is_refused_unspent(redis_client: aioredis.Redis) -> None:
     store = store_for(redis_client)
-    await store.save_code("g", code("h", "owner"), 60)
+    await store.save_code("g", a_code("h", "owner"), 60)
     refused = await store.take_code("g", "h", "thief")
     assert (refused.outcome, refused.code) == ("wrong_client", None)  # nothing of the code is shown
     taken = await store.take_code("g", "h", "owner")
