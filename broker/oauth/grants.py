@@ -271,6 +271,15 @@ class GrantService:
             if lock is None:
                 return await self._await_winner(grant, token, old_hash)
         try:
+            if lock is not None:
+                # Read again under the lock: a rotation that finished between the first read and
+                # the lock has already spent the upstream token this grant held, and asking
+                # upstream with it again would look like theft (and end the grant).
+                grant, record = await self.store.get_grant_and_refresh(grant_id, old_hash)
+                if grant is None or grant.status != "active" or record is None:
+                    raise InvalidGrant(detail=f"grant {grant_id} ended during a concurrent refresh")
+                if record.rotated:
+                    return await self._replayed(grant, token, record.rotated_at, record.successor, old_hash)
             return await self._rotate(client, grant, token, old_hash, current, narrowed)
         finally:
             if lock is not None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 import redis
 
 from broker.devstack import RedisServer
 from broker.oauth import grants
 from broker.store.keys import Keys
+from broker.store.redis_store import RedisStore
 from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import refresh
 from tests.providers.oidc.op import TestOP
@@ -46,3 +48,39 @@ def test_a_refresh_waiting_on_another_requests_recheck_times_out_and_leaves_the_
         assert again.status_code == 200, again.text  # the refresh token was neither spent nor revoked
         assert op.hits("/token") == before + 1
     direct.close()
+
+
+def test_a_refresh_that_takes_the_lock_after_another_rotated_answers_as_a_replay(
+    broker_factory: BrokerFactory, op: TestOP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two refreshes of one token: the second reads the grant, then the first asks the OP,
+    rotates and frees the lock before the second takes it. The second must not ask the OP with
+    the upstream refresh token the first already spent (the OP would refuse it as reused, and
+    the broker would end the grant): it answers what the first answered."""
+    real = RedisStore.lock_grant
+    calls = 0
+
+    async def winner_first(self: RedisStore, grant_id: str, seconds: float) -> str | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the second request, between its read and its lock: the first runs whole
+            async with httpx.AsyncClient() as http:
+                winner = await http.post(f"{base}/token", data=form)
+            answers.append(winner)
+        return await real(self, grant_id, seconds)
+
+    monkeypatch.setattr(RedisStore, "lock_grant", winner_first)  # the broker runs in this process
+    answers: list[httpx.Response] = []
+    with oidc_broker(broker_factory, op, upstream_refresh=True) as setup:
+        client_id, alice = tokens_for(setup, "alice")
+        base = setup.broker.base
+        form = {"grant_type": "refresh_token", "refresh_token": alice["refresh_token"], "client_id": client_id}
+        before = op.hits("/token")
+        late = refresh(setup.broker, client_id, alice["refresh_token"])
+        assert late.status_code == 200, late.text
+        assert answers, "the first refresh never ran"
+        assert answers[0].status_code == 200, answers[0].text
+        assert late.json()["refresh_token"] == answers[0].json()["refresh_token"]  # the same answer
+        assert op.hits("/token") == before + 1  # the OP was asked once
+        onward = refresh(setup.broker, client_id, late.json()["refresh_token"])
+        assert onward.status_code == 200, onward.text  # the grant lives on
