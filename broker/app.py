@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from broker import __version__
 from broker.config.models import BrokerConfig
 from broker.middleware import RequestContextMiddleware
+from broker.oauth.browser_flow import BrowserFlow
 from broker.oauth.cimd import MetadataDocuments
 from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
@@ -20,10 +21,23 @@ from broker.oauth.revocation import RevocationService
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.policy.holder import PolicyHolder
-from broker.routes import account, admin, authorize, discovery, errors, health, openapi, register, token
+from broker.routes import (
+    account,
+    admin,
+    authorize,
+    callback,
+    consent,
+    discovery,
+    errors,
+    health,
+    login,
+    openapi,
+    register,
+    token,
+)
 from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
-from broker.state import BrokerState
+from broker.services import Services
 from broker.store.client import RedisClient, create_redis
 from broker.store.keys import Keys
 from broker.store.redis_store import RedisStore
@@ -85,34 +99,38 @@ def create_app(
         )
         documents = MetadataDocuments(config.registration)
         policies = PolicyHolder(config)
-        app.state.broker = BrokerState(
+        clients = ClientRegistry(config.registration, store, documents)
+        grants = GrantService(
+            config, store, keyring, policies, upstreams, Sealer(kek.get_secret_value() if kek else None)
+        )
+        throttle = LoginThrottle(
+            store,
+            per_user=config.login_protection.max_failures_per_user,
+            per_account=config.login_protection.max_failures_per_account,
+            per_ip=config.login_protection.max_failures_per_ip,
+            window=config.login_protection.window,
+            failure_floor=config.login_protection.failure_floor,
+        )
+        app.state.broker = Services(
             config=config,
             redis=client,
             keyring=keyring,
             store=store,
-            clients=ClientRegistry(config.registration, store, documents),
+            clients=clients,
             policies=policies,
             providers=upstreams,
-            grants=GrantService(
-                config, store, keyring, policies, upstreams, Sealer(kek.get_secret_value() if kek else None)
-            ),
+            grants=grants,
             revocation=RevocationService(config.issuer, store, keyring),
             pages=Pages(config.issuer),
             introspection_resources=_introspection(config),
-            throttle=LoginThrottle(
-                store,
-                per_user=config.login_protection.max_failures_per_user,
-                per_account=config.login_protection.max_failures_per_account,
-                per_ip=config.login_protection.max_failures_per_ip,
-                window=config.login_protection.window,
-                failure_floor=config.login_protection.failure_floor,
-            ),
+            throttle=throttle,
             registrations=RateLimit(
                 store,
                 name="reg",
                 limit=config.registration.dynamic_registration_per_ip,
                 window=config.registration.dynamic_registration_window,
             ),
+            flows=BrowserFlow(config, store, clients, policies, upstreams, grants, throttle),
         )
         try:
             await keyring.refresh()
@@ -151,6 +169,9 @@ def create_app(
     discovery.install(app, config.issuer, base)
     app.include_router(register.router(base))
     app.include_router(authorize.router(base))
+    app.include_router(consent.router(base))
+    app.include_router(login.router(base))
+    app.include_router(callback.router(base))
     app.include_router(token.router(base))
     app.include_router(admin.router(base))
     app.include_router(account.router(base))

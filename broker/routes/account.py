@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,17 +17,30 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from broker.audit import audit
+from broker.config.models import BrokerConfig
 from broker.metrics import LOGINS
+from broker.routes.deps import (
+    ClientsDep,
+    ConfigDep,
+    GrantsDep,
+    PagesDep,
+    PolicyDep,
+    ProvidersDep,
+    StoreDep,
+    ThrottleDep,
+)
 from broker.routes.forms import read_page_form
 from broker.security.password_login import password_login
-from broker.state import BrokerState, get_state
+from broker.store.base import Store
 from broker.store.keys import digest
 from broker.store.records import BrowserSession, PendingFlow, UpstreamLeg
 from broker.upstream_log import log_upstream_failure
+from broker.web.pages import Pages
 from providers.base import (
     FormOrigins,
     Identity,
     PasswordProvider,
+    Provider,
     ProviderError,
     RedirectProvider,
     UpstreamUnavailable,
@@ -36,23 +50,29 @@ SESSION_TTL = 1800
 FLOW_TTL = 600
 
 
-async def _session(state: BrokerState, request: Request) -> BrowserSession | None:
-    token = request.cookies.get(state.pages.session_cookie)
+async def _session(store: Store, pages: Pages, request: Request) -> BrowserSession | None:
+    token = request.cookies.get(pages.session_cookie)
     if not token or len(token) > 100:
         return None
-    return await state.store.get_session(token)
+    return await store.get_session(token)
 
 
-def _providers(state: BrokerState) -> list[Any]:
-    return [p for p in state.providers.values() if isinstance(p, PasswordProvider | RedirectProvider)]
+def _providers(providers: Mapping[str, Provider]) -> list[Any]:
+    return [p for p in providers.values() if isinstance(p, PasswordProvider | RedirectProvider)]
 
 
 def _login_page(
-    state: BrokerState, *, error: str | None = None, username: str = "", chosen: str = "", status: int = 200
+    pages: Pages,
+    upstreams: Mapping[str, Provider],
+    *,
+    error: str | None = None,
+    username: str = "",
+    chosen: str = "",
+    status: int = 200,
 ) -> Response:
-    providers = _providers(state)
+    providers = _providers(upstreams)
     csrf = secrets.token_urlsafe(24)
-    response = state.pages.render(
+    response = pages.render(
         "account_login.html",
         status=status,
         form_targets=[o for p in providers if isinstance(p, FormOrigins) for o in p.origins],
@@ -63,13 +83,13 @@ def _login_page(
         error=error,
         username=username,
     )
-    state.pages.set_csrf(response, csrf)
+    pages.set_csrf(response, csrf)
     return response
 
 
-async def start_session(state: BrokerState, identity: Identity) -> Response:
+async def start_session(store: Store, pages: Pages, config: BrokerConfig, identity: Identity) -> Response:
     token = secrets.token_urlsafe(32)
-    await state.store.save_session(
+    await store.save_session(
         token,
         BrowserSession(
             subject=identity.subject,
@@ -86,8 +106,8 @@ async def start_session(state: BrokerState, identity: Identity) -> Response:
         username=identity.username,
         purpose="connected_apps",
     )
-    response = state.pages.redirect(f"{state.config.issuer}/account")
-    state.pages.set_session(response, token)
+    response = pages.redirect(f"{config.issuer}/account")
+    pages.set_session(response, token)
     return response
 
 
@@ -100,18 +120,24 @@ def router(base: str) -> APIRouter:
     api = APIRouter(prefix=f"{base}/account", tags=["account"], include_in_schema=False)
 
     @api.get("")
-    async def account(request: Request) -> Response:
-        state = get_state(request)
-        session = await _session(state, request)
+    async def account(
+        request: Request,
+        pages: PagesDep,
+        store: StoreDep,
+        clients: ClientsDep,
+        policy: PolicyDep,
+        providers: ProvidersDep,
+    ) -> Response:
+        session = await _session(store, pages, request)
         if session is None:
-            return _login_page(state)
+            return _login_page(pages, providers)
         grants = []
-        for grant_id in await state.store.user_grant_ids(session.subject):
-            grant = await state.store.get_grant(grant_id)
+        for grant_id in await store.user_grant_ids(session.subject):
+            grant = await store.get_grant(grant_id)
             if grant is None or not grant.active:
                 continue
-            client = await state.clients.get(grant.client_id)
-            resource = state.policy.resource_for(grant.resource)
+            client = await clients.get(grant.client_id)
+            resource = policy.resource_for(grant.resource)
             last, last_iso = _when(grant.last_refresh)
             grants.append(
                 {
@@ -124,33 +150,40 @@ def router(base: str) -> APIRouter:
                 }
             )
         csrf = secrets.token_urlsafe(24)
-        response = state.pages.render(
+        response = pages.render(
             "account.html",
             username=session.username,
             grants=grants,
             csrf=csrf,
             notice=(request.query_params.get("notice") == "disconnected" and "Disconnected.") or None,
         )
-        state.pages.set_csrf(response, csrf)
+        pages.set_csrf(response, csrf)
         return response
 
     @api.post("/login")
-    async def login(request: Request) -> Response:
-        state = get_state(request)
-        pages = state.pages
+    async def login(
+        request: Request,
+        pages: PagesDep,
+        store: StoreDep,
+        config: ConfigDep,
+        providers: ProvidersDep,
+        grants: GrantsDep,
+        throttle: ThrottleDep,
+    ) -> Response:
         form = await read_page_form(request, pages)
         if not isinstance(form, dict):
             return form
         if not pages.csrf_ok(request, form.get("csrf")):
             return pages.csrf_refused(request)
-        provider = state.providers.get(form.get("provider", ""))
+        provider = providers.get(form.get("provider", ""))
         if isinstance(provider, PasswordProvider):
             username = form.get("username", "").strip()
             ip = request.client.host if request.client else None
-            outcome = await password_login(state.throttle, provider, username, form.get("password", ""), ip)
+            outcome = await password_login(throttle, provider, username, form.get("password", ""), ip)
             if outcome.retry_after:
                 return _login_page(
-                    state,
+                    pages,
+                    providers,
                     error="Too many failed sign-in attempts. Try again later.",
                     username=username,
                     chosen=provider.id,
@@ -167,55 +200,55 @@ def router(base: str) -> APIRouter:
                 )
                 status = 503 if isinstance(outcome.error, UpstreamUnavailable) else 401
                 return _login_page(
-                    state, error=outcome.error.public, username=username, chosen=provider.id, status=status
+                    pages, providers, error=outcome.error.public, username=username, chosen=provider.id, status=status
                 )
             assert outcome.identity is not None
             identity = outcome.identity
             LOGINS.labels(provider.id, "success").inc()
-            return await start_session(state, identity)
+            return await start_session(store, pages, config, identity)
         if isinstance(provider, RedirectProvider):
             flow_id = secrets.token_urlsafe(24)
             upstream_state = secrets.token_urlsafe(32)
             binding = secrets.token_urlsafe(24)
             try:
-                url, data = await provider.login_url(f"{state.config.issuer}/callback/{provider.id}", upstream_state)
+                url, data = await provider.login_url(f"{config.issuer}/callback/{provider.id}", upstream_state)
             except ProviderError as exc:
                 log_upstream_failure(provider.id, "login_url", exc)
                 return pages.error(request, "Sign-in unavailable", exc.public, status=503)
-            await state.store.save_flow(
+            await store.save_flow(
                 flow_id,
                 PendingFlow(
                     purpose="account",
                     approved=True,
                     provider=provider.id,
                     binding_hash=digest(binding),
-                    upstream=UpstreamLeg(data=state.grants.seal_flow_data(flow_id, data)),
+                    upstream=UpstreamLeg(data=grants.seal_flow_data(flow_id, data)),
                 ),
                 FLOW_TTL,
             )
-            await state.store.save_upstream_pointer(upstream_state, flow_id, FLOW_TTL)
+            await store.save_upstream_pointer(upstream_state, flow_id, FLOW_TTL)
             response = pages.redirect(url)
             pages.set_flow(response, binding)
             return response
-        return _login_page(state, error="Choose one of the sign-in options offered.", status=400)
+        return _login_page(pages, providers, error="Choose one of the sign-in options offered.", status=400)
 
     @api.post("/revoke")
-    async def revoke(request: Request) -> Response:
-        state = get_state(request)
-        pages = state.pages
-        session = await _session(state, request)
+    async def revoke(
+        request: Request, pages: PagesDep, store: StoreDep, config: ConfigDep, providers: ProvidersDep
+    ) -> Response:
+        session = await _session(store, pages, request)
         form = await read_page_form(request, pages)
         if not isinstance(form, dict):
             return form
         if session is None:
-            return _login_page(state, status=401)
+            return _login_page(pages, providers, status=401)
         if not pages.csrf_ok(request, form.get("csrf")):
             return pages.csrf_refused(request)
         grant_id = form.get("grant", "")
-        grant = await state.store.get_grant(grant_id) if len(grant_id) <= 64 else None
+        grant = await store.get_grant(grant_id) if len(grant_id) <= 64 else None
         if grant is None or grant.subject != session.subject:  # only one's own grants
             return pages.error(request, "Not found", "That connection does not exist or is not yours.", status=404)
-        if await state.store.revoke_grant(grant_id, "user_disconnected"):
+        if await store.revoke_grant(grant_id, "user_disconnected"):
             audit(
                 "grant_revoked",
                 grant_id=grant_id,
@@ -223,21 +256,20 @@ def router(base: str) -> APIRouter:
                 client_id=grant.client_id,
                 reason="user_disconnected",
             )
-        return pages.redirect(f"{state.config.issuer}/account?notice=disconnected")
+        return pages.redirect(f"{config.issuer}/account?notice=disconnected")
 
     @api.post("/logout")
-    async def logout(request: Request) -> Response:
-        state = get_state(request)
-        form = await read_page_form(request, state.pages)
+    async def logout(request: Request, pages: PagesDep, store: StoreDep, config: ConfigDep) -> Response:
+        form = await read_page_form(request, pages)
         if not isinstance(form, dict):
             return form
-        if not state.pages.csrf_ok(request, form.get("csrf")):
-            return state.pages.csrf_refused(request)
-        token = request.cookies.get(state.pages.session_cookie)
+        if not pages.csrf_ok(request, form.get("csrf")):
+            return pages.csrf_refused(request)
+        token = request.cookies.get(pages.session_cookie)
         if token:
-            await state.store.end_session(token)
-        response = state.pages.redirect(f"{state.config.issuer}/account")
-        state.pages.clear(response, session=True)
+            await store.end_session(token)
+        response = pages.redirect(f"{config.issuer}/account")
+        pages.clear(response, session=True)
         return response
 
     return api

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -16,7 +16,15 @@ from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
 from broker.policy.explain import explain, given_identity
 from broker.routes import openapi
-from broker.state import BrokerState, get_state
+from broker.routes.deps import (
+    ConfigDep,
+    PoliciesDep,
+    PolicyDep,
+    ProvidersDep,
+    RevocationDep,
+    StoreDep,
+    ThrottleDep,
+)
 from broker.store.records import Grant
 from broker.upstream_log import log_upstream_failure
 from providers.base import LookupProvider, PasswordProvider, ProviderError
@@ -60,18 +68,17 @@ class PolicyView(BaseModel):
     last_reload: ReloadView | None = Field(description="The latest reload of the policy file; null before any")
 
 
-async def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> BrokerState:
-    state = get_state(request)
-    expected = state.config.admin.token
+async def require_admin(config: ConfigDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    expected = config.admin.token
     if expected is None:
         raise AccessDenied("the admin API is disabled (set admin.token)")
     scheme, _, presented = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
         raise InvalidClient("admin authentication failed")
-    return state
 
 
-Admin = Annotated[BrokerState, Depends(require_admin)]
+Admin = Annotated[None, Depends(require_admin)]
+"""A route taking this answers only to the admin bearer token."""
 
 
 def _view(grant: Grant) -> GrantView:
@@ -93,25 +100,33 @@ def router(base: str) -> APIRouter:
     api = APIRouter(prefix=f"{base}/admin", tags=["admin"])
 
     @api.get("/policy", summary="The policy in force", **openapi.ADMIN_ROUTE)
-    async def policy(state: Admin) -> PolicyView:
-        last = state.policies.last_reload
+    async def policy(_: Admin, policies: PoliciesDep) -> PolicyView:
+        last = policies.last_reload
+        current = policies.current
         return PolicyView(
-            version=state.policy.version,
-            resources=sorted(state.policy.by_uri),
-            rules=len(state.policy.rules),
+            version=current.version,
+            resources=sorted(current.by_uri),
+            rules=len(current.rules),
             last_reload=None if last is None else ReloadView.model_validate(last, from_attributes=True),
         )
 
     @api.get("/explain", summary="Which scopes a user gets, and which rules decide", **openapi.ADMIN_ROUTE)
     async def explain_user(
-        state: Admin, provider: str, user: str | None = None, groups: str | None = None, resource: str | None = None
+        _: Admin,
+        config: ConfigDep,
+        providers: ProvidersDep,
+        policy: PolicyDep,
+        provider: str,
+        user: str | None = None,
+        groups: str | None = None,
+        resource: str | None = None,
     ) -> JSONResponse:
-        upstream = state.providers.get(provider)
+        upstream = providers.get(provider)
         if upstream is None:
             raise InvalidRequest(f"no provider {provider!r}")
         if groups is not None:
             names = frozenset(g.strip() for g in groups.split(",") if g.strip())
-            settings = next(p for p in state.config.providers if p.id == provider)
+            settings = next(p for p in config.providers if p.id == provider)
             who = given_identity(settings, user, names)
         elif user and isinstance(upstream, LookupProvider):
             try:
@@ -121,23 +136,23 @@ def router(base: str) -> APIRouter:
                 raise InvalidRequest(f"{exc.public} ({type(exc).__name__})") from None
         else:
             raise InvalidRequest("give user= for a provider that can look users up, or groups=a,b")
-        return JSONResponse(explain(state.policy, who, resource))
+        return JSONResponse(explain(policy, who, resource))
 
     @api.get("/users/{subject}/grants", summary="A user's grants", **openapi.ADMIN_ROUTE)
-    async def user_grants(subject: str, state: Admin) -> list[GrantView]:
-        grants = [await state.store.get_grant(g) for g in await state.store.user_grant_ids(subject)]
+    async def user_grants(subject: str, _: Admin, store: StoreDep) -> list[GrantView]:
+        grants = [await store.get_grant(g) for g in await store.user_grant_ids(subject)]
         return [_view(g) for g in grants if g is not None]
 
     @api.post("/users/{subject}/revoke", summary="Revoke every grant of a user", **openapi.ADMIN_ROUTE)
-    async def revoke_user(subject: str, state: Admin) -> RevokedView:
-        return RevokedView(revoked=await state.revocation.revoke_user(subject, reason="admin"))
+    async def revoke_user(subject: str, _: Admin, revocation: RevocationDep) -> RevokedView:
+        return RevokedView(revoked=await revocation.revoke_user(subject, reason="admin"))
 
     @api.delete("/grants/{grant_id}", summary="Revoke one grant", **openapi.ADMIN_ROUTE)
-    async def revoke_grant(grant_id: str, state: Admin) -> RevokedView:
-        grant = await state.store.get_grant(grant_id)
+    async def revoke_grant(grant_id: str, _: Admin, store: StoreDep) -> RevokedView:
+        grant = await store.get_grant(grant_id)
         if grant is None:
             raise InvalidRequest("no such grant")
-        changed = await state.store.revoke_grant(grant_id, "admin")
+        changed = await store.revoke_grant(grant_id, "admin")
         if changed:
             audit("grant_revoked", grant_id=grant_id, sub=grant.subject, reason="admin")
         return RevokedView(revoked=[grant_id] if changed else [])
@@ -147,25 +162,27 @@ def router(base: str) -> APIRouter:
         summary="Clear a username's failed sign-ins and lock",
         **openapi.ADMIN_ROUTE,
     )
-    async def unlock(provider: str, username: str, state: Admin) -> UnlockView:
-        upstream = state.providers.get(provider)
+    async def unlock(
+        provider: str, username: str, _: Admin, providers: ProvidersDep, throttle: ThrottleDep
+    ) -> UnlockView:
+        upstream = providers.get(provider)
         if upstream is None:
             raise InvalidRequest(f"no provider {provider!r}")
         if not isinstance(upstream, PasswordProvider):
             raise InvalidRequest(f"provider {provider!r} does not take passwords, so nothing is locked")
-        cleared = await state.throttle.unlock(provider, username)
+        cleared = await throttle.unlock(provider, username)
         if cleared:
             audit("account_unlocked", provider=provider, username=username[:256], by="admin")
         return UnlockView(unlocked=cleared)
 
     @api.get("/users/{subject}/consents", summary="A user's remembered consents", **openapi.ADMIN_ROUTE)
-    async def consents(subject: str, state: Admin) -> JSONResponse:
-        found = await state.store.consents(subject)
+    async def consents(subject: str, _: Admin, store: StoreDep) -> JSONResponse:
+        found = await store.consents(subject)
         return JSONResponse([{"client_id": c.client_id, "resource": c.resource, **c.to_json()} for c in found])
 
     @api.delete("/users/{subject}/consents", summary="Forget a remembered consent", **openapi.ADMIN_ROUTE)
-    async def forget(subject: str, client_id: str, resource: str, state: Admin) -> JSONResponse:
-        removed = await state.store.forget_consent(subject, client_id, resource)
+    async def forget(subject: str, client_id: str, resource: str, _: Admin, store: StoreDep) -> JSONResponse:
+        removed = await store.forget_consent(subject, client_id, resource)
         if removed:
             audit("consent_revoked", sub=subject, client_id=client_id, resource=resource, by="admin")
         return JSONResponse({"removed": removed})

@@ -8,12 +8,11 @@ from urllib.parse import unquote
 
 from fastapi import Request
 
-from broker.oauth.clients import Client, authenticate
+from broker.oauth.clients import Client, ClientRegistry, authenticate
 from broker.oauth.errors import InvalidClient, InvalidRequest
-from broker.state import BrokerState
 
 
-async def authenticate_client(state: BrokerState, request: Request, form: dict[str, str]) -> Client:
+async def authenticate_client(clients: ClientRegistry, request: Request, form: dict[str, str]) -> Client:
     header = request.headers.get("authorization")
     secret: str | None
     if header is not None:
@@ -40,7 +39,7 @@ async def authenticate_client(state: BrokerState, request: Request, form: dict[s
         client_id, secret, method = form.get("client_id", ""), None, "none"
     if not client_id:
         raise InvalidClient(detail="no client_id")
-    client = await state.clients.get(client_id)
+    client = await clients.get(client_id)
     if client is None:
         raise InvalidClient(detail=f"unknown client {client_id[:100]!r}")
     authenticate(client, method, secret)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from broker.oauth.metadata import metadata, well_known_paths
 from broker.routes import openapi
-from broker.state import get_state
+from broker.routes.deps import ConfigDep, KeyRingDep
 
 _CSS = resources.files("broker.web").joinpath("static/broker.css").read_bytes()
 
@@ -17,8 +17,8 @@ _CSS = resources.files("broker.web").joinpath("static/broker.css").read_bytes()
 def install(app: FastAPI, issuer: str, base: str) -> None:
     router = APIRouter(tags=["discovery"])
 
-    async def discovery(request: Request) -> JSONResponse:
-        return JSONResponse(metadata(get_state(request).config), headers={"cache-control": "public, max-age=300"})
+    async def discovery(config: ConfigDep) -> JSONResponse:
+        return JSONResponse(metadata(config), headers={"cache-control": "public, max-age=300"})
 
     for path in well_known_paths(issuer):
         router.add_api_route(
@@ -29,8 +29,8 @@ def install(app: FastAPI, issuer: str, base: str) -> None:
             responses=openapi.DISCOVERY_ERRORS,
         )
 
-    async def jwks(request: Request) -> JSONResponse:
-        return JSONResponse(get_state(request).keyring.jwks(), headers={"cache-control": "public, max-age=300"})
+    async def jwks(keyring: KeyRingDep) -> JSONResponse:
+        return JSONResponse(keyring.jwks(), headers={"cache-control": "public, max-age=300"})
 
     router.add_api_route(
         f"{base}/jwks.json", jwks, methods=["GET"], summary="Signing keys (JWKS)", responses=openapi.DISCOVERY_ERRORS

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from broker.state import get_state
+from broker.routes.deps import KeyRingDep, RedisDep
 
 router = APIRouter(tags=["health"])
 
@@ -18,15 +18,14 @@ async def healthz() -> JSONResponse:
 
 
 @router.get("/readyz", include_in_schema=False)
-async def readyz(request: Request) -> JSONResponse:
-    state = get_state(request)
+async def readyz(redis: RedisDep, keyring: KeyRingDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        await asyncio.wait_for(state.redis.ping(), timeout=2.0)
+        await asyncio.wait_for(redis.ping(), timeout=2.0)
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
-    checks["signing_keys"] = "ok" if state.keyring.ready else "not loaded"
+    checks["signing_keys"] = "ok" if keyring.ready else "not loaded"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},

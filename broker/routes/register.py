@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClientMetadata, TooManyRequests
 from broker.routes import openapi
+from broker.routes.deps import ClientsDep, ConfigDep, RegistrationsDep
 from broker.routes.errors import NO_STORE
 from broker.routes.forms import read_body
-from broker.state import get_state
 
 MAX_BODY = 16 * 1024
 
@@ -27,12 +27,13 @@ def router(base: str) -> APIRouter:
         responses={201: {"model": openapi.RegisteredClientBody}, **openapi.REGISTER_ERRORS},
         openapi_extra=openapi.REGISTER,
     )
-    async def register(request: Request) -> JSONResponse:
-        state = get_state(request)
-        if not state.config.registration.dynamic_registration:
+    async def register(
+        request: Request, config: ConfigDep, clients: ClientsDep, registrations: RegistrationsDep
+    ) -> JSONResponse:
+        if not config.registration.dynamic_registration:
             raise AccessDenied("dynamic client registration is disabled; use a client ID metadata document")
         client_ip = request.client.host if request.client else "unknown"
-        allowance = await state.registrations.hit(client_ip)
+        allowance = await registrations.hit(client_ip)
         if not allowance.allowed:
             audit("registration_throttled", client_ip=client_ip, retry_after=allowance.retry_after)
             raise TooManyRequests(
@@ -46,7 +47,7 @@ def router(base: str) -> APIRouter:
             raise InvalidClientMetadata("the body must be a JSON object") from None
         if not isinstance(metadata, dict):
             raise InvalidClientMetadata("the body must be a JSON object")
-        response = await state.clients.register(metadata)
+        response = await clients.register(metadata)
         audit(
             "client_registered",
             client_id=response["client_id"],

@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse, Response
 from broker.oauth.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from broker.routes import openapi
 from broker.routes.client_auth import authenticate_client
+from broker.routes.deps import ClientsDep, GrantsDep, IntrospectionDep, RevocationDep
 from broker.routes.errors import NO_STORE
 from broker.routes.forms import read_form
-from broker.state import get_state
 
 
 def router(base: str) -> APIRouter:
@@ -22,15 +22,14 @@ def router(base: str) -> APIRouter:
         responses={200: {"model": openapi.TokenBody}, **openapi.TOKEN_ENDPOINT_ERRORS},
         openapi_extra=openapi.TOKEN,
     )
-    async def token(request: Request) -> JSONResponse:
-        state = get_state(request)
+    async def token(request: Request, clients: ClientsDep, grants: GrantsDep) -> JSONResponse:
         form = await read_form(request)
-        client = await authenticate_client(state, request, form)
+        client = await authenticate_client(clients, request, form)
         grant_type = form.get("grant_type")
         if grant_type == "authorization_code":
-            body = await state.grants.exchange_code(client, form)
+            body = await grants.exchange_code(client, form)
         elif grant_type == "refresh_token":
-            body = await state.grants.refresh(client, form)
+            body = await grants.refresh(client, form)
         elif grant_type is None:
             raise InvalidRequest("grant_type is required")
         else:
@@ -47,14 +46,13 @@ def router(base: str) -> APIRouter:
         },
         openapi_extra=openapi.REVOKE,
     )
-    async def revoke(request: Request) -> Response:
-        state = get_state(request)
+    async def revoke(request: Request, clients: ClientsDep, revocation: RevocationDep) -> Response:
         form = await read_form(request)
-        client = await authenticate_client(state, request, form)
+        client = await authenticate_client(clients, request, form)
         token = form.get("token")
         if token is None:
             raise InvalidRequest("token is required")
-        await state.revocation.revoke(client, token)
+        await revocation.revoke(client, token)
         return Response(status_code=200, headers=NO_STORE)
 
     @api.post(
@@ -63,18 +61,19 @@ def router(base: str) -> APIRouter:
         responses={200: {"model": openapi.IntrospectionBody}, **openapi.TOKEN_ENDPOINT_ERRORS},
         openapi_extra=openapi.INTROSPECT,
     )
-    async def introspect(request: Request) -> JSONResponse:
-        state = get_state(request)
+    async def introspect(
+        request: Request, clients: ClientsDep, revocation: RevocationDep, introspection: IntrospectionDep
+    ) -> JSONResponse:
         form = await read_form(request)
-        client = await authenticate_client(state, request, form)
+        client = await authenticate_client(clients, request, form)
         if client.is_public:
             raise InvalidClient(detail="public clients may not introspect")
-        allowed = state.introspection_resources.get(client.client_id)
+        allowed = introspection.get(client.client_id)
         if not allowed:
             raise UnauthorizedClient(detail=f"client {client.client_id} is not allowed to introspect")
         token = form.get("token")
         if token is None:
             raise InvalidRequest("token is required")
-        return JSONResponse(await state.revocation.introspect(client, token, allowed), headers=NO_STORE)
+        return JSONResponse(await revocation.introspect(client, token, allowed), headers=NO_STORE)
 
     return api

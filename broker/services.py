@@ -1,13 +1,13 @@
-"""What one running broker holds: built once in the lifespan, read by every request."""
+"""What one running broker holds: built once in the lifespan by ``create_app``; routes reach
+its parts through the dependency functions in ``broker.routes.deps``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fastapi import Request
-
 from broker.config.models import BrokerConfig
+from broker.oauth.browser_flow import BrowserFlow
 from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
@@ -23,7 +23,7 @@ from providers.base import Provider
 
 
 @dataclass
-class BrokerState:
+class Services:
     config: BrokerConfig
     redis: RedisClient
     keyring: KeyRing
@@ -37,13 +37,9 @@ class BrokerState:
     introspection_resources: Mapping[str, list[str]]
     throttle: LoginThrottle
     registrations: RateLimit
+    flows: BrowserFlow
 
     @property
     def policy(self) -> Policy:
         """The policy in force now (it may be replaced by a reload between two requests)."""
         return self.policies.current
-
-
-def get_state(request: Request) -> BrokerState:
-    state: BrokerState = request.app.state.broker
-    return state
