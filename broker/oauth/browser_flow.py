@@ -24,13 +24,13 @@ from broker.oauth.clients import Client, ClientRegistry
 from broker.oauth.errors import AccessDenied, OAuthError
 from broker.oauth.grants import GrantService
 from broker.policy.holder import PolicyHolder
+from broker.security.compare import same_secret
 from broker.security.password_login import password_login
 from broker.security.throttle import LoginThrottle
 from broker.store.base import Store
 from broker.store.keys import digest
 from broker.store.records import PendingFlow, UpstreamLeg
 from broker.upstream_log import log_upstream_failure
-from broker.web.pages import same_secret
 from providers.base import (
     Identity,
     PasswordProvider,

@@ -12,7 +12,6 @@ plain-http loopback issuer (development) browsers refuse ``Secure``, so the pref
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from broker.redirect_rules import valid_host, valid_scheme
+from broker.security.compare import same_secret
 from broker.store.keys import digest
 
 _env = Environment(
@@ -145,10 +145,3 @@ class Pages:
         names = (self.csrf_cookie, self.flow_cookie) + ((self.session_cookie,) if session else ())
         for name in names:
             response.delete_cookie(name, path="/", secure=self.secure, httponly=True)
-
-
-def same_secret(presented: str | None, expected_hash: str | None) -> bool:
-    """Constant-time check that ``presented`` hashes to ``expected_hash``."""
-    if not presented or not expected_hash:
-        return False
-    return hmac.compare_digest(digest(presented), expected_hash)
