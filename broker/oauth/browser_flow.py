@@ -269,6 +269,31 @@ class BrowserFlow:
         await self._store.save_upstream_pointer(upstream_state, flow_id, FLOW_TTL)
         return Redirect(url, binding)
 
+    async def account_sign_in(self, provider: RedirectProvider) -> Redirect | Unavailable:
+        """Start an account-page sign-in upstream: a pending flow of purpose ``account``, approved
+        (there is no client to consent to) and bound to this browser by the returned ``binding``."""
+        flow_id = secrets.token_urlsafe(24)
+        upstream_state = secrets.token_urlsafe(32)
+        binding = secrets.token_urlsafe(24)
+        try:
+            url, data = await provider.login_url(self.callback_url(provider), upstream_state)
+        except ProviderError as exc:
+            log_upstream_failure(provider.id, "login_url", exc)
+            return Unavailable(exc.public)
+        await self._store.save_flow(
+            flow_id,
+            PendingFlow(
+                purpose="account",
+                approved=True,
+                provider=provider.id,
+                binding_hash=digest(binding),
+                upstream=UpstreamLeg(data=self._grants.seal_flow_data(flow_id, data)),
+            ),
+            FLOW_TTL,
+        )
+        await self._store.save_upstream_pointer(upstream_state, flow_id, FLOW_TTL)
+        return Redirect(url, binding)
+
     async def login_form_csrf(self, approved: Approved) -> str | None:
         """A fresh CSRF token for the password form, or None if the flow expired meanwhile."""
         csrf = secrets.token_urlsafe(24)

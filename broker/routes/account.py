@@ -19,10 +19,11 @@ from fastapi.responses import Response
 from broker.audit import audit
 from broker.config.models import BrokerConfig
 from broker.metrics import LOGINS
+from broker.oauth.browser_flow import Unavailable
 from broker.routes.deps import (
     ClientsDep,
     ConfigDep,
-    GrantsDep,
+    FlowsDep,
     PagesDep,
     PolicyDep,
     ProvidersDep,
@@ -32,22 +33,18 @@ from broker.routes.deps import (
 from broker.routes.forms import read_page_form
 from broker.security.password_login import password_login
 from broker.store.base import Store
-from broker.store.keys import digest
-from broker.store.records import BrowserSession, PendingFlow, UpstreamLeg
-from broker.upstream_log import log_upstream_failure
+from broker.store.records import BrowserSession
 from broker.web.pages import Pages
 from providers.base import (
     FormOrigins,
     Identity,
     PasswordProvider,
     Provider,
-    ProviderError,
     RedirectProvider,
     UpstreamUnavailable,
 )
 
 SESSION_TTL = 1800
-FLOW_TTL = 600
 
 
 async def _session(store: Store, pages: Pages, request: Request) -> BrowserSession | None:
@@ -167,7 +164,7 @@ def router(base: str) -> APIRouter:
         store: StoreDep,
         config: ConfigDep,
         providers: ProvidersDep,
-        grants: GrantsDep,
+        flows: FlowsDep,
         throttle: ThrottleDep,
     ) -> Response:
         form = await read_page_form(request, pages)
@@ -207,28 +204,12 @@ def router(base: str) -> APIRouter:
             LOGINS.labels(provider.id, "success").inc()
             return await start_session(store, pages, config, identity)
         if isinstance(provider, RedirectProvider):
-            flow_id = secrets.token_urlsafe(24)
-            upstream_state = secrets.token_urlsafe(32)
-            binding = secrets.token_urlsafe(24)
-            try:
-                url, data = await provider.login_url(f"{config.issuer}/callback/{provider.id}", upstream_state)
-            except ProviderError as exc:
-                log_upstream_failure(provider.id, "login_url", exc)
-                return pages.error(request, "Sign-in unavailable", exc.public, status=503)
-            await store.save_flow(
-                flow_id,
-                PendingFlow(
-                    purpose="account",
-                    approved=True,
-                    provider=provider.id,
-                    binding_hash=digest(binding),
-                    upstream=UpstreamLeg(data=grants.seal_flow_data(flow_id, data)),
-                ),
-                FLOW_TTL,
-            )
-            await store.save_upstream_pointer(upstream_state, flow_id, FLOW_TTL)
-            response = pages.redirect(url)
-            pages.set_flow(response, binding)
+            started = await flows.account_sign_in(provider)
+            if isinstance(started, Unavailable):
+                return pages.error(request, "Sign-in unavailable", started.public, status=503)
+            assert started.binding is not None
+            response = pages.redirect(started.url)
+            pages.set_flow(response, started.binding)
             return response
         return _login_page(pages, providers, error="Choose one of the sign-in options offered.", status=400)
 
