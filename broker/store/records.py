@@ -1,7 +1,7 @@
 """The records the store keeps, each with its fields and its JSON form in one place.
 
 The JSON written here is what a running Redis already holds (and what the Lua scripts in
-:mod:`broker.store.redis` read by field name): the field names and value types must not change.
+:mod:`broker.store.redis_store` read by field name): the field names and value types must not change.
 Reading tolerates fields an older broker wrote and nothing reads any more (a grant's
 ``requested``, ``refresh_count`` and ``revoked_reason``, a code's ``requested``).
 """
