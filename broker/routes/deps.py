@@ -1,6 +1,10 @@
 """The services a route may ask for, as FastAPI dependencies: each route declares only what it
 uses (``pages: Pages``…), and tests may replace any of them through ``app.dependency_overrides``.
-``create_app`` builds the ``Services`` these read from."""
+``create_app`` builds the ``Services`` these read from.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
+a thread hand-off per dependency per request (about 0.15 ms each on the 2-core machine, which
+``bench/refresh.py`` showed as a fifth of a refresh's cost)."""
 
 from __future__ import annotations
 
@@ -31,64 +35,64 @@ def get_services(request: Request) -> Services:
     return services
 
 
-def get_config(request: Request) -> BrokerConfig:
+async def get_config(request: Request) -> BrokerConfig:
     return get_services(request).config
 
 
-def get_redis(request: Request) -> RedisClient:
+async def get_redis(request: Request) -> RedisClient:
     return get_services(request).redis
 
 
-def get_keyring(request: Request) -> KeyRing:
+async def get_keyring(request: Request) -> KeyRing:
     return get_services(request).keyring
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return get_services(request).store
 
 
-def get_clients(request: Request) -> ClientRegistry:
+async def get_clients(request: Request) -> ClientRegistry:
     return get_services(request).clients
 
 
-def get_policies(request: Request) -> PolicyHolder:
+async def get_policies(request: Request) -> PolicyHolder:
     return get_services(request).policies
 
 
-def get_policy(request: Request) -> Policy:
+async def get_policy(request: Request) -> Policy:
     """The policy in force when the request arrived (a reload may replace it for later ones)."""
     return get_services(request).policies.current
 
 
-def get_providers(request: Request) -> Mapping[str, Provider]:
+async def get_providers(request: Request) -> Mapping[str, Provider]:
     return get_services(request).providers
 
 
-def get_grants(request: Request) -> GrantService:
+async def get_grants(request: Request) -> GrantService:
     return get_services(request).grants
 
 
-def get_revocation(request: Request) -> RevocationService:
+async def get_revocation(request: Request) -> RevocationService:
     return get_services(request).revocation
 
 
-def get_pages(request: Request) -> Pages:
+async def get_pages(request: Request) -> Pages:
     return get_services(request).pages
 
 
-def get_introspection_resources(request: Request) -> Mapping[str, list[str]]:
+async def get_introspection_resources(request: Request) -> Mapping[str, list[str]]:
     return get_services(request).introspection_resources
 
 
-def get_throttle(request: Request) -> LoginThrottle:
+async def get_throttle(request: Request) -> LoginThrottle:
     return get_services(request).throttle
 
 
-def get_registrations(request: Request) -> RateLimit:
+async def get_registrations(request: Request) -> RateLimit:
     return get_services(request).registrations
 
 
-def get_flows(request: Request) -> BrowserFlow:
+async def get_flows(request: Request) -> BrowserFlow:
     return get_services(request).flows
 
 

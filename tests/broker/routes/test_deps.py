@@ -5,6 +5,7 @@ replace one through ``app.dependency_overrides``, and no route reaches past them
 from __future__ import annotations
 
 import ast
+import inspect
 import secrets
 from pathlib import Path
 
@@ -58,3 +59,23 @@ def test_route_modules_stay_small() -> None:
     # openapi.py holds the OpenAPI declarations (schemas, examples), not routes.
     sizes = {m.name: len(m.read_text().splitlines()) for m in ROUTES.glob("*.py") if m.name != "openapi.py"}
     assert {name: lines for name, lines in sizes.items() if lines >= 300} == {}
+
+
+def test_every_dependency_runs_on_the_event_loop() -> None:
+    """A plain ``def`` dependency is run in FastAPI's thread pool: a thread hand-off per
+    dependency per request, which cost a refresh a fifth of its CPU (``bench/refresh.py``)."""
+    from fastapi.params import Depends as DependsParam
+
+    from broker.routes import admin, deps
+
+    found = []
+    for module in (deps, admin):
+        for name in dir(module):
+            marker = getattr(module, name)
+            for meta in getattr(marker, "__metadata__", ()):
+                if isinstance(meta, DependsParam) and meta.dependency is not None:
+                    found.append(meta.dependency)
+    assert len(found) >= 15
+    assert all(inspect.iscoroutinefunction(f) for f in found), [
+        f.__name__ for f in found if not inspect.iscoroutinefunction(f)
+    ]
