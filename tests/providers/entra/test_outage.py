@@ -102,7 +102,7 @@ async def test_stalled_sign_ins_hold_no_default_executor_thread(
     await asyncio.sleep(0.3)  # every sign-in is now waiting on Entra or for an MSAL slot
     begun = time.monotonic()
     assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), GUARD) == 42
-    assert time.monotonic() - begun < 0.5  # the default executor was free
+    assert time.monotonic() - begun < 1.0  # the default executor was free (held, it took 1.7 s)
     reasons = await sign_ins
     assert all(isinstance(r, str) and "timed out after 1 s" in r for r in reasons), reasons
 
