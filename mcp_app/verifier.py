@@ -12,11 +12,8 @@ spelling per token, so no padded or bit-flipped copy of a token verifies as the 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
-import re
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -28,29 +25,9 @@ from jose.exceptions import JOSEError
 from mcp.server.auth.provider import AccessToken
 
 from mcp_app.cache_metrics import CacheMetrics
+from mcp_app.jws import is_canonical_jws
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def is_canonical_jws(token: str) -> bool:
-    """Three non-empty base64url segments, each in its one canonical spelling: the URL-safe
-    alphabet, no ``=`` padding, no non-zero unused bits in the last character.
-
-    The same rule as ``broker.oauth.tokens``; kept here so the verifier needs nothing from the broker.
-    """
-    segments = token.split(".")
-    return len(segments) == 3 and all(_canonical_segment(s) for s in segments)
-
-
-def _canonical_segment(segment: str) -> bool:
-    if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
-        return False
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        return False
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == segment  # unused bits were zero
 
 
 class Revocations(Protocol):

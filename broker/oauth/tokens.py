@@ -8,8 +8,6 @@ An access token presented back to the broker must be a compact JWS in canonical 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import secrets
@@ -21,10 +19,10 @@ from jose import jwt
 
 from broker.oauth.sealing import Envelope
 from broker.oauth.signing import KeyRing
+from mcp_app.jws import is_canonical_jws
 
 Kind = Literal["ac", "rt"]
 _HANDLE = re.compile(r"^(ac|rt)\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def new_grant_id() -> str:
@@ -100,24 +98,6 @@ def mint_access_token(
         claims["auth_time"] = auth_time
     token = jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
     return AccessToken(token=token, expires_at=issued + ttl, jti=jti)
-
-
-def is_canonical_jws(token: str) -> bool:
-    """Three non-empty base64url segments, each in its one canonical spelling: the URL-safe
-    alphabet, no ``=`` padding, no non-zero unused bits in the last character. (mcp_app's
-    verifier has its own copy of these lines: it must not need the broker.)"""
-    segments = token.split(".")
-    return len(segments) == 3 and all(_canonical_segment(s) for s in segments)
-
-
-def _canonical_segment(segment: str) -> bool:
-    if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
-        return False
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        return False
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == segment  # unused bits were zero
 
 
 def verify_access_token(keyring: KeyRing, token: str, *, issuer: str) -> dict[str, Any] | None:
