@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from broker.devstack.process import free_port
+from broker.devstack.stack import server_config
 
 
 @contextmanager
@@ -20,17 +21,7 @@ def running(
     app: Any, port: int | None = None, *, ssl_certfile: str | Path | None = None, ssl_keyfile: str | Path | None = None
 ) -> Iterator[str]:
     port = port or free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-    )
-    with serving(config):
+    with serving(server_config(app, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)):
         yield f"{'https' if ssl_certfile else 'http'}://127.0.0.1:{port}"
 
 

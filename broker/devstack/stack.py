@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -55,10 +56,11 @@ def _listen(port: int, option: str) -> socket.socket:
     return sock
 
 
-def server_config(app: ASGIApp, port: int) -> uvicorn.Config:
-    """How the dev stack serves one app. No proxy stands in front of it, so ``X-Forwarded-*`` is
-    ignored: uvicorn's default trusts it from 127.0.0.1, which would let any local caller pick
-    the client address the throttles count and the audit log records."""
+def server_config(app: ASGIApp, port: int, **options: Any) -> uvicorn.Config:
+    """How the dev stack serves one app on loopback (``options``: more uvicorn settings, such as
+    a certificate). No proxy stands in front of it, so ``X-Forwarded-*`` is ignored: uvicorn's
+    default trusts it from 127.0.0.1, which would let any local caller pick the client address
+    the throttles count and the audit log records."""
     return uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -68,6 +70,7 @@ def server_config(app: ASGIApp, port: int) -> uvicorn.Config:
         lifespan="on",
         proxy_headers=False,
         forwarded_allow_ips="",
+        **options,
     )
 
 
