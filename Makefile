@@ -30,10 +30,11 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml constraints.txt
+VERIFIER := mcp_app/mcp-broker-verifier
+$(STAMP): pyproject.toml constraints.txt $(VERIFIER)/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ./$(VERIFIER) -e '.[dev]'
 	@touch $(STAMP)
 
 # Test-only Node programs: a certified OpenID provider and the MCP TypeScript SDK client.
@@ -75,7 +76,7 @@ test: install check pytest
 # Refresh the constraints file after changing dependencies in pyproject.toml.
 lock:
 	rm -rf /tmp/mcp-broker-lock && $(PYTHON) -m venv /tmp/mcp-broker-lock
-	/tmp/mcp-broker-lock/bin/pip install -q --upgrade pip && /tmp/mcp-broker-lock/bin/pip install -q '.[dev]'
+	/tmp/mcp-broker-lock/bin/pip install -q --upgrade pip && /tmp/mcp-broker-lock/bin/pip install -q ./$(VERIFIER) '.[dev]'
 	/tmp/mcp-broker-lock/bin/pip freeze --exclude-editable | grep -v '^mcp-broker' > constraints.txt
 
 bench: install

@@ -50,9 +50,9 @@ def serve(mode: str, port: int, key_file: str, redis_url: str) -> None:
     from starlette.routing import Mount, Route
 
     from broker.store.client import create_redis
-    from mcp_app.auth import BearerGuard
-    from mcp_app.revocations import RevocationWatcher
-    from mcp_app.verifier import BrokerTokenVerifier, JwksCache
+    from mcp_broker_verifier.auth import BearerGuard
+    from mcp_broker_verifier.revocations import RevocationWatcher
+    from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 
     logging.getLogger("mcp").setLevel(logging.WARNING)  # one INFO line per stateless request otherwise
     pem = Path(key_file).read_bytes()

@@ -26,7 +26,7 @@ from broker.store.client import create_redis
 from broker.store.keys import Keys
 from broker.store.records import Grant
 from broker.store.redis_store import RedisStore
-from mcp_app.revocations import RevocationWatcher
+from mcp_broker_verifier.revocations import RevocationWatcher
 
 
 async def one_restart(server: RedisServer, outage: float, grant_id: str) -> float:

@@ -26,7 +26,7 @@ from broker.devstack import RedisServer
 from broker.oauth.signing import KeyRing, new_kek
 from broker.store.keys import Keys
 from broker.store.redis_store import RedisStore
-from mcp_app.verifier import BrokerTokenVerifier, JwksCache
+from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 
 ISSUER, RESOURCE = "https://auth.example.com", "https://mcp.example.com/mcp"
 
@@ -90,7 +90,7 @@ async def main(iterations: int, algorithm: str) -> None:
 
 async def guard_cost(verifier: BrokerTokenVerifier, token: str, n: int) -> tuple[float, float]:
     """Median microseconds per request through the app alone and through BearerGuard."""
-    from mcp_app.auth import BearerGuard
+    from mcp_broker_verifier.auth import BearerGuard
 
     body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
 

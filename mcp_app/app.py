@@ -19,16 +19,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from broker.middleware import RequestContextMiddleware
-from mcp_app.auth import BearerGuard
-from mcp_app.cache_metrics import CacheMetrics
 from mcp_app.guard import HostOriginGuard
-from mcp_app.introspection import IntrospectionVerifier
 from mcp_app.notes import NotesStore
-from mcp_app.redis_client import RedisClient, create_redis
-from mcp_app.revocations import RevocationWatcher
 from mcp_app.settings import McpAppSettings
 from mcp_app.tools import SCOPES, TOOL_SCOPES, register_tools
-from mcp_app.verifier import BrokerTokenVerifier, JwksCache
+from mcp_broker_verifier.auth import BearerGuard
+from mcp_broker_verifier.cache_metrics import CacheMetrics
+from mcp_broker_verifier.introspection import IntrospectionVerifier
+from mcp_broker_verifier.redis_client import RedisClient, create_redis
+from mcp_broker_verifier.revocations import RevocationWatcher
+from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 
 _log = structlog.get_logger("mcp_app")
 

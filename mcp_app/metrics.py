@@ -12,7 +12,7 @@ VERIFY_CACHE = Counter("mcpb_verification_cache", "Access-token verifications by
 
 
 class PrometheusCacheMetrics:
-    """:class:`mcp_app.cache_metrics.CacheMetrics` counting into ``mcpb_verification_cache``."""
+    """:class:`mcp_broker_verifier.cache_metrics.CacheMetrics` counting into ``mcpb_verification_cache``."""
 
     def __init__(self) -> None:
         self._hit = VERIFY_CACHE.labels("hit")

@@ -7,7 +7,7 @@ import secrets
 import time
 from typing import Any
 
-from mcp_app.redis_client import RedisClient
+from mcp_broker_verifier.redis_client import RedisClient
 
 MAX_TITLE = 200
 MAX_BODY = 10_000

@@ -10,7 +10,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from mcp_app.notes import NoteError, NotesStore
-from mcp_app.scopes import ScopeImplies, effective_scopes
+from mcp_broker_verifier.scopes import ScopeImplies, effective_scopes
 
 READ, WRITE = "notes:read", "notes:write"
 SCOPES = [READ, WRITE]

@@ -19,7 +19,7 @@ from jose import jwt
 
 from broker.oauth.sealing import Envelope
 from broker.oauth.signing import KeyRing
-from mcp_app.jws import is_canonical_jws
+from mcp_broker_verifier.jws import is_canonical_jws
 
 Kind = Literal["ac", "rt"]
 _HANDLE = re.compile(r"^(ac|rt)\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")

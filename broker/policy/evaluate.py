@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from broker.config.models import MappingRule, ResourceConfig
-from mcp_app.scopes import effective_scopes as closure  # one hierarchy rule for the broker and verifiers
+from mcp_broker_verifier.scopes import effective_scopes as closure  # one hierarchy rule for the broker and verifiers
 from providers.base import Identity
 
 

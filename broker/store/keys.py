@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from mcp_app import revocation_keys
+from mcp_broker_verifier import revocation_keys
 
 
 def digest(value: str) -> str:

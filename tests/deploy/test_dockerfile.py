@@ -130,8 +130,11 @@ def test_build_stage_installs_the_project_from_constraints(instructions: list[In
     for source in ("pyproject.toml", "constraints.txt", "README.md", "broker", "providers", "mcp_app"):
         assert (ROOT / source).exists(), source
     run = " ".join(i.args for i in build if i.keyword == "RUN")
-    assert "pip install --no-cache-dir --only-binary=:all: -c constraints.txt ." in run
-    assert 'python -c "import broker.asgi, mcp_app.app"' in run, "the build proves the package data is installed"
+    # The verifier distribution (inside mcp_app/, so copied with it) first, then the broker's.
+    assert "pip install --no-cache-dir --only-binary=:all: -c constraints.txt ./mcp_app/mcp-broker-verifier ." in run
+    assert 'python -c "import broker.asgi, mcp_app.app, mcp_broker_verifier.verifier"' in run, (
+        "the build proves the package data is installed"
+    )
     assert "pip uninstall --yes pip setuptools" in run
     # The runtime stage takes the environment and nothing else from the build stage.
     assert [i.args for i in runtime if i.keyword == "COPY"] == ["--from=build /opt/mcp-broker /opt/mcp-broker"]
@@ -225,12 +228,20 @@ def test_every_data_file_is_package_data() -> None:
     image (the build stage's import check would fail); list each such file."""
     patterns = _package_data_patterns()
     missing = []
+    verifier = ROOT / "mcp_app" / "mcp-broker-verifier"
     for package in ("broker", "providers", "mcp_app"):
         base = ROOT / package
         for path in sorted(base.rglob("*")):
             if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
                 continue
+            if path.is_relative_to(verifier):
+                continue  # a distribution of its own, with its own package data (below)
             relative = path.relative_to(base).as_posix()
             if not any(fnmatch.fnmatch(relative, pattern) for pattern in patterns.get(package, [])):
                 missing.append(f"{package}/{relative}")
     assert missing == [], "add to [tool.setuptools.package-data] in pyproject.toml"
+    with (verifier / "pyproject.toml").open("rb") as f:
+        verifier_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]["mcp_broker_verifier"]
+    package_dir = verifier / "src" / "mcp_broker_verifier"
+    data = [p.name for p in package_dir.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert sorted(data) == sorted(verifier_data) == ["py.typed"]

@@ -19,7 +19,7 @@ from broker.store.client import create_redis
 from broker.store.keys import Keys
 from broker.store.records import Grant
 from broker.store.redis_store import RedisStore
-from mcp_app.revocations import RevocationWatcher
+from mcp_broker_verifier.revocations import RevocationWatcher
 from tests.faults import die_after
 
 
@@ -105,9 +105,9 @@ async def test_the_view_goes_stale_when_redis_is_gone(own_redis: RedisServer) ->
 async def test_ids_heard_on_the_feed_are_forgotten_with_their_tokens(
     redis_client: aioredis.Redis, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mcp_app.revocations
+    import mcp_broker_verifier.revocations
 
-    monkeypatch.setattr(mcp_app.revocations, "RELOAD_EVERY", 0.3)
+    monkeypatch.setattr(mcp_broker_verifier.revocations, "RELOAD_EVERY", 0.3)
     prefix = f"t{secrets.token_hex(4)}"
     watcher = RevocationWatcher(create_redis(redis_server.url), key_prefix=prefix)
     await watcher.start()

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mcp_app.auth import BearerGuard
-from mcp_app.scopes import effective_scopes
 from mcp_app.settings import McpAppSettings
+from mcp_broker_verifier.auth import BearerGuard
+from mcp_broker_verifier.scopes import effective_scopes
 
 
 def test_implied_scopes_follow_the_hierarchy_through_every_level() -> None:

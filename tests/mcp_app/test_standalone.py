@@ -8,12 +8,17 @@ import sys
 from pathlib import Path
 
 from broker.store.keys import Keys
-from mcp_app import revocation_keys
-from mcp_app.redis_client import create_redis
-from mcp_app.revocations import RevocationWatcher
+from mcp_broker_verifier import revocation_keys
+from mcp_broker_verifier.redis_client import create_redis
+from mcp_broker_verifier.revocations import RevocationWatcher
 
 ROOT = Path(__file__).resolve().parents[2]
-VERIFIER_MODULES = ["mcp_app.verifier", "mcp_app.introspection", "mcp_app.revocations", "mcp_app.auth"]
+VERIFIER_MODULES = [
+    "mcp_broker_verifier.verifier",
+    "mcp_broker_verifier.introspection",
+    "mcp_broker_verifier.revocations",
+    "mcp_broker_verifier.auth",
+]
 NOT_NEEDED = ["broker", "providers", "ldap3", "msal", "authlib", "fastapi", "prometheus_client", "pydantic_settings"]
 
 

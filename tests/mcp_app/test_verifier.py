@@ -17,8 +17,8 @@ from jose import jwt
 from broker.oauth.signing import KeyRing, new_kek
 from broker.store.keys import Keys
 from broker.store.redis_store import RedisStore
-from mcp_app.jws import is_canonical_jws
-from mcp_app.verifier import BrokerTokenVerifier, JwksCache
+from mcp_broker_verifier.jws import is_canonical_jws
+from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 from tests.jws import non_canonical, signature_variants
 
 ISSUER = "https://auth.example.com"

@@ -23,7 +23,7 @@ from mcp.server.auth.provider import TokenVerifier
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_app.scopes import ScopeImplies, effective_scopes
+from mcp_broker_verifier.scopes import ScopeImplies, effective_scopes
 
 MAX_BODY = 1024 * 1024
 

@@ -5,7 +5,7 @@
 * ``{prefix}:revocations``: the pub/sub channel on which each revoked grant id is announced
   (channels have no slot).
 
-The broker's store (:mod:`broker.store.keys`) and :mod:`mcp_app.revocations` both import these
+The broker's store (:mod:`broker.store.keys`) and :mod:`mcp_broker_verifier.revocations` both import these
 names; this module imports nothing, so a verifier installed alone carries it.
 """
 

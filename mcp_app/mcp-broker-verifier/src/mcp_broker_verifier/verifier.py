@@ -24,14 +24,14 @@ from jose.backends.base import Key
 from jose.exceptions import JOSEError
 from mcp.server.auth.provider import AccessToken
 
-from mcp_app.cache_metrics import CacheMetrics
-from mcp_app.jws import is_canonical_jws
+from mcp_broker_verifier.cache_metrics import CacheMetrics
+from mcp_broker_verifier.jws import is_canonical_jws
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
 
 
 class Revocations(Protocol):
-    """What the verifier needs to know about revoked grants (see ``mcp_app.revocations``)."""
+    """What the verifier needs to know about revoked grants (see ``mcp_broker_verifier.revocations``)."""
 
     @property
     def stale(self) -> bool: ...

@@ -14,9 +14,9 @@ import httpx
 import structlog
 from mcp.server.auth.provider import AccessToken
 
-from mcp_app.cache_metrics import CacheMetrics
+from mcp_broker_verifier.cache_metrics import CacheMetrics
 
-_log = structlog.get_logger("mcp_app.introspection")
+_log = structlog.get_logger("mcp_broker_verifier.introspection")
 
 
 class IntrospectionVerifier:

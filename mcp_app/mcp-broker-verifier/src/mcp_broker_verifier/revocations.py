@@ -17,10 +17,10 @@ import time
 
 import structlog
 
-from mcp_app import revocation_keys
-from mcp_app.redis_client import RedisClient
+from mcp_broker_verifier import revocation_keys
+from mcp_broker_verifier.redis_client import RedisClient
 
-_log = structlog.get_logger("mcp_app.revocations")
+_log = structlog.get_logger("mcp_broker_verifier.revocations")
 
 PING_EVERY = 1.0  # seconds of silence on the feed before asking Redis whether it is still there
 RECONNECT_AFTER = 5.0  # seconds without any answer before the feed is taken for dead and reopened

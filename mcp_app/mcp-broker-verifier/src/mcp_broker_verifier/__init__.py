@@ -1,0 +1,1 @@
+"""Verify mcp-broker's access tokens in any MCP server (the ``mcp-broker-verifier`` distribution)."""
