@@ -35,12 +35,13 @@ def _code_block() -> str:
 
 
 def test_every_path_named_exists() -> None:
-    full = re.findall(r"\b((?:broker|providers|mcp_app|tests)/[\w/.]*\w/?)", DOC)
+    # Hyphens too: the verifier distribution lives in mcp_app/mcp-broker-verifier/.
+    full = re.findall(r"\b((?:broker|providers|mcp_app|tests)/[\w/.-]*\w/?)", DOC)
     assert len(full) > 30
     missing = [p for p in full if not (ROOT / p).exists()]
     # In the diagram a bare name continues the directory of the last full path before it.
     directory = Path()
-    for token in re.findall(r"\b([\w/]+\.py|[\w/]+/)(?=[\s,)]|$)", _code_block()):
+    for token in re.findall(r"(?<![\w/-])([\w/-]+\.py|[\w/-]+/)(?=[\s,)]|$)", _code_block()):
         if token.startswith(PACKAGES):
             directory = Path(token).parent
         elif not (ROOT / directory / token).exists():
