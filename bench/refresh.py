@@ -226,7 +226,7 @@ def _path(location: str) -> str:
     return f"{parts.path}?{parts.query}" if parts.query else parts.path
 
 
-async def sign_in(conn: Connection, client_id: str, user: str) -> str:
+async def sign_in(conn: Connection, client_id: str, user: str, resource: str = RESOURCE) -> str:
     """authorize → consent → login page → LDAP login → code exchange; the refresh token."""
     verifier = secrets.token_urlsafe(48)
     query = urlencode(
@@ -236,7 +236,7 @@ async def sign_in(conn: Connection, client_id: str, user: str) -> str:
             "redirect_uri": REDIRECT,
             "code_challenge": s256(verifier),
             "code_challenge_method": "S256",
-            "resource": RESOURCE,
+            "resource": resource,
             "state": secrets.token_hex(8),
         }
     )
@@ -263,7 +263,7 @@ async def sign_in(conn: Connection, client_id: str, user: str) -> str:
         "redirect_uri": REDIRECT,
         "code_verifier": verifier,
         "client_id": client_id,
-        "resource": RESOURCE,
+        "resource": resource,
     }
     tokens = _expect(await conn.request("POST", "/token", urlencode(token_form).encode(), FORM), 200, "token")
     return str(json.loads(tokens.body)["refresh_token"])
