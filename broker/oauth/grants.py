@@ -21,7 +21,7 @@ import structlog
 
 from broker.audit import audit
 from broker.config.models import BrokerConfig
-from broker.metrics import REFRESH_REUSE, TOKENS_ISSUED, TOKENS_REFRESHED, UPSTREAM_LATENCY
+from broker.metrics import REFRESH_REUSE, TOKENS_ISSUED, TOKENS_REFRESHED
 from broker.oauth import pkce
 from broker.oauth.authorize import find_resource
 from broker.oauth.clients import Client
@@ -32,6 +32,7 @@ from broker.oauth.errors import (
     TemporarilyUnavailable,
     UnauthorizedClient,
 )
+from broker.oauth.recheck import Rechecks
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.oauth.tokens import mint_access_token, new_grant_id, new_handle, open_for, parse_handle, seal_for
@@ -85,7 +86,15 @@ class GrantService:
     policies: PolicyHolder
     providers: Mapping[str, Provider]
     sealer: Sealer
-    _rechecked: dict[tuple[str, str], tuple[float, Identity]] = field(default_factory=dict)
+    _rechecks: Rechecks = field(init=False)  # the upstream re-check, shared (broker.oauth.recheck)
+
+    def __post_init__(self) -> None:
+        self._rechecks = Rechecks(
+            self.store,
+            lambda: self.config.tokens.upstream_recheck_interval,
+            lambda identity: identity_record(identity, self.sealer),
+            lambda record: identity_from(record, self.sealer),
+        )
 
     @property
     def policy(self) -> Policy:
@@ -369,21 +378,11 @@ class GrantService:
         raise InvalidGrant(detail=f"rotated refresh token of grant {grant.grant_id} reused; grant revoked")
 
     def _recent(self, grant: Grant) -> Identity | None:
-        interval = self.config.tokens.upstream_recheck_interval
-        if not interval or grant.identity is None:
+        """A re-check this process made or read within the interval that this grant may use."""
+        if grant.identity is None:
             return None
-        key = (grant.identity.provider_id, grant.identity.subject)
-        hit = self._rechecked.get(key)
-        if hit is None or time.monotonic() - hit[0] > interval:
-            return None
-        return hit[1]
-
-    def _remember(self, identity: Identity) -> None:
-        if not self.config.tokens.upstream_recheck_interval:
-            return
-        if len(self._rechecked) >= 10_000:
-            self._rechecked.clear()
-        self._rechecked[(identity.provider_id, identity.subject)] = (time.monotonic(), identity)
+        hit = self._rechecks.recent(grant.identity.provider_id, grant.identity.subject, grant.auth_time or 0)
+        return hit.identity if hit is not None else None
 
     async def _reevaluate(self, grant: Grant) -> tuple[frozenset[str], Identity | None]:
         """Scopes the user may hold now, with fresh group data where the provider can give it,
@@ -395,14 +394,14 @@ class GrantService:
         if provider is None:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
         fresh: Identity | None = None
-        recent = self._recent(grant)
-        if recent is not None:
-            identity = recent  # re-checked upstream moments ago (tokens.upstream_recheck_interval)
-        elif isinstance(provider, RefreshProvider):
+        if isinstance(provider, RefreshProvider):
             try:
-                with UPSTREAM_LATENCY.labels(identity.provider_id, "refresh").time():
-                    identity = fresh = await provider.refresh(identity)
-                self._remember(fresh)
+                # Shared: concurrent refreshes of the user wait on one lookup, and its answer is
+                # kept for tokens.upstream_recheck_interval for every worker and replica. Only
+                # this refresh's own lookup is stored in its grant (private data included).
+                checked = await self._rechecks.check(provider, identity, grant.auth_time or 0)
+                identity = checked.identity
+                fresh = identity if checked.looked_up else None
             except (InvalidCredentials, AccountDisabled) as exc:
                 await self.store.revoke_grant(grant.grant_id, "user_no_longer_valid")
                 raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None

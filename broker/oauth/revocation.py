@@ -46,9 +46,15 @@ class RevocationService:
     async def revoke_user(self, subject: str, reason: str = "admin") -> list[str]:
         """Revoke every grant of one user; return the grant ids revoked."""
         revoked = []
+        providers = set()
         for grant_id in await self.store.user_grant_ids(subject):
+            grant = await self.store.get_grant(grant_id)
+            if grant is not None:
+                providers.add(grant.identity.provider_id if grant.identity else grant.provider_id)
             if await self.store.revoke_grant(grant_id, reason):
                 revoked.append(grant_id)
+        for provider_id in sorted(providers):  # the user's shared re-check answer goes too
+            await self.store.forget_recheck(provider_id, subject)
         audit("grant_revoked", sub=subject, grants=revoked, reason=reason)
         return revoked
 

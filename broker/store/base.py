@@ -73,6 +73,18 @@ class Hit:
     retry_after: int
 
 
+@dataclass(frozen=True)
+class RecheckClaim:
+    """A kept re-check answer (``identity``, from a lookup begun at ``checked_at``, kept for
+    ``expires_in`` more seconds); or ``lock``, the caller's token for the lookup lock; or neither
+    (another holds the lock)."""
+
+    identity: StoredIdentity | None = None
+    checked_at: float = 0.0
+    expires_in: float = 0.0
+    lock: str | None = None
+
+
 class SigningKeyStore(Protocol):
     """Where the signing key ring lives (its private keys sealed by the caller)."""
 
@@ -266,3 +278,33 @@ class Store(SigningKeyStore, Protocol):
     async def count_request(self, limit_name: str, subject: str, *, window: int) -> Hit:
         """Count one request by ``subject`` in a fixed window of ``window`` seconds, atomically:
         the count so far and the seconds left in the window."""
+
+    # -- shared upstream re-checks (tokens.upstream_recheck_interval) -----------------------
+    async def claim_recheck(
+        self, provider_id: str, subject: str, *, not_before: float, lock_seconds: float
+    ) -> RecheckClaim:
+        """One atomic step: the user's kept re-check answer if there is one from a lookup begun at
+        or after ``not_before`` (epoch seconds); else the lookup lock, if nobody holds it (for
+        ``lock_seconds``, then it ends by itself); else neither (another process is looking the user
+        up: poll again). At most one holder at a time across replicas."""
+
+    async def finish_recheck(
+        self,
+        provider_id: str,
+        subject: str,
+        lock: str | None,
+        identity: StoredIdentity | None,
+        *,
+        checked_at: float = 0.0,
+        ttl: float = 0.0,
+    ) -> bool:
+        """End a lookup, atomically. With ``identity`` (a good answer, from a lookup begun at
+        ``checked_at``) the answer is kept for ``ttl`` seconds, replacing any other, but only if
+        ``lock`` still holds the lock: a holder slower than its lock, or one whose answer was
+        forgotten meanwhile, keeps nothing (False). Without ``identity`` (the user is gone or
+        disabled, or the lookup failed) any kept answer is dropped. Either way the lock is freed
+        if ``lock`` holds it (compare-and-delete)."""
+
+    async def forget_recheck(self, provider_id: str, subject: str) -> None:
+        """Drop the user's kept answer and any lookup lock, so a lookup in progress keeps nothing
+        and the next refresh asks upstream (used when an administrator revokes the user)."""

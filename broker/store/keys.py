@@ -5,6 +5,8 @@ braces), so all of them live in one slot and the script runs unchanged on Cluste
 
 * ``{prefix}:{g:<grant_id>}:…``   a grant (a refresh-token family) and all its tokens;
 * ``{prefix}:{u:<subject>}:…``    per-user indexes (grants, consents);
+* ``{prefix}:{r:<hash>}:recheck…`` a user's shared upstream re-check answer and its lookup lock
+  (the hash of provider id and subject);
 * ``{prefix}:{c:<client_id>}``    a registered client;
 * ``{prefix}:{keys}:…``           the signing key ring;
 * ``{prefix}:{revoked}``          revoked grant ids (sorted set scored by expiry); announced on
@@ -76,3 +78,12 @@ class Keys:
 
     def flow(self, flow_id: str) -> str:
         return f"{self.prefix}:{{f:{flow_id}}}"
+
+    def recheck(self, provider_id: str, subject: str) -> str:
+        """A user's latest upstream re-check answer, shared by every worker and replica."""
+        user = digest(f"{provider_id}\n{subject}")[:32]
+        return f"{self.prefix}:{{r:{user}}}:recheck"
+
+    def recheck_lock(self, provider_id: str, subject: str) -> str:
+        """Held by the one process looking the user up (same slot as the answer)."""
+        return f"{self.recheck(provider_id, subject)}:lock"

@@ -13,6 +13,8 @@ script on Cluster):
 * A revoked grant stays revoked; nothing it issued refreshes again. No grant is marked revoked
   before it is in the revoked set resource servers load and announced on their channel.
 * A grant's lock is freed only by the holder that took it.
+* A user's re-check answer is claimed (the answer, else the lookup lock) in one step, and kept
+  only by the lock's holder; a forgotten answer's lookup in progress keeps nothing.
 
 Every key carries a TTL, so nothing outlives the lifetime configured for it.
 """
@@ -33,6 +35,7 @@ from broker.store.base import (
     Hit,
     LocksReached,
     LoginOutcome,
+    RecheckClaim,
     RotateOutcome,
     RotateResult,
     Store,
@@ -144,6 +147,34 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: a user's re-check answer (a hash: at, identity), its lookup lock. ARGV: not_before, lock
+# milliseconds, a new holder token. {identity, checked_at, ms left, ''}, or {'', 0, 0, token} when
+# this caller took the lock, or {'', 0, 0, ''} when another holds it.
+_CLAIM_RECHECK = """
+local kept = redis.call('HMGET', KEYS[1], 'at', 'identity')
+if kept[1] and kept[2] and tonumber(kept[1]) >= tonumber(ARGV[1]) then
+  return {kept[2], kept[1], redis.call('PTTL', KEYS[1]), ''}
+end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then return {'', '0', 0, ARGV[3]} end
+return {'', '0', 0, ''}
+"""
+
+# KEYS: the answer, the lock. ARGV: holder token ('' for none), identity JSON ('': no good answer),
+# checked_at, milliseconds to keep it. Keeps the answer only for the lock's holder; always frees
+# the holder's lock. Returns 1 if kept.
+_FINISH_RECHECK = """
+local mine = ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1]
+local kept = 0
+if ARGV[2] == '' or mine then redis.call('DEL', KEYS[1]) end
+if ARGV[2] ~= '' and mine then
+  redis.call('HSET', KEYS[1], 'at', ARGV[3], 'identity', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  kept = 1
+end
+if mine then redis.call('DEL', KEYS[2]) end
+return kept
+"""
+
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -198,6 +229,8 @@ class RedisStore:
         self._finish_user = redis.register_script(throttle_scripts.FINISH_USER)
         self._clear_user = redis.register_script(throttle_scripts.UNLOCK)
         self._hit = redis.register_script(throttle_scripts.HIT)
+        self._claim_recheck = redis.register_script(_CLAIM_RECHECK)
+        self._finish_recheck = redis.register_script(_FINISH_RECHECK)
 
     # -- clients ---------------------------------------------------------------------------
     async def save_client(self, client: ClientRegistration, ttl: int) -> None:
@@ -490,6 +523,40 @@ class RedisStore:
         key = f"{self.keys.prefix}:{{rl:{limit_name}:{digest(subject)[:32]}}}"
         count, ttl = _pair(await self._hit(keys=[key], args=[window]))
         return Hit(count, ttl)
+
+    # -- shared upstream re-checks -----------------------------------------------------------
+    async def claim_recheck(
+        self, provider_id: str, subject: str, *, not_before: float, lock_seconds: float
+    ) -> RecheckClaim:
+        keys = [self.keys.recheck(provider_id, subject), self.keys.recheck_lock(provider_id, subject)]
+        token = secrets.token_urlsafe(16)
+        reply = await self._claim_recheck(keys=keys, args=[repr(not_before), max(1, int(lock_seconds * 1000)), token])
+        if not isinstance(reply, list | tuple) or len(reply) != 4:
+            raise ValueError(f"unexpected store script reply {reply!r}")
+        raw, checked_at, left, lock = reply
+        record = loads(raw) if raw else None
+        if record is not None:
+            return RecheckClaim(StoredIdentity.from_json(record), float(_text(checked_at)), max(0, int(left)) / 1000)
+        return RecheckClaim(lock=token if _text(lock) == token else None)
+
+    async def finish_recheck(
+        self,
+        provider_id: str,
+        subject: str,
+        lock: str | None,
+        identity: StoredIdentity | None,
+        *,
+        checked_at: float = 0.0,
+        ttl: float = 0.0,
+    ) -> bool:
+        keys = [self.keys.recheck(provider_id, subject), self.keys.recheck_lock(provider_id, subject)]
+        kept = identity is not None and ttl > 0
+        args = [lock or "", dumps(identity.to_json()) if kept and identity else "", repr(checked_at)]
+        return bool(await self._finish_recheck(keys=keys, args=[*args, max(1, int(ttl * 1000))]))
+
+    async def forget_recheck(self, provider_id: str, subject: str) -> None:
+        # One slot: a multi-key DEL is allowed on Cluster too.
+        await self.redis.delete(self.keys.recheck(provider_id, subject), self.keys.recheck_lock(provider_id, subject))
 
 
 def _conforms(store: RedisStore) -> Store:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from broker.store.base import Store
+from broker.store.base import RecheckClaim, Store
 from broker.store.records import (
     AuthorizationCode,
     BrowserSession,
@@ -404,6 +404,53 @@ async def request_counts(store: Store) -> None:
     assert (await store.count_request("other", subject, window=30)).count == 1  # each limit counts alone
 
 
+# -- shared upstream re-checks -------------------------------------------------------------------
+async def rechecks(store: Store) -> None:
+    """One lookup lock across callers; only its holder keeps an answer; an answer older than the
+    caller's ``not_before`` is not given; no good answer drops the kept one; a forgotten answer's
+    lookup in progress keeps nothing."""
+    subject = f"user-{new_id()}"
+    identity = replace(IDENTITY, subject=subject)
+    claims = await asyncio.gather(
+        *(store.claim_recheck("ldap", subject, not_before=0.0, lock_seconds=10) for _ in range(8))
+    )
+    holders = [c.lock for c in claims if c.lock is not None]
+    assert len(holders) == 1
+    assert all(c.identity is None for c in claims)
+    assert not await store.finish_recheck("ldap", subject, "not-the-holder", identity, checked_at=100.5, ttl=600)
+    assert await store.claim_recheck("ldap", subject, not_before=0.0, lock_seconds=10) == RecheckClaim()  # held
+    assert await store.finish_recheck("ldap", subject, holders[0], identity, checked_at=100.5, ttl=600)
+    kept = await store.claim_recheck("ldap", subject, not_before=100.5, lock_seconds=10)
+    assert (kept.identity, kept.checked_at, kept.lock) == (identity, 100.5, None)
+    assert 0 < kept.expires_in <= 600
+    other = await store.claim_recheck("corp", subject, not_before=0.0, lock_seconds=10)
+    assert other.identity is None
+    assert other.lock is not None
+
+    newer = await store.claim_recheck("ldap", subject, not_before=101.0, lock_seconds=10)
+    assert newer.identity is None
+    assert newer.lock is not None
+    assert not await store.finish_recheck("ldap", subject, newer.lock, None)  # user gone: answer dropped
+    dropped = await store.claim_recheck("ldap", subject, not_before=0.0, lock_seconds=10)
+    assert dropped.identity is None
+    assert dropped.lock is not None
+    await store.forget_recheck("ldap", subject)  # an administrator revokes the user mid-lookup
+    assert not await store.finish_recheck("ldap", subject, dropped.lock, identity, checked_at=200.0, ttl=600)
+    after = await store.claim_recheck("ldap", subject, not_before=0.0, lock_seconds=0.1)
+    assert after.identity is None
+    assert after.lock is not None
+
+    await asyncio.sleep(0.3)  # the slow holder's lock runs out while it still looks up
+    current = await store.claim_recheck("ldap", subject, not_before=0.0, lock_seconds=10)
+    assert current.lock is not None
+    assert not await store.finish_recheck("ldap", subject, after.lock, identity, checked_at=300.0, ttl=600)
+    assert await store.finish_recheck("ldap", subject, current.lock, identity, checked_at=300.0, ttl=0.2)
+    await asyncio.sleep(0.5)  # kept for its ttl only
+    gone = await store.claim_recheck("ldap", subject, not_before=0.0, lock_seconds=10)
+    assert gone.identity is None
+    assert gone.lock is not None
+
+
 CHECKS: dict[str, Check] = {
     check.__name__: check
     for check in (
@@ -428,5 +475,6 @@ CHECKS: dict[str, Check] = {
         login_attempts,
         address_attempts,
         request_counts,
+        rechecks,
     )
 }
