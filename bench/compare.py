@@ -32,16 +32,12 @@ import concurrent.futures
 import multiprocessing
 import os
 import re
-import resource
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -56,7 +52,6 @@ from refresh import (
     RESOURCE,
     USERS,
     Connection,
-    CpuWindow,
     Phase,
     broker_config,
     count_events,
@@ -64,265 +59,40 @@ from refresh import (
     quantiles,
     register_client,
     sign_in,
-    snapshot,
     source_revision,
     wait_ready,
     worker_libraries,
 )
+from wrk_chains import WRK_SPARE, WRK_THREADS, Row, Target, measure, run_wrk, started, wait_http, worker_rss_mb
 
 from broker.devstack import RedisServer, Slapd, free_port
 from broker.devstack.process import ChildProcess
 from broker.oauth.pkce import s256
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+PEER_MODULE = HERE.parent / "tests/oidc-op/node_modules/oidc-provider"
 PEER_CLIENT = "bench"
 REFERENCE_CLIENT = "bench-client"
 MEMORY_REFRESHES = 50_000
-WRK_THREADS = 1
-WRK_SPARE = 4  # tokens beyond one per connection: wrk calls request() once more per thread
-
-# refresh.py's chain script, with refused rotations (400 invalid_grant) counted apart from other
-# failures: the pool of live tokens is per wrk thread, each response's successor goes back into it,
-# so a family has one request in flight and always continues with the token it was just given.
-WRK_SCRIPT = r"""
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-local pool = {}
-ok, refused, bad, empty, sample = 0, 0, 0, 0, ""
-function init(args)
-  prefix = "grant_type=refresh_token&client_id=" .. args[2] .. "&refresh_token="
-  for line in io.lines(args[1]) do table.insert(pool, line) end
-  headers = {["Content-Type"] = "application/x-www-form-urlencoded"}
-end
-function request()
-  local token = table.remove(pool)
-  if token == nil then
-    empty = empty + 1
-    token = "rt.pool-empty"
-  end
-  return wrk.format("POST", nil, headers, prefix .. token)
-end
-function response(status, headers, body)
-  local token = status == 200 and body:match('"refresh_token":"([^"]+)"')
-  if token then
-    ok = ok + 1
-    table.insert(pool, token)
-  else
-    if status == 400 and body:find("invalid_grant", 1, true) then refused = refused + 1 else bad = bad + 1 end
-    if sample == "" then sample = status .. " " .. body:sub(1, 200) end
-  end
-end
-function done(summary, latency, requests)
-  local good, no, failed, starved, first = 0, 0, 0, 0, ""
-  for _, thread in ipairs(threads) do
-    good = good + thread:get("ok")
-    no = no + thread:get("refused")
-    failed = failed + thread:get("bad")
-    starved = starved + thread:get("empty")
-    if first == "" then first = thread:get("sample") end
-  end
-  local e = summary.errors
-  io.write(string.format(
-    "WRKRESULT ok=%d refused=%d bad=%d empty=%d duration_us=%d p50_us=%d p99_us=%d connect=%d read=%d write=%d timeout=%d\n",
-    good, no, failed, starved, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect, e.read, e.write, e.timeout))
-  io.write("WRKSAMPLE " .. first:gsub("\n", " ") .. "\n")
-end
-"""
-
-
-# -- measuring one target ---------------------------------------------------------------------------
 
 
 @dataclass
-class Load:
-    ok: int
-    refused: int
-    errors: Counter[str]
-    sample: str
-    seconds: float
-    p50: float
-    p99: float
-    cpu: CpuWindow
+class Rig:
+    """What the rows share: the load generator, one Redis and one directory, and what ours adds
+    below the table."""
 
-    @property
-    def rate(self) -> float:
-        return self.ok / self.seconds if self.seconds else 0.0
-
-    def target_seconds(self) -> float:
-        """CPU of the target's own processes (a dev stack's Redis and slapd included)."""
-        return sum(v for k, v in self.cpu.roles.items() if k.startswith("broker"))
-
-    def server_cpu_ms(self) -> float:
-        """CPU of the target's processes, redis-server and slapd, per refresh answered."""
-        seconds = self.target_seconds() + self.cpu.roles.get("redis-server", 0.0) + self.cpu.roles.get("slapd", 0.0)
-        return seconds * 1e3 / self.ok if self.ok else float("nan")
-
-    def usage(self) -> str:
-        """Who used the cores during the measured run (100% = one core)."""
-        cpu = self.cpu
-        cores = os.cpu_count() or 1
-        others = sorted(((cpu.percent(k), k[6:]) for k in cpu.roles if k.startswith("other ")), reverse=True)
-        busiest = ", ".join(f"{name} {pct:.0f}%" for pct, name in others[:3] if pct >= 2)
-        return (
-            f"CPU: target {100 * self.target_seconds() / cpu.seconds:.0f}%, redis-server {cpu.percent('redis-server'):.0f}%, "
-            f"slapd {cpu.percent('slapd'):.0f}%, wrk {cpu.percent('generator'):.0f}%, "
-            f"kernel irq/softirq {100 * cores * cpu.interrupts:.0f}%, other programs {cpu.others():.0f}%"
-            + (f" ({busiest})" if busiest else "")
-            + f"; machine busy {100 * cpu.machine_busy:.0f}% of {cores} cores"
-        )
+    args: argparse.Namespace
+    wrk: str
+    work: Path
+    redis_server: RedisServer
+    slapd: Slapd
+    flows: Phase | None = None
+    memory: tuple[int, list[float]] | None = None
+    audit: list[str] = field(default_factory=list)
+    loaded: str = ""
 
 
-def run_wrk(wrk: str, port: int, client_id: str, tokens: list[str], connections: int, duration: float,
-            server_pid: int, work: Path) -> Load:  # fmt: skip
-    needed = connections + WRK_SPARE * WRK_THREADS
-    if len(tokens) < needed:
-        raise ValueError(f"wrk needs {needed} refresh tokens, got {len(tokens)}")
-    script, token_file = work / "compare.lua", work / "compare.tokens"
-    script.write_text(WRK_SCRIPT)
-    token_file.write_text("\n".join(tokens[:needed]) + "\n")
-    argv = [wrk, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script),
-            f"http://127.0.0.1:{port}/token", "--", str(token_file), client_id]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    first = snapshot(server_pid)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
-    last = snapshot(server_pid)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wrk_seconds = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)  # gone from /proc
-    found = re.search(r"^WRKRESULT (.*)$", done.stdout, re.M)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    fields = {k: int(v) for k, v in (item.split("=") for item in found.group(1).split())}
-    sample = re.search(r"^WRKSAMPLE (.*)$", done.stdout, re.M)
-    errors: Counter[str] = +Counter(
-        {k: fields[k] for k in ("connect", "read", "write", "timeout")}
-        | {"non-200": fields["bad"], "token pool empty": fields["empty"]}
-    )
-    return Load(
-        ok=fields["ok"],
-        refused=fields["refused"],
-        errors=errors,
-        sample=sample.group(1).strip() if sample else "",
-        seconds=fields["duration_us"] / 1e6,
-        p50=fields["p50_us"] / 1e6,
-        p99=fields["p99_us"] / 1e6,
-        cpu=CpuWindow.between(first, last, wrk_seconds),
-    )
-
-
-def _tree(root: int) -> list[tuple[int, str]]:
-    """(pid, name) of ``root`` and every process below it."""
-    parents: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with suppress(OSError, ValueError, IndexError):
-            raw = (entry / "stat").read_text()
-            name = raw[raw.index("(") + 1 : raw.rindex(")")]
-            parents[int(entry.name)] = (int(raw[raw.rindex(")") + 2 :].split()[1]), name)
-    found = []
-    for pid, (_, name) in parents.items():
-        walk = pid
-        while walk > 1 and walk != root:
-            walk = parents.get(walk, (0, ""))[0]
-        if walk == root:
-            found.append((pid, name))
-    return found
-
-
-def worker_rss_mb(server_pid: int) -> list[float]:
-    """Resident memory of each serving process: uvicorn's workers (not the supervisor nor
-    multiprocessing's resource tracker), else the one process; a dev stack's Redis and slapd aside."""
-    pids = []
-    for pid, name in _tree(server_pid):
-        with suppress(OSError):
-            if (
-                name.startswith(("redis-server", "slapd"))
-                or b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            ):
-                continue
-            pids.append(pid)
-    if len(pids) > 1:
-        pids.remove(server_pid)
-    sizes = []
-    for pid in sorted(pids):
-        with suppress(OSError):
-            status = Path(f"/proc/{pid}/status").read_text()
-            found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-            if found:
-                sizes.append(int(found.group(1)) / 1024)
-    return sizes
-
-
-@dataclass
-class Row:
-    target: str
-    load: Load | None = None
-    rss: list[float] = field(default_factory=list)
-    warm_ok: int = 0  # refreshes answered in the warm-up run
-    notes: list[str] = field(default_factory=list)
-    failure: str = ""  # the row could not be measured at all
-
-    @property
-    def flagged(self) -> bool:
-        return bool(self.failure) or self.load is None or bool(self.load.errors) or self.load.refused > 0
-
-
-@dataclass
-class Target:
-    """A server under test: how to start it, and how to get refresh tokens from it."""
-
-    name: str
-    child: ChildProcess
-    port: int
-    client_id: str
-    tokens: Callable[[int], list[str]]
-
-
-def measure(target: Target, wrk: str, args: argparse.Namespace, work: Path,
-            before_refresh: Callable[[], list[str]] | None = None) -> tuple[Row, list[str]]:  # fmt: skip
-    """Warm up, measure, read RSS. ``before_refresh`` (ours, production row) runs first and may
-    hand over refresh tokens (from the sign-in flows)."""
-    row = Row(target.name)
-    assert target.child.proc is not None
-    pid = target.child.proc.pid
-    spare = before_refresh() if before_refresh else []
-    needed = args.connections + WRK_SPARE * WRK_THREADS
-    if len(spare) < 2 * needed:
-        spare += target.tokens(2 * needed - len(spare))
-    if args.warmup:
-        warm = run_wrk(
-            wrk, target.port, target.client_id, spare[needed : 2 * needed], args.connections, args.warmup, pid, work
-        )
-        row.warm_ok = warm.ok
-        time.sleep(0.3)
-    row.load = run_wrk(wrk, target.port, target.client_id, spare[:needed], args.connections, args.duration, pid, work)
-    row.rss = worker_rss_mb(pid)
-    return row, spare[2 * needed :]
-
-
-# -- the targets ------------------------------------------------------------------------------------
-
-
-def wait_http(url: str, child: ChildProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        child.check_alive()
-        with suppress(httpx.HTTPError):
-            httpx.get(url, timeout=2)
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{child.name} did not answer within {timeout:.0f}s (see {child.log_file})")
-
-
-@contextmanager
-def started(child: ChildProcess) -> Iterator[ChildProcess]:
-    child.start()
-    try:
-        yield child
-    finally:
-        child.stop()
+# -- refresh tokens, from real sign-ins -------------------------------------------------------------
 
 
 def peer_tokens(base: str, count: int) -> list[str]:
@@ -379,169 +149,118 @@ def broker_tokens(port: int, client_id: str, count: int, resource: str = RESOURC
     return asyncio.run(run())
 
 
-# -- main -------------------------------------------------------------------------------------------
+# -- the rows ---------------------------------------------------------------------------------------
 
 
-def main(args: argparse.Namespace) -> int:
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        print("wrk is not installed: run `sudo apt-get install -y wrk`", file=sys.stderr)
-        return 2
+def reference_row(rig: Rig) -> Row:
+    port = free_port()
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    env = {"REFERENCE_REDIS_URL": rig.redis_server.url, "REFERENCE_SIGNING_KEY": pem.decode()}
+    os.environ.update(env)  # inherited by the child; not on its command line
+    try:
+        argv = [sys.executable, str(HERE / "reference_app.py"), str(port), str(rig.args.workers)]
+        child = ChildProcess("reference", argv, rig.work / "reference.log")
+        with started(child):
+            wait_http(f"http://127.0.0.1:{port}/", child)
+            url = rig.redis_server.url
+            target = Target(child.name, child, port, REFERENCE_CLIENT, lambda n: seed(url, n, REFERENCE_CLIENT))
+            row, _ = measure(target, rig.wrk, rig.args, rig.work)
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    row.target = f"bare reference (FastAPI form + 1 EVALSHA rotate + 1 ES256 sign), {rig.args.workers} workers"
+    return row
+
+
+def peer_row(rig: Rig) -> Row:
     node = shutil.which("node")
-    peer_module = ROOT / "tests/oidc-op/node_modules/oidc-provider"
-    python = sys.executable
-    serve = Path(python).with_name("mcp-broker")
-    rows: list[Row] = []
-    flows: Phase | None = None
-    memory: tuple[int, list[float]] | None = None
-    audit: list[str] = []
-    loaded = ""
-    with tempfile.TemporaryDirectory(prefix="mcpb-compare-") as tmp:
-        work = Path(tmp)
-        redis_server = RedisServer(work, persist=True)
-        slapd = Slapd(work)
-        try:
-            redis_server.start()
-            slapd.start()
-            store = redis.Redis.from_url(redis_server.url)
+    if node is None or not PEER_MODULE.is_dir():
+        raise RuntimeError("node or tests/oidc-op/node_modules is missing: run `make node-deps`")
+    port = free_port()
+    argv = [node, str(HERE / "oidc_peer/server.mjs"), str(port), RESOURCE, REDIRECT]
+    child = ChildProcess("node-oidc-provider", argv, rig.work / "peer.log")
+    base = f"http://127.0.0.1:{port}"
+    with started(child):
+        wait_http(f"{base}/.well-known/openid-configuration", child)
+        target = Target(child.name, child, port, PEER_CLIENT, lambda n: peer_tokens(base, n))
+        row, _ = measure(target, rig.wrk, rig.args, rig.work)
+    found = re.search(r'"version":\s*"([^"]+)"', (PEER_MODULE / "package.json").read_text())
+    row.target = (
+        f"node-oidc-provider {found.group(1) if found else ''} (rotation, ES256 JWT AT, resource indicators), "
+        "1 process, in-memory store"
+    )
+    return row
 
-            def row_of(name: str, fn: Callable[[], Row]) -> None:
-                print(f"{name} ...", file=sys.stderr, flush=True)
-                store.flushall()
-                try:
-                    rows.append(fn())
-                except (RuntimeError, OSError, ValueError, KeyError, httpx.HTTPError) as exc:
-                    rows.append(Row(name, failure=f"{type(exc).__name__}: {exc}"[:300]))
 
-            # -- the bare reference
-            def reference() -> Row:
-                port = free_port()
-                pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+def ours_row(rig: Rig, interval: int, production: bool) -> Row:
+    """``mcp-broker serve``; the production row also runs the sign-in flows (their refresh tokens
+    feed the chains) and, with --memory, the memory check."""
+    args = rig.args
+    port = free_port()
+    config = rig.work / f"broker-{interval}.yaml"
+    config.write_text(broker_config(port, args.workers, rig.redis_server, rig.slapd, "info", interval))
+    log = rig.work / f"broker-{interval}.log"
+    child = ChildProcess("mcp-broker", [str(Path(sys.executable).with_name("mcp-broker")), "serve", "--config",
+                                        str(config)], log)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    with started(child):
+        wait_ready(base, child)
+        client_id = register_client(base)
+        assert child.proc is not None
+        pid = child.proc.pid
+
+        def sign_in_flows() -> list[str]:
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(time.sleep, [0.5]))  # the generator process is up before the clock starts
+                rig.flows = python_phase(
+                    pool, 1, "flows", port, client_id, args.browsers, [], args.warmup, args.duration, pid
                 )
-                env_keys = {"REFERENCE_REDIS_URL": redis_server.url, "REFERENCE_SIGNING_KEY": pem.decode()}
-                os.environ.update(env_keys)  # the child inherits them
-                try:
-                    child = ChildProcess(
-                        "reference", [python, str(HERE / "reference_app.py"), str(port), str(args.workers)],
-                        work / "reference.log",
-                    )  # fmt: skip
-                    with started(child):
-                        wait_http(f"http://127.0.0.1:{port}/", child)
-                        target = Target(child.name, child, port, REFERENCE_CLIENT,
-                                        lambda n: seed(redis_server.url, n, REFERENCE_CLIENT))  # fmt: skip
-                        row, _ = measure(target, wrk, args, work)
-                finally:
-                    for key in env_keys:
-                        os.environ.pop(key, None)
-                row.target = f"bare reference (FastAPI form + 1 EVALSHA rotate + 1 ES256 sign), {args.workers} workers"
-                return row
+            return rig.flows.tokens
 
-            row_of("reference", reference)
-
-            # -- node-oidc-provider
-            def peer() -> Row:
-                if node is None or not peer_module.is_dir():
-                    raise RuntimeError("node or tests/oidc-op/node_modules missing: run `make node-deps`")
-                port = free_port()
-                child = ChildProcess(
-                    "node-oidc-provider", [node, str(HERE / "oidc_peer/server.mjs"), str(port), RESOURCE, REDIRECT],
-                    work / "peer.log",
-                )  # fmt: skip
-                base = f"http://127.0.0.1:{port}"
-                with started(child):
-                    wait_http(f"{base}/.well-known/openid-configuration", child)
-                    target = Target(child.name, child, port, PEER_CLIENT, lambda n: peer_tokens(base, n))
-                    row, _ = measure(target, wrk, args, work)
-                version = (peer_module / "package.json").read_text()
-                found = re.search(r'"version":\s*"([^"]+)"', version)
-                row.target = (
-                    f"node-oidc-provider {found.group(1) if found else ''} (rotation, ES256 JWT AT, resource "
-                    "indicators), 1 process, in-memory store"
-                )
-                return row
-
-            if args.node:
-                row_of("node-oidc-provider", peer)
-
-            # -- ours
-            def ours(interval: int, with_flows: bool) -> Row:
-                nonlocal flows, memory, loaded
-                port = free_port()
-                config = work / f"broker-{interval}.yaml"
-                config.write_text(broker_config(port, args.workers, redis_server, slapd, "info", interval))
-                log = work / f"broker-{interval}.log"
-                child = ChildProcess("mcp-broker", [str(serve), "serve", "--config", str(config)], log)
-                base = f"http://127.0.0.1:{port}"
-                with started(child):
-                    wait_ready(base, child)
-                    client_id = register_client(base)
-                    assert child.proc is not None
-                    pid = child.proc.pid
-
-                    def sign_in_flows() -> list[str]:
-                        nonlocal flows
-                        ctx = multiprocessing.get_context("spawn")
-                        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                            list(pool.map(time.sleep, [0.5]))  # the generator process is up before timing
-                            flows = python_phase(pool, 1, "flows", port, client_id, args.browsers, [], args.warmup,
-                                                 args.duration, pid)  # fmt: skip
-                        return flows.tokens
-
-                    target = Target(child.name, child, port, client_id, lambda n: broker_tokens(port, client_id, n))
-                    offset = log.stat().st_size
-                    row, spare = measure(target, wrk, args, work, sign_in_flows if with_flows else None)
-                    assert row.load is not None
-                    audited = count_events(log, offset, "token_refreshed")
-                    answered = row.warm_ok + row.load.ok
-                    audit.append(
-                        f"re-check {interval} s: {audited:,} token_refreshed audit events in the server log for "
-                        f"{answered:,} refreshes answered 200 (warm-up included)"
-                    )
-                    loaded = worker_libraries(pid)
-                    if with_flows and args.memory:
-                        memory = memory_check(target, wrk, args, work, spare, row)
-                row.target = f"`mcp-broker serve`, {args.workers} workers, upstream_recheck_interval: {interval}"
-                return row
-
-            row_of("ours, re-check 60 s", lambda: ours(60, True))
-            row_of("ours, re-check at every refresh", lambda: ours(0, False))
-
-            # -- make dev
-            def dev() -> Row:
-                broker_port, mcp_port = free_port(), free_port()
-                resource = f"http://127.0.0.1:{mcp_port}/mcp"
-                child = ChildProcess(
-                    "mcp-broker dev",
-                    [str(serve), "dev", "--state-dir", str(work / "dev"), "--broker-port", str(broker_port),
-                     "--mcp-port", str(mcp_port), "--log-format", "json"],
-                    work / "dev.log",
-                )  # fmt: skip
-                base = f"http://127.0.0.1:{broker_port}"
-                with started(child):
-                    wait_ready(base, child)
-                    client_id = register_client(base)
-                    target = Target(child.name, child, broker_port, client_id,
-                                    lambda n: broker_tokens(broker_port, client_id, n, resource))  # fmt: skip
-                    row, _ = measure(target, wrk, args, work)
-                row.target = "`make dev` (`mcp-broker dev`, one process, re-check at every refresh)"
-                return row
-
-            if args.dev:
-                row_of("make dev", dev)
-        finally:
-            slapd.stop()
-            redis_server.stop()
-    report(args, command, rows, flows, memory, audit, loaded)
-    return 1 if any(row.flagged for row in rows) or (flows is not None and flows.errors) else 0
+        target = Target(child.name, child, port, client_id, lambda n: broker_tokens(port, client_id, n))
+        offset = log.stat().st_size
+        row, spare = measure(target, rig.wrk, args, rig.work, sign_in_flows if production else None)
+        assert row.load is not None
+        audited = count_events(log, offset, "token_refreshed")
+        rig.audit.append(
+            f"re-check {interval} s: {audited:,} token_refreshed audit events in the server log for "
+            f"{row.warm_ok + row.load.ok:,} refreshes answered 200 (warm-up included)"
+        )
+        rig.loaded = worker_libraries(pid)
+        if production and args.memory:
+            try:
+                rig.memory = memory_check(rig, target, spare, row)
+            except (RuntimeError, OSError, ValueError, KeyError, httpx.HTTPError) as exc:
+                row.notes.append(f"memory check FAILED: {type(exc).__name__}: {exc}")
+    row.target = f"`mcp-broker serve`, {args.workers} workers, upstream_recheck_interval: {interval}"
+    return row
 
 
-def memory_check(target: Target, wrk: str, args: argparse.Namespace, work: Path, spare: list[str],
-                 row: Row) -> tuple[int, list[float]]:  # fmt: skip
+def dev_row(rig: Rig) -> Row:
+    """``mcp-broker dev`` as ``make dev`` runs it: one process, its own Redis and slapd."""
+    broker_port, mcp_port = free_port(), free_port()
+    resource = f"http://127.0.0.1:{mcp_port}/mcp"
+    argv = [str(Path(sys.executable).with_name("mcp-broker")), "dev", "--state-dir", str(rig.work / "dev"),
+            "--broker-port", str(broker_port), "--mcp-port", str(mcp_port), "--log-format", "json"]  # fmt: skip
+    child = ChildProcess("mcp-broker dev", argv, rig.work / "dev.log")
+    base = f"http://127.0.0.1:{broker_port}"
+    with started(child):
+        wait_ready(base, child)
+        client_id = register_client(base)
+        target = Target(
+            child.name, child, broker_port, client_id, lambda n: broker_tokens(broker_port, client_id, n, resource)
+        )
+        row, _ = measure(target, rig.wrk, rig.args, rig.work)
+    row.target = "`make dev` (`mcp-broker dev`, one process, re-check at every refresh)"
+    return row
+
+
+def memory_check(rig: Rig, target: Target, spare: list[str], row: Row) -> tuple[int, list[float]]:
     """Keep refreshing until the broker has answered MEMORY_REFRESHES refreshes in all; RSS then."""
     assert row.load is not None and target.child.proc is not None
-    needed = args.connections + WRK_SPARE * WRK_THREADS
+    needed = rig.args.connections + WRK_SPARE * WRK_THREADS
     done = row.warm_ok + row.load.ok
     rate = max(row.load.rate, 50.0)
     print(f"memory: refreshing up to {MEMORY_REFRESHES:,} ...", file=sys.stderr, flush=True)
@@ -551,8 +270,8 @@ def memory_check(target: Target, wrk: str, args: argparse.Namespace, work: Path,
         if len(spare) < needed:
             spare += target.tokens(needed - len(spare))
         seconds = min(600.0, (MEMORY_REFRESHES - done) / rate * 1.05 + 1)
-        load = run_wrk(wrk, target.port, target.client_id, spare[:needed], args.connections, seconds,
-                       target.child.proc.pid, work)  # fmt: skip
+        load = run_wrk(rig.wrk, target.port, target.client_id, spare[:needed], rig.args.connections, seconds,
+                       target.child.proc.pid, rig.work)  # fmt: skip
         spare = spare[needed:]
         done += load.ok
         rate = max(load.rate, 50.0)
@@ -561,11 +280,50 @@ def memory_check(target: Target, wrk: str, args: argparse.Namespace, work: Path,
     return done, worker_rss_mb(target.child.proc.pid)
 
 
+# -- main -------------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> int:
+    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk is not installed: run `sudo apt-get install -y wrk`", file=sys.stderr)
+        return 2
+    plan: list[tuple[str, Callable[[Rig], Row]]] = [("reference", reference_row)]
+    if args.node:
+        plan.append(("node-oidc-provider", peer_row))
+    plan.append(("ours, re-check 60 s", lambda rig: ours_row(rig, 60, production=True)))
+    plan.append(("ours, re-check at every refresh", lambda rig: ours_row(rig, 0, production=False)))
+    if args.dev:
+        plan.append(("make dev", dev_row))
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="mcpb-compare-") as tmp:
+        work = Path(tmp)
+        rig = Rig(args, wrk, work, RedisServer(work, persist=True), Slapd(work))
+        try:
+            rig.redis_server.start()
+            rig.slapd.start()
+            store = redis.Redis.from_url(rig.redis_server.url)
+            for name, run in plan:
+                print(f"{name} ...", file=sys.stderr, flush=True)
+                store.flushall()  # every row starts from an empty Redis
+                try:
+                    rows.append(run(rig))
+                except (RuntimeError, OSError, ValueError, KeyError, httpx.HTTPError) as exc:
+                    rows.append(Row(name, failure=f"{type(exc).__name__}: {exc}"[-1500:]))
+            store.close()
+        finally:
+            rig.slapd.stop()
+            rig.redis_server.stop()
+    report(rig, command, rows)
+    return 1 if any(row.flagged for row in rows) or (rig.flows is not None and rig.flows.errors) else 0
+
+
 # -- report -----------------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, command: str, rows: list[Row], flows: Phase | None,
-           memory: tuple[int, list[float]] | None, audit: list[str], loaded: str) -> None:  # fmt: skip
+def table(rows: list[Row]) -> list[str]:
+    """The side-by-side table, Markdown."""
     reference = rows[0].load.rate if rows and rows[0].load and not rows[0].flagged else float("nan")
     header = (
         "target",
@@ -579,7 +337,7 @@ def report(args: argparse.Namespace, command: str, rows: list[Row], flows: Phase
     lines = []
     for row in rows:
         if row.load is None:
-            lines.append((row.target, "-", "-", "-", "-", "-", f"FAILED: {row.failure}"))
+            lines.append((row.target, "-", "-", "-", "-", "-", "FAILED (below)"))
             continue
         load = row.load
         check = "ok" if not row.flagged else f"FLAGGED: {load.refused} refused, errors {dict(load.errors)}"
@@ -593,18 +351,26 @@ def report(args: argparse.Namespace, command: str, rows: list[Row], flows: Phase
             check,
         ))  # fmt: skip
     widths = [max(len(str(x[i])) for x in [header, *lines]) for i in range(len(header))]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        cells = [c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def report(rig: Rig, command: str, rows: list[Row]) -> None:
+    args, flows = rig.args, rig.flows
     print(
         f"mcp-broker ({source_revision()}), {os.cpu_count()} CPU cores shared with wrk; {args.connections} "
         f"connections, one request in flight per refresh-token family; {args.warmup:g} s warm-up, "
         f"{args.duration:g} s measured per row"
     )
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for line in lines:
-        cells = [c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
-        print("| " + " | ".join(cells) + " |")
+    print("\n".join(table(rows)))
     print()
     for row in rows:
+        if row.failure:
+            print(f"{row.target} FAILED: {row.failure}")
         if row.load is not None:
             load = row.load
             print(f"{row.target}: p50 {load.p50 * 1e3:.1f} ms, n={load.ok:,} in {load.seconds:.1f} s; "
@@ -623,17 +389,17 @@ def report(args: argparse.Namespace, command: str, rows: list[Row], flows: Phase
         if flows.cpu:
             print("  " + flows.cpu.cost(flows.completed, "flow"))
             print("  bottleneck: " + flows.cpu.diagnosis(1))
-    if memory is not None:
-        done, sizes = memory
+    if rig.memory is not None:
+        done, sizes = rig.memory
         print(
             f"memory: RSS per worker after {done:,} refreshes (re-check 60 s row): "
             + " + ".join(f"{mb:.0f} MB" for mb in sizes)
             + f" (target ≤ 100 MB: {'met' if sizes and max(sizes) <= 100 else 'NOT met'})"
         )
-    for entry in audit:
+    for entry in rig.audit:
         print(f"audit: {entry}")
-    if loaded:
-        print(f"our workers loaded: {loaded}")
+    if rig.loaded:
+        print(f"our workers loaded: {rig.loaded}")
     print(f"command: {command}")
 
 
