@@ -1,8 +1,9 @@
 """Verify the broker's access tokens locally: the MCP SDK ``TokenVerifier`` any MCP server reuses.
 
-RFC 9068 JWTs checked against the broker's JWKS (fetched once, cached, refetched on an
-unknown ``kid`` and after ``max_age``, never more than once per ``min_refetch_interval`` seconds
-whether the fetch works or not, once a second while no key is known), with explicit algorithms,
+RFC 9068 JWTs checked against the broker's JWKS (the shared cache of ``mcp_broker_verifier.jwks``:
+fetched once, refetched on an unknown ``kid`` and after ``max_age``, never more than once per
+``min_refetch_interval`` seconds whether the fetch works or not, once a second while no key is
+known; concurrent misses share one fetch), with explicit algorithms,
 ``typ: at+jwt``, ``iss``, ``aud`` equal to this server's canonical URI (RFC 8707), and
 ``exp``/``nbf`` with a small leeway. Verified tokens are cached by hash until they expire.
 A token must first be a compact JWS in canonical base64url (RFC 7515 §2, RFC 4648 §5): one
@@ -11,11 +12,9 @@ spelling per token, so no padded or bit-flipped copy of a token verifies as the 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -24,6 +23,7 @@ from jose.backends.base import Key
 from jose.exceptions import JOSEError
 from mcp.server.auth.provider import AccessToken
 
+from mcp_broker_verifier import jwks
 from mcp_broker_verifier.cache_metrics import CacheMetrics
 from mcp_broker_verifier.jws import is_canonical_jws
 
@@ -39,69 +39,38 @@ class Revocations(Protocol):
     def is_revoked(self, grant_id: str) -> bool: ...
 
 
-class JwksCache:
+class JwksCache(jwks.JwksCache[Key]):
+    """The broker's signing keys at ``url``, as python-jose keys: the shared cache
+    (``mcp_broker_verifier.jwks``) with the verifier's algorithms and rate limits."""
+
     def __init__(
         self, url: str, http: httpx.AsyncClient, *, min_refetch_interval: float = 30.0, max_age: float = 3600.0
     ) -> None:
         self.url = url
-        self._http = http
-        self._keys: dict[str, Key] = {}
-        self._fetched_at = 0.0
-        self._attempted_at = -1e9
-        self._min_interval = min_refetch_interval
-        self._max_age = max_age
-        self._lock = asyncio.Lock()
-        self.last_error: str | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return bool(self._keys)
-
-    async def refresh(self) -> None:
-        """Fetch the JWKS now; raise ``httpx.HTTPError`` or ``ValueError`` if it cannot be had."""
-        self._attempted_at = time.monotonic()
-        try:
-            response = await self._http.get(self.url, timeout=5.0)
-            response.raise_for_status()
-            document = response.json()
-            if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-                raise ValueError("not a JWK set")
-        except (httpx.HTTPError, ValueError) as exc:
-            self.last_error = type(exc).__name__
-            raise
-        keys: dict[str, Key] = {}
-        for entry in document["keys"]:
-            if not isinstance(entry, dict):
-                continue
-            alg, kid = entry.get("alg"), entry.get("kid")
-            if alg in ALLOWED_ALGORITHMS and isinstance(kid, str) and entry.get("use", "sig") == "sig":
-                try:
-                    keys[kid] = jwk.construct(entry, alg)
-                except (JOSEError, ValueError, TypeError):
-                    continue  # one malformed key does not take the others down
-        self._keys = keys
-        self._fetched_at = time.monotonic()
-        self.last_error = None
-
-    def _due(self) -> bool:
-        # Rate-limited on attempts, not successes: a failing JWKS is not asked on every request.
-        interval = self._min_interval if self._keys else 1.0
-        return time.monotonic() - self._attempted_at >= interval
-
-    async def refresh_if_due(self) -> None:
-        """Refresh unless one was tried too recently; errors stay in ``last_error``."""
-        async with self._lock:
-            if self._due():
-                with contextlib.suppress(httpx.HTTPError, ValueError):
-                    await self.refresh()
+        super().__init__(
+            lambda: jwks.fetch_key_set(http, url, request_timeout=5.0),
+            _jose_key,
+            failures=(httpx.HTTPError, ValueError),
+            max_age=max_age,
+            min_interval=min_refetch_interval,
+            empty_interval=1.0,
+            algorithms=ALLOWED_ALGORITHMS,
+            require_kid=True,
+        )
 
     async def get(self, kid: str) -> Key | None:
-        key = self._keys.get(kid)
-        if key is not None and time.monotonic() - self._fetched_at < self._max_age:
-            return key
-        # An unknown kid (a key rotated in), or keys past their age (a key may have been pulled).
-        await self.refresh_if_due()
-        return self._keys.get(kid)
+        try:
+            found = await self.lookup(kid)
+        except (httpx.HTTPError, ValueError):
+            return None
+        return found[0].key if found else None
+
+
+def _jose_key(entry: Mapping[str, Any]) -> Key | None:
+    try:
+        return jwk.construct(dict(entry), entry["alg"])
+    except (JOSEError, ValueError, TypeError):
+        return None
 
 
 class BrokerTokenVerifier:
