@@ -7,26 +7,27 @@ the tenant's JWKS, the issuer of an allowed tenant (v2.0 ``https://{host}/{tid}/
 ``nbf`` / ``iat`` with two minutes of leeway, and the nonce (MSAL sends the SHA-256 hex of the
 flow's nonce, so that is what the token carries).
 
-Signing keys are cached for a day. A token signed with a key id not in the cache triggers a
-refetch, at most once per ``refetch_interval`` so forged key ids cannot make the broker hammer
-Entra; concurrent misses share one fetch. That fetch, and the wait for it, is bounded by
-``timeout`` (the provider's).
+Signing keys are cached for a day (the shared cache of ``mcp_broker_verifier.jwks``). A token
+signed with a key id not in the cache triggers a refetch, at most once per ``refetch_interval``
+so forged key ids cannot make the broker hammer Entra; concurrent misses share one fetch. That
+fetch, and the wait for it, is bounded by ``timeout`` (the provider's).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
-from jose import jwt
-from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
+from jose import jwk, jwt
+from jose.backends.base import Key
+from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError, JWTError
 
+from mcp_broker_verifier import jwks
 from providers.base import UpstreamRejected, UpstreamUnavailable
 from providers.net import deadline, describe
 
@@ -40,8 +41,9 @@ def nonce_hash(nonce: str) -> str:
     return hashlib.sha256(nonce.encode("ascii")).hexdigest()
 
 
-class JwksCache:
-    """The signing keys published at ``url``, by key id."""
+class JwksCache(jwks.JwksCache[Key]):
+    """The tenant's signing keys published at ``url``, by key id (the shared cache of
+    ``mcp_broker_verifier.jwks``, with RSA keys built once per fetch)."""
 
     def __init__(
         self,
@@ -55,56 +57,43 @@ class JwksCache:
     ) -> None:
         self.url = url
         self.timeout = timeout
-        self.max_age = max_age
-        self.refetch_interval = refetch_interval
         self._http = http
-        self._clock = clock
-        self._keys: dict[str, dict[str, Any]] = {}
-        self._fetched_at: float | None = None
-        self._lock = asyncio.Lock()
-
-    async def key(self, kid: str) -> dict[str, Any] | None:
-        """The JWK with ``kid``, fetching the key set when stale or when ``kid`` is new."""
-        if kid in self._keys and not self._stale():
-            return self._keys[kid]
-        try:
+        super().__init__(
+            self._fetch,
+            _rsa_key,
+            failures=(UpstreamUnavailable,),
+            max_age=max_age,
+            min_interval=refetch_interval,
+            empty_interval=refetch_interval,
+            key_types=("RSA",),
+            require_kid=True,
             # One deadline covers the wait for a fetch already under way and this one.
-            async with deadline(self.timeout, f"JWKS {self.url}"), self._lock:  # one fetch for concurrent misses
-                if kid in self._keys and not self._stale():
-                    return self._keys[kid]
-                if self._stale() or self._may_refetch():
-                    await self._fetch()
-        except UpstreamUnavailable:
-            if kid not in self._keys:  # a known key stays usable while Entra is down
-                raise
-        return self._keys.get(kid)
+            deadline=lambda: deadline(timeout, f"JWKS {url}"),
+            clock=clock,
+        )
 
-    def _stale(self) -> bool:
-        return self._fetched_at is None or self._clock() - self._fetched_at > self.max_age
+    async def key(self, kid: str) -> Key | None:
+        """The key with ``kid``, fetching the key set when stale or when ``kid`` is new; a known
+        key stays usable while Entra is down."""
+        found = await self.lookup(kid)
+        return found[0].key if found else None
 
-    def _may_refetch(self) -> bool:
-        return self._fetched_at is None or self._clock() - self._fetched_at >= self.refetch_interval
-
-    async def _fetch(self) -> None:
-        self._fetched_at = self._clock()  # failures count too: the rate limit holds while Entra is down
+    async def _fetch(self) -> object:
         try:
-            response = await self._http.get(self.url, headers={"Accept": "application/json"})
+            return await jwks.fetch_key_set(self._http, self.url)
+        except httpx.HTTPStatusError as exc:
+            raise UpstreamUnavailable(f"JWKS {self.url} answered HTTP {exc.response.status_code}") from None
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"JWKS {self.url} unreachable: {describe(exc)}") from None
-        if response.status_code != 200:
-            raise UpstreamUnavailable(f"JWKS {self.url} answered HTTP {response.status_code}")
-        try:
-            keys = response.json()["keys"]
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             raise UpstreamUnavailable(f"JWKS {self.url} is not a JSON key set") from None
-        self._keys = {
-            k["kid"]: k
-            for k in keys
-            if isinstance(k, dict)
-            and isinstance(k.get("kid"), str)
-            and k.get("kty") == "RSA"
-            and k.get("use", "sig") == "sig"
-        }
+
+
+def _rsa_key(entry: Mapping[str, Any]) -> Key | None:
+    try:
+        return jwk.construct(dict(entry), ALGORITHM)
+    except (JOSEError, ValueError, TypeError):
+        return None  # one malformed key does not take the others down
 
 
 class IdTokenVerifier:
