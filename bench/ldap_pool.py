@@ -1,70 +1,62 @@
-"""LDAP lookups per second (the refresh-time re-check) by connection pool size, near and far.
+"""LDAP lookups per second (the refresh-time re-check) and CPU per lookup, near and far.
 
 A directory in production is rarely on loopback: Active Directory is a few milliseconds away.
-This starts a private ``slapd`` (the demo directory) and, in a process of its own, a TCP relay in
-front of it that holds every chunk of data for ``--latency-ms`` in each direction, then runs
-``--concurrency`` lookups at a time (as concurrent refreshes do) for ``--seconds`` per pool size
-through the LDAP provider, directly and through the relay. Printed: lookups per second and p50/p99
-latency per pool size.
+This starts a private ``slapd`` (the demo directory) and, in a process of its own, a TCP proxy in
+front of it that holds every chunk of data for ``--latency-ms`` in each direction
+(bench/delay_proxy.py), then runs ``--concurrency`` lookups at a time (as concurrent refreshes
+do) for ``--seconds`` per row through the LDAP provider, directly and through the proxy.
+Printed per pool size: lookups per second, p50/p99 latency, and the benchmark process's CPU time
+per lookup (user + system, all threads; slapd and the proxy run in processes of their own), the
+figure that stays meaningful on a shared, noisy machine.
+
+``--baseline REV`` adds the same rows for the provider as it was at git revision REV
+(providers/ldap/provider.py taken from git), measured in the same run, side by side.
 
 Run: .venv/bin/python bench/ldap_pool.py [--latency-ms 5] [--sizes 1,2,4,8] [--concurrency 16]
+     [--seconds 4] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
+import importlib.util
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from broker.devstack import Slapd, free_port
+from delay_proxy import DelayProxy
+
+from broker.devstack import Slapd
 from providers.ldap.config import LdapProviderConfig
 from providers.ldap.provider import LdapProvider
 
 BASE = "dc=demo,dc=local"
 USERS = ["alice", "bob", "carol"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def relay(listen_port: int, target_port: int, latency: float, ready: object) -> None:
-    """Forward loopback TCP to ``target_port``, each chunk held ``latency`` seconds on the way."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def deliver() -> None:
-            while True:
-                due, data = await queue.get()
-                if not data:
-                    writer.close()
-                    return
-                await asyncio.sleep(max(0.0, due - loop.time()))
-                writer.write(data)
-                await writer.drain()
-
-        sender = asyncio.create_task(deliver())
-        while data := await reader.read(65536):
-            queue.put_nowait((loop.time() + latency, data))
-        queue.put_nowait((loop.time() + latency, b""))
-        await sender
-
-    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w), return_exceptions=True)
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
-        ready.set()  # type: ignore[attr-defined]
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+def provider_at(rev: str, work: Path) -> Any:
+    """The LdapProvider class of providers/ldap/provider.py at git revision ``rev``."""
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:providers/ldap/provider.py"], check=True, capture_output=True
+    ).stdout
+    path = work / f"ldap_provider_{rev.replace('/', '_')}.py"
+    path.write_bytes(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module.LdapProvider
 
 
-async def run(provider: LdapProvider, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+async def run(provider: Any, seconds: float, concurrency: int) -> tuple[float, float, list[float]]:
+    """Lookups per second, CPU milliseconds per lookup, and each lookup's latency (ms)."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -74,9 +66,10 @@ async def run(provider: LdapProvider, seconds: float, concurrency: int) -> tuple
             await provider.lookup(USERS[n % len(USERS)])
             latencies.append((time.perf_counter() - start) * 1000)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    return len(latencies) / (time.perf_counter() - start), latencies
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - start
+    return len(latencies) / wall, cpu * 1000 / max(1, len(latencies)), latencies
 
 
 def config(slapd: Slapd, url: str, pool_size: int) -> LdapProviderConfig:
@@ -93,38 +86,42 @@ def config(slapd: Slapd, url: str, pool_size: int) -> LdapProviderConfig:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latency-ms", type=float, default=5.0, help="added each way by the relay")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--latency-ms", type=float, default=5.0, help="added each way by the proxy")
     parser.add_argument("--sizes", default="1,2,4,8", help="pool sizes to measure")
     parser.add_argument("--concurrency", type=int, default=16, help="lookups in flight at once")
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--baseline", metavar="REV", help="also measure the provider at this git revision")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="mcpb-ldap-pool-") as work:
+        providers: list[tuple[str, Any]] = [("now", LdapProvider)]
+        if args.baseline:
+            providers.insert(0, (args.baseline[:10], provider_at(args.baseline, Path(work))))
         slapd = Slapd(Path(work)).start()
-        relay_port = free_port()
-        ready = multiprocessing.Event()
-        relay_proc = multiprocessing.Process(
-            target=relay, args=(relay_port, slapd.port, args.latency_ms / 1000, ready), daemon=True
-        )
-        relay_proc.start()
-        ready.wait(10)
         try:
-            print(
-                f"{args.concurrency} lookups in flight, {args.seconds:.0f} s each; "
-                f"far = through a relay adding {args.latency_ms:g} ms each way"
-            )
-            print(f"{'directory':<10}{'pool':>5}{'lookups/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
-            for where, url in (("near", slapd.url), ("far", f"ldap://127.0.0.1:{relay_port}")):
-                for size in sizes:
-                    provider = LdapProvider(config(slapd, url, size))
-                    await provider.lookup("alice")  # connect and bind outside the measurement
-                    rate, latencies = await run(provider, args.seconds, args.concurrency)
-                    await provider.aclose()
-                    p99 = sorted(latencies)[int(0.99 * (len(latencies) - 1))]
-                    print(f"{where:<10}{size:>5}{rate:>11.0f}{statistics.median(latencies):>9.1f}{p99:>9.1f}")
+            with DelayProxy(slapd.port, args.latency_ms) as proxy_port:
+                print(
+                    f"{args.concurrency} lookups in flight, {args.seconds:g} s each; "
+                    f"far = through a proxy adding {args.latency_ms:g} ms each way"
+                )
+                print(
+                    f"{'code':<12}{'directory':<10}{'pool':>5}{'lookups/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms':>9}"
+                )
+                for where, url in (("near", slapd.url), ("far", f"ldap://127.0.0.1:{proxy_port}")):
+                    for size in sizes:
+                        for name, cls in providers:
+                            provider = cls(config(slapd, url, size))
+                            await provider.lookup("alice")  # connect and bind outside the measurement
+                            rate, cpu, latencies = await run(provider, args.seconds, args.concurrency)
+                            await provider.aclose()
+                            p99 = sorted(latencies)[int(0.99 * (len(latencies) - 1))]
+                            print(
+                                f"{name:<12}{where:<10}{size:>5}{rate:>11.0f}"
+                                f"{statistics.median(latencies):>9.1f}{p99:>9.1f}{cpu:>9.2f}",
+                                flush=True,
+                            )
         finally:
-            relay_proc.terminate()
             slapd.stop()
 
 

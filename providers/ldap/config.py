@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from providers.base import ProviderConfig
+from providers.ldap.wire import FilterError, compile_filter
 
 
 class LdapProviderConfig(ProviderConfig):
@@ -40,8 +41,14 @@ class LdapProviderConfig(ProviderConfig):
     use_member_of: bool = Field(default=True, description="Read groups from memberOf when present.")
     nested_groups: bool = Field(default=True, description="Resolve groups of groups.")
     nested_depth: int = Field(default=5, ge=0, le=20)
-    active_directory_in_chain: bool = Field(
-        default=False, description="Use LDAP_MATCHING_RULE_IN_CHAIN (Active Directory only)."
+    active_directory_in_chain: bool | None = Field(
+        default=None,
+        description=(
+            "Resolve nested groups with one LDAP_MATCHING_RULE_IN_CHAIN search under group_base_dn "
+            "(Active Directory only). Unset: when the directory's root DSE says it is Active Directory "
+            "(groups from memberOf are kept too); true: always, and the in-chain search alone gives the "
+            "groups; false: never (one search per nesting level)."
+        ),
     )
     connect_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Seconds to wait for one server to accept a connection."
@@ -75,10 +82,31 @@ class LdapProviderConfig(ProviderConfig):
         ge=1,
         le=64,
         description=(
-            "Service-account connections per process: searches beyond this many at once wait. Raise it "
-            "for a distant directory (bench/ldap_pool.py shows the effect of latency)."
+            "Service-account connections per process, shared by every search; each carries many "
+            "operations at once (operations_per_connection)."
         ),
     )
+    operations_per_connection: int = Field(
+        default=32,
+        ge=1,
+        le=256,
+        description=(
+            "Requests at the directory at once per pooled connection: pool_size times this many "
+            "sign-ins, re-checks and lookups run side by side, the others wait (within request_deadline). "
+            "With a directory d ms away a lookup takes about 4 d ms (two round trips), so this bounds "
+            "lookups per second near pool_size * operations_per_connection * 1000 / (4 d); see "
+            "bench/ldap_pool.py."
+        ),
+    )
+
+    @field_validator("user_filter", "group_filter")
+    @classmethod
+    def _filter_is_rfc4515(cls, text: str) -> str:
+        try:
+            compile_filter(text.replace("{username}", "x").replace("{dn}", "cn=x"))
+        except FilterError as exc:
+            raise ValueError(f"not an RFC 4515 search filter: {exc}") from None
+        return text
 
     @field_validator("urls")
     @classmethod

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,14 +105,13 @@ async def test_searches_run_side_by_side_on_a_bounded_pool_of_connections(slapd:
 
 
 async def test_a_pool_that_stays_busy_is_unavailable_not_a_wrong_password(slapd: Slapd) -> None:
-    ldap = LdapProvider(config_for(slapd, pool_size=1, request_deadline=0.3))
-    release = threading.Event()
-    ldap._executor.submit(release.wait, 5)  # one long search holds the directory's only thread
+    ldap = LdapProvider(config_for(slapd, pool_size=1, operations_per_connection=1, request_deadline=0.3))
+    await ldap._slots.acquire()  # one long search holds the directory's only place
     try:
         with pytest.raises(UpstreamUnavailable, match="directory connections stayed busy"):
             await ldap.lookup("alice")
     finally:
-        release.set()
+        ldap._slots.release()
     assert (await ldap.lookup("alice")).username == "alice"
     await ldap.aclose()
 

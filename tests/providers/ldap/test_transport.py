@@ -1,0 +1,146 @@
+"""LDAP on the event loop: many operations in flight on one connection, no thread held, broken
+connections failing at once, and nested groups in one search where the directory says it can."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from broker.devstack import Slapd
+from providers.base import UpstreamUnavailable
+from providers.ldap.provider import LdapProvider
+from tests.providers.ldap.test_provider import BASE, NESTED, config_for
+
+
+async def test_many_lookups_share_one_connection_with_operations_in_flight(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, pool_size=1))
+    try:
+        await ldap.lookup("alice")  # the service connection
+        threads = threading.active_count()
+        lookups = asyncio.gather(*(ldap.lookup(name) for name in ["alice", "bob", "carol"] * 10))
+        most = 0
+        while not lookups.done():
+            most = max(most, ldap._idle[0].conn.in_flight)
+            await asyncio.sleep(0)
+        assert [i.username for i in await lookups] == ["alice", "bob", "carol"] * 10
+        assert most > 1  # several searches were out at once on the one connection
+        assert len(ldap._idle) == 1
+        assert threading.active_count() == threads  # no thread of any pool was started or held
+    finally:
+        await ldap.aclose()
+
+
+async def test_operations_beyond_the_limit_wait_their_turn(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, pool_size=2, operations_per_connection=2))
+    try:
+        found = await asyncio.gather(*(ldap.lookup("bob") for _ in range(12)))
+        assert {i.username for i in found} == {"bob"}
+        assert ldap._slots.busy == 0
+        assert 1 <= len(ldap._idle) <= 2
+    finally:
+        await ldap.aclose()
+
+
+async def test_a_connection_the_directory_dropped_is_replaced(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, pool_size=1))
+    try:
+        await ldap.lookup("alice")
+        dropped = ldap._idle[0].conn
+        dropped.abort()  # as a directory restart or an idle time-out would
+        assert (await ldap.lookup("bob")).username == "bob"
+        assert [link.conn for link in ldap._idle] != [dropped]
+        assert not ldap._failed_at  # a dropped idle connection is no failed server
+    finally:
+        await ldap.aclose()
+
+
+@pytest.fixture
+async def hangs_up() -> tuple[str, list[float]]:
+    """A server that reads the first request, waits a moment, then closes the connection."""
+    closed: list[float] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        await asyncio.sleep(0.2)
+        closed.append(time.monotonic())
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"ldap://127.0.0.1:{port}", closed
+
+
+async def test_operations_on_a_connection_that_breaks_fail_at_once_not_at_their_timeout(
+    slapd: Slapd, hangs_up: tuple[str, list[float]]
+) -> None:
+    url, closed = hangs_up
+    ldap = LdapProvider(config_for(slapd, urls=[url], operation_timeout=5, failure_backoff=0))
+    try:
+        outcomes = await asyncio.gather(*(ldap.lookup("alice") for _ in range(5)), return_exceptions=True)
+        assert all(isinstance(o, UpstreamUnavailable) for o in outcomes), outcomes
+        assert "closed the connection" in str(outcomes[0])
+        assert time.monotonic() - closed[0] < 1.0  # answered when the server hung up, not after 5 s
+    finally:
+        await ldap.aclose()
+
+
+def test_a_provider_used_from_a_second_event_loop_starts_afresh(slapd: Slapd) -> None:
+    # Connections belong to the loop that opened them (as with two ``asyncio.run`` calls).
+    ldap = LdapProvider(config_for(slapd))
+    assert asyncio.run(ldap.lookup("alice")).username == "alice"
+    assert asyncio.run(ldap.lookup("bob")).username == "bob"
+    asyncio.run(ldap.aclose())
+
+
+# The root DSE of Active Directory lists its capabilities (MS-ADTS 3.1.1.3.4.3); slapd can be made
+# to say the same. slapd has no LDAP_MATCHING_RULE_IN_CHAIN: a filter with it matches nothing
+# there, so what the provider finds shows which way it took.
+AD_ROOT_DSE_SCHEMA = """
+attributetype ( 1.3.6.1.4.1.4203.666.11.99.3 NAME 'supportedCapabilities'
+  EQUALITY objectIdentifierMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.38 )
+rootDSE {ldif}
+"""
+
+
+@pytest.fixture(scope="module")
+def says_it_is_ad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    state = tmp_path_factory.mktemp("ad-root-dse")
+    (state / "root.ldif").write_text("dn:\nsupportedCapabilities: 1.2.840.113556.1.4.800\n")
+    (state / "ad.schema").write_text(AD_ROOT_DSE_SCHEMA.format(ldif=state / "root.ldif"))
+    server = Slapd(state, NESTED, schemas=(state / "ad.schema",)).start()
+    yield server
+    server.stop()
+
+
+async def test_nested_groups_in_one_search_where_the_root_dse_says_active_directory(says_it_is_ad: Slapd) -> None:
+    direct = {f"cn=mcp-readers,ou=groups,{BASE}", f"cn=mcp-writers,ou=groups,{BASE}"}
+    asked = LdapProvider(config_for(says_it_is_ad))  # active_directory_in_chain unset: ask the directory
+    walk = LdapProvider(config_for(says_it_is_ad, active_directory_in_chain=False))
+    chain = LdapProvider(config_for(says_it_is_ad, active_directory_in_chain=True))
+    try:
+        # One in-chain search (which slapd cannot answer), the direct groups from memberOf kept:
+        assert (await asked.lookup("alice")).groups == direct
+        assert asked._in_chain is True
+        # The walk, one search per level, finds staff and everyone above mcp-writers:
+        assert set((await walk.lookup("alice")).group_names.values()) >= {"staff", "everyone"}
+        assert walk._in_chain is False
+        # Configured, the in-chain search alone gives the groups, and memberOf is not even asked:
+        assert (await chain.lookup("alice")).groups == frozenset()
+        assert "memberOf" not in chain._user_attributes[True]
+    finally:
+        for provider in (asked, walk, chain):
+            await provider.aclose()
+
+
+async def test_a_directory_that_is_not_active_directory_gets_the_walk(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd))
+    try:
+        assert set((await ldap.lookup("alice")).group_names.values()) == {"mcp-readers", "mcp-writers"}
+        assert ldap._in_chain is False
+    finally:
+        await ldap.aclose()
