@@ -6,28 +6,28 @@ equal to the issuer; ``aud`` containing the client id, and with several audience
 equal to the client id; ``exp``, ``iat`` (and ``nbf`` if present) within a minute of leeway;
 the ``nonce`` of the login; ``sub`` present; ``at_hash`` when the token carries one.
 
-The key set is cached for an hour. A key id that is not in the cache triggers a refetch (the
-OP has rotated its keys), at most once per ``refetch_interval`` so that tokens naming unknown
-keys cannot make the broker hammer the OP; concurrent misses share one fetch. That fetch, and
+The key set is cached for an hour (the shared cache of ``mcp_broker_verifier.jwks``). A key id
+that is not in the cache triggers a refetch (the OP has rotated its keys), at most once per
+``refetch_interval`` so that tokens naming unknown keys cannot make the broker hammer the OP,
+and a failed fetch is not retried for a second; concurrent misses share one fetch. That fetch, and
 the wait for it, is bounded by ``timeout`` (the provider's ``http_timeout``): an OP that hangs
 is UpstreamUnavailable when the time is up, and keys already known stay usable meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jwk, jwt
 from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, JoseError
 
+from mcp_broker_verifier.jwks import JwksCache, PublishedKey, is_key_set
 from providers.base import UpstreamRejected, UpstreamUnavailable
 from providers.net import deadline
 
@@ -37,23 +37,26 @@ _CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "EdDSA": "Ed2551
 _ACCEPTED_TYP = {"jwt", "application/jwt"}
 
 
-@dataclass(frozen=True, slots=True)
-class _Published:
-    kid: str | None
-    alg: str | None
-    key: jwk.Key
-
-    def fits(self, alg: str) -> bool:
-        if self.alg is not None and self.alg != alg:
-            return False
-        if self.key.key_type != _KEY_TYPE.get(alg[:2]):
-            return False
-        curve = _CURVE.get(alg)
-        return curve is None or self.key.as_dict(private=False).get("crv") == curve
+def _fits(published: PublishedKey[jwk.Key], alg: str) -> bool:
+    """Whether a published key may verify a signature made with ``alg``."""
+    if published.alg is not None and published.alg != alg:
+        return False
+    if published.jwk.get("kty") != _KEY_TYPE.get(alg[:2]):
+        return False
+    curve = _CURVE.get(alg)
+    return curve is None or published.jwk.get("crv") == curve
 
 
-class KeySet:
-    """The OP's signing keys (its JWKS), fetched through ``fetch`` and cached."""
+def _import_key(entry: Mapping[str, Any]) -> jwk.Key | None:
+    try:
+        return jwk.import_key(dict(entry))
+    except (JoseError, ValueError, TypeError):
+        return None  # one malformed key does not hide the others
+
+
+class KeySet(JwksCache[jwk.Key]):
+    """The OP's signing keys (its JWKS), fetched through ``fetch`` and cached (the shared cache
+    of ``mcp_broker_verifier.jwks``)."""
 
     def __init__(
         self,
@@ -64,72 +67,31 @@ class KeySet:
         clock: Callable[[], float] = time.monotonic,
         timeout: float = 10.0,
     ) -> None:
-        self.max_age = max_age
-        self.refetch_interval = refetch_interval
         self.timeout = timeout
-        self._fetch = fetch
-        self._clock = clock
-        self._keys: list[_Published] = []
-        self._fetched_at: float | None = None
-        self._forced_at: float | None = None
-        self._lock = asyncio.Lock()
+
+        async def key_set() -> object:
+            document = await fetch()
+            if not is_key_set(document):
+                raise UpstreamRejected("the JWKS document has no keys list")
+            return document
+
+        super().__init__(
+            key_set,
+            _import_key,
+            failures=(UpstreamUnavailable, UpstreamRejected),
+            max_age=max_age,
+            min_interval=0,  # the first miss after a load may refetch at once; later ones wait
+            empty_interval=1.0,
+            refetch_interval=refetch_interval,
+            key_types=("RSA", "EC", "OKP"),  # symmetric or unknown key types never verify an ID token
+            # One deadline covers the wait for a fetch already under way and this one's.
+            deadline=lambda: deadline(timeout, "JWKS"),
+            clock=clock,
+        )
 
     async def candidates(self, kid: str | None, alg: str) -> list[jwk.Key]:
         """Keys that may have signed a token with this header: by ``kid``, else every key fit for ``alg``."""
-        found = self._match(kid, alg)
-        if found and not self._stale():
-            return found
-        try:
-            # One deadline covers the wait for a fetch already under way and this one's.
-            async with deadline(self.timeout, "JWKS"), self._lock:  # one fetch for concurrent misses
-                found = self._match(kid, alg)
-                if self._stale():
-                    try:
-                        await self._load()
-                    except UpstreamUnavailable:
-                        if not found:
-                            raise
-                    found = self._match(kid, alg)
-                if not found and self._may_refetch():
-                    self._forced_at = self._clock()
-                    await self._load()
-                    found = self._match(kid, alg)
-        except UpstreamUnavailable:
-            if not found:  # keys already known stay usable while the OP is unreachable
-                raise
-        return found
-
-    def _stale(self) -> bool:
-        return self._fetched_at is None or self._clock() - self._fetched_at > self.max_age
-
-    def _may_refetch(self) -> bool:
-        return self._forced_at is None or self._clock() - self._forced_at >= self.refetch_interval
-
-    def _match(self, kid: str | None, alg: str) -> list[jwk.Key]:
-        return [p.key for p in self._keys if (kid is None or p.kid == kid) and p.fits(alg)]
-
-    async def _load(self) -> None:
-        document = await self._fetch()
-        keys = document.get("keys") if isinstance(document, Mapping) else None
-        if not isinstance(keys, list):
-            raise UpstreamRejected("the JWKS document has no keys list")
-        published: list[_Published] = []
-        for item in keys:
-            if not isinstance(item, Mapping) or item.get("kty") not in ("RSA", "EC", "OKP"):
-                continue  # symmetric or unknown key types never verify an ID token
-            if item.get("use", "sig") != "sig" or "verify" not in item.get("key_ops", ["verify"]):
-                continue
-            public = {k: v for k, v in item.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth", "k")}
-            try:
-                key = jwk.import_key(public)
-            except (JoseError, ValueError, TypeError):
-                continue  # one malformed key does not hide the others
-            kid, alg = item.get("kid"), item.get("alg")
-            published.append(
-                _Published(kid if isinstance(kid, str) else None, alg if isinstance(alg, str) else None, key)
-            )
-        self._keys = published
-        self._fetched_at = self._clock()
+        return [published.key for published in await self.lookup(kid, lambda published: _fits(published, alg))]
 
 
 def unverified_header(raw: str) -> dict[str, Any]:
