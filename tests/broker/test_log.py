@@ -94,3 +94,32 @@ def test_a_tracebacks_text_is_scrubbed_too(capsys: pytest.CaptureFixture[str]) -
     assert all("Traceback" in line["exception"] for line in lines)
     for secret in ("rt.abc.def", JWT, "hunter2"):
         assert secret not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("BEARER abcdefghijklmnop", "BEARER"),
+        ("basic dXNlcjpwYXNzd29yZA==", "basic"),
+        (f"x{JWT}", "x"),
+        ("state=1&client_secret=s3cr3t", "state=1&client_secret="),
+    ],
+)
+def test_the_quick_check_before_scrubbing_misses_no_pattern(text: str, kept: str) -> None:
+    # Only texts holding a hint of a secret (eyJ, =, bearer, basic) go through the patterns.
+    scrubbed = run(detail=text)["detail"]
+    assert REDACTED in str(scrubbed)
+    assert str(scrubbed).startswith(kept)
+
+
+def test_plain_values_and_ordinary_text_pass_unchanged() -> None:
+    event = run(path="/token", status=200, ratio=0.5, flag=True, nothing=None, scope="notes:read notes:write")
+    assert event == {
+        "event": "x",
+        "path": "/token",
+        "status": 200,
+        "ratio": 0.5,
+        "flag": True,
+        "nothing": None,
+        "scope": "notes:read notes:write",
+    }

@@ -1,0 +1,249 @@
+"""CPU microseconds per refresh-token grant inside one broker process, and of its hot-path parts.
+
+``bench/refresh.py`` measures the served broker end to end (HTTP, workers, wrk); on a shared
+machine its figures move with the neighbours. This one isolates the broker's own code: the app
+built by ``create_app`` is called as ASGI directly (no HTTP server, no load generator) with real
+refresh tokens from real sign-ins against a private ``redis-server`` and ``slapd``, and CPU time is
+read with ``time.process_time`` over rounds of refreshes; the best round and the median are
+printed (the best is the least disturbed by other programs). Production settings: logging at
+``info`` (the request line and the audit event are rendered, to a file), re-check interval 60 s.
+
+Parts, each alone in a loop: ``log`` (the two lines a refresh writes), ``mint`` (an ES256 access
+token), ``seal`` (the successor sealed under the old refresh token).
+
+Run: .venv/bin/python bench/refresh_cpu.py [--refreshes 1000] [--rounds 10] [--chains 8] [--profile FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+import refresh as served
+
+from broker.devstack import RedisServer, Slapd, free_port
+
+ASGIApp = Callable[..., Any]
+
+
+def rounds(label: str, per_round: int, count: int, run: Callable[[], Any]) -> None:
+    figures = []
+    for _ in range(count):
+        began = time.process_time()
+        run()
+        figures.append((time.process_time() - began) / per_round * 1e6)
+    print(f"{label:<38} best {min(figures):7.1f} µs   median {statistics.median(figures):7.1f} µs", file=sys.__stdout__)
+
+
+def parts(count: int) -> None:
+    import structlog
+
+    from broker.audit import audit
+    from broker.oauth.signing import KeyRing, new_kek
+    from broker.oauth.tokens import mint_access_token, new_handle, seal_for
+
+    http = structlog.get_logger("mcp_broker.http")
+    structlog.contextvars.bind_contextvars(request_id="0123456789abcdef")
+
+    def log_lines() -> None:
+        for _ in range(2000):
+            http.info("http_request", method="POST", path="/token", status=200, duration_ms=1.23)
+            audit(
+                "token_refreshed",
+                grant_id="Zm9vYmFyYmF6cXV4cXV1eA",
+                client_id="c8f1e2d3-aaaa-bbbb-cccc-0123456789ab",
+                sub="uid=alice,ou=people,dc=example,dc=org",
+                scope="notes:read notes:write",
+                scope_narrowed=None,
+                policy_version="3f2a1b",
+            )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = Path(tmp)
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        (keys / "k1.pem").write_bytes(pem)
+        ring = KeyRing(None, kek=new_kek(), keys_dir=str(keys))
+        asyncio.run(ring.refresh())
+
+    def mint() -> None:
+        for _ in range(2000):
+            mint_access_token(
+                ring,
+                issuer="http://127.0.0.1:8000",
+                subject="uid=alice,ou=people,dc=example,dc=org",
+                client_id="c8f1e2d3-aaaa-bbbb-cccc-0123456789ab",
+                resource=served.RESOURCE,
+                scopes=["notes:read", "notes:write"],
+                grant_id="Zm9vYmFyYmF6cXV4cXV1eA",
+                ttl=300,
+                auth_time=1_700_000_000,
+            )
+
+    token = new_handle("rt", "Zm9vYmFyYmF6cXV4cXV1eA")
+    body = {"access_token": "x" * 600, "token_type": "Bearer", "expires_in": 300, "scope": "notes:read"}
+
+    def seal() -> None:
+        for _ in range(2000):
+            seal_for(token, body)
+
+    rounds("part: two log lines (request, audit)", 2000, count, log_lines)
+    rounds("part: mint an ES256 access token", 2000, count, mint)
+    rounds("part: seal the successor", 2000, count, seal)
+
+
+async def asgi_post(app: ASGIApp, path: str, body: bytes) -> tuple[int, bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status, chunks = 0, []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # no disconnect while the app answers
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+async def whole(args: argparse.Namespace, work: Path, redis: RedisServer, slapd: Slapd) -> None:
+    import uvicorn
+
+    from broker.app import create_app
+    from broker.config.loader import load_config
+
+    port = free_port()
+    path = work / "broker.yaml"
+    path.write_text(served.broker_config(port, 1, redis, slapd, "info", 60))
+    config = load_config(path)
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    serving = asyncio.create_task(server.serve())  # for the sign-ins; refreshes bypass it
+    while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to await)
+        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient() as client:
+        registered = await client.post(
+            f"http://127.0.0.1:{port}/register",
+            json={
+                "redirect_uris": [served.REDIRECT],
+                "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code", "refresh_token"],
+                "application_type": "native",
+            },
+        )
+    client_id = registered.json()["client_id"]
+    conn = served.Connection(port)
+    tokens = [await served.sign_in(conn, client_id, served.USERS[n % 2]) for n in range(args.chains)]
+    conn.close()
+
+    async def chain(n: int, count: int) -> None:
+        for _ in range(count):
+            form = {"grant_type": "refresh_token", "refresh_token": tokens[n], "client_id": client_id}
+            status, body = await asgi_post(app, "/token", urlencode(form).encode())
+            if status != 200:
+                raise RuntimeError(f"refresh answered {status}: {body[:200]!r}")
+            tokens[n] = json.loads(body)["refresh_token"]
+
+    per_chain = max(1, args.refreshes // args.chains)
+    await asyncio.gather(*(chain(n, 50) for n in range(args.chains)))  # warm up
+    figures = []
+    for _ in range(args.rounds):
+        began = time.process_time()
+        await asyncio.gather(*(chain(n, per_chain) for n in range(args.chains)))
+        figures.append((time.process_time() - began) / (per_chain * args.chains) * 1e6)
+    if args.profile:
+        profile = cProfile.Profile()
+        profile.enable()
+        await asyncio.gather(*(chain(n, per_chain) for n in range(args.chains)))
+        profile.disable()
+        profile.dump_stats(args.profile)
+    server.should_exit = True
+    await serving
+    print(
+        f"{'refresh grant, whole (ASGI, no HTTP)':<38} best {min(figures):7.1f} µs   "
+        f"median {statistics.median(figures):7.1f} µs   ({args.rounds} rounds of {per_chain * args.chains}, "
+        f"{args.chains} chains)",
+        file=sys.__stdout__,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from broker.log import configure_logging
+
+    with tempfile.TemporaryDirectory(prefix="mcpb-cpu-") as tmp:
+        work = Path(tmp)
+        log = (work / "broker.log").open("w")
+        sys.stdout = log  # the broker's JSON lines go to a file, as when served
+        configure_logging("info", "json")
+        try:
+            if not args.whole_only:
+                parts(args.rounds)
+            redis, slapd = RedisServer(work, persist=False), Slapd(work)
+            redis.start()
+            slapd.start()
+            try:
+                import uvloop
+
+                uvloop.run(whole(args, work, redis, slapd))
+            finally:
+                slapd.stop()
+                redis.stop()
+        finally:
+            sys.stdout = sys.__stdout__
+            log.close()
+    command = " ".join([os.path.relpath(sys.executable), *sys.argv])
+    print(f"command: {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--refreshes", type=int, default=1000, help="refreshes per round (default 1000)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds; the best and the median are shown")
+    parser.add_argument("--chains", type=int, default=8, help="concurrent refresh chains (default 8)")
+    parser.add_argument("--whole-only", action="store_true", help="skip the parts")
+    parser.add_argument("--profile", help="write a cProfile of one more round to this file")
+    raise SystemExit(main(parser.parse_args()))
