@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from tests.broker.conftest import broker_factory  # noqa: F401 - the broker fixture, shared
