@@ -1,4 +1,4 @@
-"""LDAP / Active Directory provider (search-then-bind through ldap3).
+"""LDAP / Active Directory provider (search-then-bind, LDAPv3 spoken on the event loop).
 
 Sample configuration::
 
