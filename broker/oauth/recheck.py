@@ -11,8 +11,10 @@ one lookup serves more than one refresh:
   stored (``Store.claim_recheck`` / ``finish_recheck``) under the user for the interval counted
   from the lookup's start. One process at a time holds the user's lookup lock; the others poll
   briefly for its answer and, after ``WAIT_SECONDS``, look up themselves.
-* **A small in-process memo** of answers read or made here, each only until the stored answer
-  expires, so a hit costs no Redis round trip.
+* **A small in-process memo** of answers read or made here, for at most ``MEMO_SECONDS`` and never
+  past the stored answer's expiry: a hit costs no Redis round trip (``bench/recheck.py``: 0.7 µs
+  of CPU against 167 µs for the answer read from Redis), and an answer Redis dropped (user gone,
+  admin revocation) stops serving this process within those seconds.
 
 Nothing is kept as good that was not: a lookup finding the user gone or disabled drops the kept
 answer (and its error reaches every waiter); an answer older than a grant's sign-in is never
@@ -36,6 +38,7 @@ from providers.base import AccountDisabled, Identity, InvalidCredentials, Refres
 
 WAIT_SECONDS = 5.0  # the longest a refresh waits on another's lookup before looking up itself
 MEMO_SIZE = 10_000  # users; beyond it the memo is emptied (it only saves Redis round trips)
+MEMO_SECONDS = 5.0  # the longest this process reuses an answer without asking Redis again
 _POLL_FIRST, _POLL_MOST = 0.002, 0.05  # seconds between polls for another process's answer
 
 User = tuple[str, str]  # provider id, subject
@@ -154,8 +157,5 @@ class Rechecks:
             self._memo = {u: hit for u, hit in self._memo.items() if hit[0] > now}
             if len(self._memo) >= MEMO_SIZE:
                 self._memo.clear()
-        self._memo[user] = (time.monotonic() + seconds, dataclasses.replace(checked, looked_up=False))
-
-    def forget(self, provider_id: str, subject: str) -> None:
-        """Drop this process's memo of a user (the shared answer: ``Store.forget_recheck``)."""
-        self._memo.pop((provider_id, subject), None)
+        expires = time.monotonic() + min(seconds, MEMO_SECONDS)
+        self._memo[user] = (expires, dataclasses.replace(checked, looked_up=False))
