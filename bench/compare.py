@@ -324,20 +324,22 @@ def main(args: argparse.Namespace) -> int:
 
 def table(rows: list[Row]) -> list[str]:
     """The side-by-side table, Markdown."""
-    reference = rows[0].load.rate if rows and rows[0].load and not rows[0].flagged else float("nan")
+    first = rows[0].load if rows and not rows[0].flagged else None
+    reference, reference_cpu = (first.rate, first.server_cpu_ms()) if first else (float("nan"), float("nan"))
     header = (
         "target",
         "refresh grants/s",
         "ratio to reference",
         "p99 ms",
         "server CPU ms/refresh",
+        "ratio by CPU",
         "RSS MB/worker",
         "check",
     )
     lines = []
     for row in rows:
         if row.load is None:
-            lines.append((row.target, "-", "-", "-", "-", "-", "FAILED (below)"))
+            lines.append((row.target, "-", "-", "-", "-", "-", "-", "FAILED (below)"))
             continue
         load = row.load
         check = "ok" if not row.flagged else f"FLAGGED: {load.refused} refused, errors {dict(load.errors)}"
@@ -347,6 +349,7 @@ def table(rows: list[Row]) -> list[str]:
             f"{load.rate / reference:.2f}",
             f"{load.p99 * 1e3:.1f}",
             f"{load.server_cpu_ms():.2f}",
+            f"{reference_cpu / load.server_cpu_ms():.2f}",
             " + ".join(f"{mb:.0f}" for mb in row.rss) or "-",
             check,
         ))  # fmt: skip
@@ -354,7 +357,7 @@ def table(rows: list[Row]) -> list[str]:
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
     out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for line in lines:
-        cells = [c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        cells = [c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -367,6 +370,11 @@ def report(rig: Rig, command: str, rows: list[Row]) -> None:
         f"{args.duration:g} s measured per row"
     )
     print("\n".join(table(rows)))
+    print(
+        "ratio by CPU: the reference's server CPU per refresh over the row's, the ratio idle cores would give "
+        "a CPU-bound target (node-oidc-provider runs one process: it cannot use a second core); on a shared "
+        "machine it is steadier than the wall-clock ratio"
+    )
     print()
     for row in rows:
         if row.failure:
