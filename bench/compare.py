@@ -17,7 +17,8 @@ emptied between rows; ours uses a private slapd. Load: ``wrk``, ``--connections`
 one request in flight per refresh-token family, each family always continuing with its rotated
 successor; a warm-up run, then ``--duration`` seconds measured. CPU is read from /proc: "server CPU
 per refresh" is the CPU time of every server process (the target's process tree, redis-server,
-slapd) divided by the refreshes answered. A row with a non-200 answer or a refused rotation is
+slapd) divided by the refreshes answered; "ratio by CPU" compares that cost with the reference's, the
+ratio idle cores would give a CPU-bound target (steadier than wall clock on a shared machine). A row with a non-200 answer or a refused rotation is
 flagged. Below the table: the full sign-in flow rate of ours (authorize → consent → LDAP login →
 code exchange, concurrent) and, with ``--memory``, RSS per worker after 50,000 refreshes.
 
