@@ -26,7 +26,8 @@ import redis
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from fastapi import FastAPI, Form
+from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
@@ -100,6 +101,10 @@ def create_app() -> FastAPI:
 
     def refused(description: str) -> JSONResponse:
         return JSONResponse({"error": "invalid_grant", "error_description": description}, 400, NO_STORE)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "invalid_request"}, 400, NO_STORE)  # RFC 6749 §5.2, not FastAPI's 422
 
     @app.post("/token")
     async def token(
