@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import json
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jose import jwk
 from jose.backends.base import Key
 
@@ -34,6 +38,19 @@ def new_kek() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
 
 
+_ES256 = ec.ECDSA(hashes.SHA256())
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+@functools.lru_cache(maxsize=64)
+def _header_segment(alg: str, kid: str, typ: str) -> bytes:
+    """A JWS protected header, encoded once per key and type (compact JSON, sorted keys)."""
+    return _b64(json.dumps({"alg": alg, "kid": kid, "typ": typ}, separators=(",", ":"), sort_keys=True).encode())
+
+
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
@@ -41,6 +58,20 @@ class SigningKey:
     activate_at: float
     private: Key
     public_jwk: dict[str, Any]
+    signer: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = field(repr=False, compare=False)
+
+    def sign_jwt(self, claims: Mapping[str, Any], *, typ: str) -> str:
+        """A compact JWS (RFC 7515 §7.1) of ``claims`` under this key: header ``alg``, ``kid``,
+        ``typ``. Signed with ``cryptography`` directly: the header is encoded once per key, and an
+        ES256 signature is the raw r || s of RFC 7518 §3.4."""
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = _header_segment(self.alg, self.kid, typ) + b"." + payload
+        if isinstance(self.signer, ec.EllipticCurvePrivateKey):
+            r, s = decode_dss_signature(self.signer.sign(signing_input, _ES256))
+            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        else:
+            signature = self.signer.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        return (signing_input + b"." + _b64(signature)).decode()
 
 
 def _generate_pem(alg: Algorithm) -> bytes:
@@ -58,7 +89,13 @@ def _load(kid: str, alg: Algorithm, activate_at: float, pem: bytes) -> SigningKe
     private = jwk.construct(pem.decode(), alg)
     public = private.public_key().to_dict()
     public.update({"kid": kid, "use": "sig", "alg": alg})
-    return SigningKey(kid=kid, alg=alg, activate_at=activate_at, private=private, public_jwk=public)
+    signer = serialization.load_pem_private_key(pem, password=None)
+    wanted = ec.EllipticCurvePrivateKey if alg == "ES256" else rsa.RSAPrivateKey
+    if not isinstance(signer, wanted) or (
+        isinstance(signer, ec.EllipticCurvePrivateKey) and signer.curve.name != "secp256r1"
+    ):
+        raise ValueError(f"not an {alg} private key")
+    return SigningKey(kid=kid, alg=alg, activate_at=activate_at, private=private, public_jwk=public, signer=signer)
 
 
 class KeyRing:

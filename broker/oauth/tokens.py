@@ -96,8 +96,7 @@ def mint_access_token(
     }
     if auth_time is not None:
         claims["auth_time"] = auth_time
-    token = jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
-    return AccessToken(token=token, expires_at=issued + ttl, jti=jti)
+    return AccessToken(token=key.sign_jwt(claims, typ="at+jwt"), expires_at=issued + ttl, jti=jti)
 
 
 def verify_access_token(keyring: KeyRing, token: str, *, issuer: str) -> dict[str, Any] | None:

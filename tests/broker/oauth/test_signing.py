@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 
@@ -10,9 +11,10 @@ import pytest
 import redis.asyncio as aioredis
 from jose import jwt
 
-from broker.oauth.signing import KeyConfigError, KeyRing, new_kek
+from broker.oauth.signing import Algorithm, KeyConfigError, KeyRing, new_kek
 from broker.store.keys import Keys
 from broker.store.redis_store import RedisStore
+from mcp_broker_verifier.jws import is_canonical_jws
 
 
 async def test_replicas_share_one_ring(redis_client: aioredis.Redis) -> None:
@@ -89,3 +91,24 @@ async def test_keys_from_a_mounted_folder(tmp_path: object) -> None:
     (folder / "2026-11.pem").write_text("not a key")
     with pytest.raises(KeyConfigError, match="not a usable ES256 private key"):
         await ring.refresh()
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
+async def test_sign_jwt_is_a_compact_jws_any_jose_library_verifies(
+    redis_client: aioredis.Redis, algorithm: Algorithm
+) -> None:
+    ring = KeyRing(RedisStore(redis_client, Keys(prefix=f"s{algorithm}")), kek=new_kek(), algorithm=algorithm)
+    await ring.refresh()
+    key = ring.current
+    claims = {"sub": "alice", "aud": "https://notes.example/mcp", "scope": "notes:read", "exp": 2_000_000_000}
+    token = key.sign_jwt(claims, typ="at+jwt")
+    assert is_canonical_jws(token)
+    assert jwt.get_unverified_header(token) == {"alg": algorithm, "kid": key.kid, "typ": "at+jwt"}
+    public = next(k for k in ring.jwks()["keys"] if k["kid"] == key.kid)
+    assert jwt.decode(token, public, algorithms=[algorithm], audience=claims["aud"]) == claims
+    # Each signature is fresh (ECDSA draws a nonce), and a second token of the same key reuses its header.
+    again = key.sign_jwt(claims, typ="at+jwt")
+    assert again.split(".")[0] == token.split(".")[0]
+    assert (again != token) is (algorithm == "ES256")
+    if algorithm == "ES256":
+        assert len(base64.urlsafe_b64decode(token.split(".")[2] + "==")) == 64  # raw r || s (RFC 7518 §3.4)
