@@ -68,10 +68,17 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def broker_config(
-    port: int, workers: int, redis: RedisServer, slapd: Slapd, log_level: str, recheck_interval: int = 0
+    port: int,
+    workers: int,
+    redis: RedisServer,
+    slapd: Slapd,
+    log_level: str,
+    recheck_interval: int = 0,
+    metrics_port: int | None = None,
 ) -> str:
     demo = DemoDirectory()
-    return f"""
+    metrics = f"metrics:\n  host: 127.0.0.1\n  port: {metrics_port}\n" if metrics_port else ""
+    return f"""{metrics}
 issuer: http://127.0.0.1:{port}
 server:
   host: 127.0.0.1
@@ -731,6 +738,19 @@ def quantiles(phase: Phase, wrk: bool) -> tuple[float, float]:
     return statistics.median(phase.latencies), q[98]
 
 
+def directory_lookups(metrics_port: int) -> int:
+    """Refresh-time re-checks the broker's workers have asked the directory for so far (its
+    ``mcpb_upstream_latency_seconds`` histogram counts one per lookup, not per refresh)."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    return round(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("mcpb_upstream_latency_seconds_count{") and 'operation="refresh"' in line
+        )
+    )
+
+
 def count_events(log: Path, offset: int, event: str) -> int:
     """Occurrences of an audit event name from ``offset`` on (not lines: lines can be glued together)."""
     with log.open("rb") as f:
@@ -772,10 +792,12 @@ def main(args: argparse.Namespace) -> int:
         try:
             redis_server.start()
             slapd.start()
-            port = free_port()
+            port, metrics_port = free_port(), free_port()
             config = work / "broker.yaml"
             config.write_text(
-                broker_config(port, args.workers, redis_server, slapd, args.log_level, args.recheck_interval)
+                broker_config(
+                    port, args.workers, redis_server, slapd, args.log_level, args.recheck_interval, metrics_port
+                )
             )
             log = work / "broker.log"
             broker = ChildProcess("mcp-broker", [str(serve), "serve", "--config", str(config)], log)
@@ -806,7 +828,7 @@ def main(args: argparse.Namespace) -> int:
                     raise RuntimeError(f"only {len(tokens)} of {needed} refresh tokens: {flows.error_sample}")
                 flow_logins = count_events(log, offset, "login_succeeded")
                 print(f"refresh: {args.chains} chains for {args.duration:g} s ...", file=sys.stderr)
-                offset = log.stat().st_size
+                offset, looked_up = log.stat().st_size, directory_lookups(metrics_port)
                 if use_wrk:
                     assert wrk is not None
                     half = len(tokens) // 2
@@ -816,7 +838,7 @@ def main(args: argparse.Namespace) -> int:
                             broker.proc.pid, work,
                         )  # fmt: skip
                         time.sleep(0.5)  # let the warm-up run's last requests finish
-                        offset = log.stat().st_size
+                        offset, looked_up = log.stat().st_size, directory_lookups(metrics_port)
                     refresh = wrk_phase(
                         wrk, args.wrk_threads, port, client_id, args.chains, tokens[:half], args.duration,
                         broker.proc.pid, work,
@@ -827,6 +849,7 @@ def main(args: argparse.Namespace) -> int:
                         args.warmup, args.duration, broker.proc.pid,
                     )  # fmt: skip
                 audited = count_events(log, offset, "token_refreshed")
+                lookups = directory_lookups(metrics_port) - looked_up
                 lines, json_lines = log_lines(log)
                 workers_seen = len(refresh.cpu.workers()) if refresh.cpu else 0
                 loaded = worker_libraries(broker.proc.pid)
@@ -838,7 +861,10 @@ def main(args: argparse.Namespace) -> int:
             slapd.stop()
             redis_server.stop()
 
-    report(args, command, cores, refresh, flows, use_wrk, audited, flow_logins, lines, json_lines, workers_seen, loaded)
+    report(
+        args, command, cores, refresh, flows, use_wrk, audited, flow_logins, lines, json_lines, workers_seen, loaded,
+        lookups,
+    )  # fmt: skip
     return 0 if not refresh.errors and not flows.errors else 1
 
 
@@ -878,6 +904,7 @@ def worker_libraries(broker_pid: int) -> str:
 def report(
     args: argparse.Namespace, command: str, cores: int, refresh: Phase, flows: Phase, use_wrk: bool,
     audited: int, flow_logins: int, lines: int, json_lines: int, workers_seen: int, loaded: str,
+    lookups: int,
 ) -> None:  # fmt: skip
     r50, r99 = quantiles(refresh, use_wrk)
     f50, f99 = quantiles(flows, False)
@@ -904,6 +931,11 @@ def report(
         )
     else:
         print(f"  audit: off (logging.level {args.log_level} drops the info-level audit events)")
+    print(
+        f"  directory lookups: {lookups:,} for {audited:,} token_refreshed events"
+        + (f" ({lookups / audited:.3f} per refresh)" if audited else "")
+        + " (concurrent refreshes of one user share a lookup; with an interval its answer is kept in Redis)"
+    )
     print(
         f"authorization flows   {flows.rate:8,.1f}/s   p50 {f50 * 1e3:6.1f} ms   p99 {f99 * 1e3:6.1f} ms   "
         f"n={flows.completed:,} in {args.duration:g} s, {args.browsers} browsers "
