@@ -105,6 +105,7 @@ class Connection:
         self._protocol = protocol
         self.tls_started = tls_started
         self._next_id = 0
+        self._outbox: list[bytes] = []  # requests made in this turn of the loop, sent together
 
     @property
     def closed(self) -> bool:
@@ -125,7 +126,9 @@ class Connection:
             raise LinkError(self._protocol.lost or "connection closed")
         future: asyncio.Future[tuple[list[wire.Entry], wire.Result]] = self.loop.create_future()
         self._protocol.pending[message_id] = _Pending(future)
-        self._transport.write(data)
+        if not self._outbox:
+            self.loop.call_soon(self._flush)
+        self._outbox.append(data)
         try:
             async with asyncio.timeout(wait):
                 return await future
@@ -133,6 +136,12 @@ class Connection:
             raise LinkError(f"no answer within {wait:.3g} s (timed out)") from None
         finally:
             self._protocol.pending.pop(message_id, None)
+
+    def _flush(self) -> None:
+        """One write (one system call) for every request made since the last turn of the loop."""
+        outbox, self._outbox = self._outbox, []
+        if outbox and not self._transport.is_closing():
+            self._transport.write(b"".join(outbox))
 
     async def search(
         self,
@@ -176,6 +185,7 @@ class Connection:
         """Unbind (RFC 4511 §4.3) and close; safe to call more than once, from any state (its
         event loop closed, even)."""
         with contextlib.suppress(Exception):
+            self._flush()
             if not self._transport.is_closing():
                 self._transport.write(wire.unbind_request(self._message_id()))
                 self._transport.close()

@@ -66,10 +66,13 @@ _USERNAME = re.compile(r"^[A-Za-z0-9._@+\-]{1,128}$")
 _AD_DISABLED = 0x2
 _AD_LOCKOUT = 0x10
 _IN_CHAIN = "1.2.840.113556.1.4.1941"
+_RDN_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 # Root DSE supportedCapabilities of Active Directory and of AD LDS (MS-ADTS 3.1.1.3.4.3).
 _AD_CAPABILITIES = {"1.2.840.113556.1.4.800", "1.2.840.113556.1.4.1851"}
 _ALL = wire.compile_filter("(objectClass=*)")
 _SIZE_LIMIT = 1000
+# The same users and groups are looked up again and again (every re-check): their filters too.
+_compiled = functools.lru_cache(maxsize=4096)(wire.compile_filter)
 _T = TypeVar("_T")
 
 
@@ -343,7 +346,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         attributes: tuple[str, ...] | Callable[[], tuple[str, ...]],
         scope: int = wire.SUBTREE,
     ) -> list[wire.Entry]:
-        compiled = wire.compile_filter(search_filter)
+        compiled = _compiled(search_filter)
         for attempt in range(2):
             link, reused = await self._service(budget)
             asked = attributes() if callable(attributes) else attributes
@@ -542,7 +545,8 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
                 names[e.dn] = _first(e, cfg.group_name_attribute) or _rdn_value(e.dn)
             groups = set(names) | (set() if cfg.active_directory_in_chain else direct)
             for dn in groups:
-                names.setdefault(dn, _rdn_value(dn))
+                if dn not in names:
+                    names[dn] = _rdn_value(dn)
             return groups, names
         if not direct and cfg.group_base_dn:
             found = await self._search(
@@ -570,13 +574,15 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
                 *(self._search(budget, cfg.group_base_dn, terms, name_attr) for terms in batches)
             )
             for e in (e for batch in found_batches for e in batch):
-                names.setdefault(e.dn, _first(e, cfg.group_name_attribute) or _rdn_value(e.dn))
+                if e.dn not in names:
+                    names[e.dn] = _first(e, cfg.group_name_attribute) or _rdn_value(e.dn)
                 if e.dn not in groups:  # cycle guard
                     groups.add(e.dn)
                     nxt.add(e.dn)
             frontier = nxt
         for dn in groups:
-            names.setdefault(dn, _rdn_value(dn))
+            if dn not in names:
+                names[dn] = _rdn_value(dn)
         return groups, names
 
 
@@ -604,6 +610,12 @@ def _first(entry: wire.Entry, name: str) -> str | None:
 
 
 def _rdn_value(dn: str) -> str:
+    """The value of a DN's first RDN (``cn=staff,ou=groups,...`` -> ``staff``)."""
+    if not any(c in dn for c in '\\"+#;<>'):  # nothing escaped or quoted: the common case, quickly
+        # (what ldap3's parse_dn, the slow way below, would give)
+        name, _, value = dn.split(",", 1)[0].partition("=")
+        if _RDN_TYPE.match(name) and value and value == value.strip() and "=" not in value:
+            return value
     try:
         return str(parse_dn(dn)[0][1])
     except Exception:

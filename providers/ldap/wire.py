@@ -9,6 +9,7 @@ lower-cased (names are case-insensitive, RFC 4512 §1.4).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -93,6 +94,13 @@ def search_request(
 ) -> bytes:
     """A search (RFC 4511 §4.5.1); ``search_filter`` is ``compile_filter``'s output. Aliases are
     dereferenced always, as ldap3 does by default."""
+    return _message(message_id, _search(base, scope, search_filter, attributes, size_limit, time_limit))
+
+
+@functools.lru_cache(maxsize=4096)  # the same searches come again and again (every re-check)
+def _search(
+    base: str, scope: int, search_filter: bytes, attributes: tuple[str, ...], size_limit: int, time_limit: int
+) -> bytes:
     body = (
         _octets(base)
         + _integer(scope, 0x0A)
@@ -103,7 +111,7 @@ def search_request(
         + search_filter
         + _tlv(0x30, b"".join(_octets(a) for a in attributes))
     )
-    return _message(message_id, _tlv(0x63, body))
+    return _tlv(0x63, body)
 
 
 def start_tls_request(message_id: int) -> bytes:
