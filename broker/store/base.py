@@ -308,3 +308,9 @@ class Store(SigningKeyStore, Protocol):
     async def forget_recheck(self, provider_id: str, subject: str) -> None:
         """Drop the user's kept answer and any lookup lock, so a lookup in progress keeps nothing
         and the next refresh asks upstream (used when an administrator revokes the user)."""
+
+    # -- redeemed identity assertions (ID-JAG ``jti``) ----------------------------------------
+    async def claim_assertion_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
+        """Spend an assertion's ``jti`` (RFC 7521 §5.2, RFC 7519 §4.1.7): True for the first claim
+        of ``jti`` from ``issuer``, False ever after until ``expires_at`` (epoch seconds), when the
+        record ends by itself. Single use across replicas: of concurrent claims exactly one is True."""

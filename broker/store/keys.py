@@ -8,6 +8,7 @@ braces), so all of them live in one slot and the script runs unchanged on Cluste
 * ``{prefix}:{r:<hash>}:recheck…`` a user's shared upstream re-check answer and its lookup lock
   (the hash of provider id and subject);
 * ``{prefix}:{c:<client_id>}``    a registered client;
+* ``{prefix}:{j:<hash>}:jti``     a redeemed ID-JAG's ``jti`` (the hash of issuer and jti), until its ``exp``;
 * ``{prefix}:{keys}:…``           the signing key ring;
 * ``{prefix}:{revoked}``          revoked grant ids (sorted set scored by expiry); announced on
   ``{prefix}:revocations`` (a channel, in no slot). Revoking touches the grant's slot and this
@@ -87,3 +88,8 @@ class Keys:
     def recheck_lock(self, provider_id: str, subject: str) -> str:
         """Held by the one process looking the user up (same slot as the answer)."""
         return f"{self.recheck(provider_id, subject)}:lock"
+
+    def assertion_jti(self, issuer: str, jti: str) -> str:
+        """A redeemed identity assertion's ``jti``, per issuer (hashed: both come from outside)."""
+        hashed = digest(issuer + "\n" + jti)[:40]
+        return f"{self.prefix}:{{j:{hashed}}}:jti"

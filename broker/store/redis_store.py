@@ -21,6 +21,7 @@ Every key carries a TTL, so nothing outlives the lifetime configured for it.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -557,6 +558,12 @@ class RedisStore:
     async def forget_recheck(self, provider_id: str, subject: str) -> None:
         # One slot: a multi-key DEL is allowed on Cluster too.
         await self.redis.delete(self.keys.recheck(provider_id, subject), self.keys.recheck_lock(provider_id, subject))
+
+    # -- redeemed identity assertions ----------------------------------------------------------
+    async def claim_assertion_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
+        # SET NX is the single-use step; the expiry comes with it, so no record outlives its exp.
+        seconds = max(1, math.ceil(expires_at - time.time()))
+        return bool(await self.redis.set(self.keys.assertion_jti(issuer, jti), "1", nx=True, ex=seconds))
 
 
 def _conforms(store: RedisStore) -> Store:

@@ -451,6 +451,24 @@ async def rechecks(store: Store) -> None:
     assert gone.lock is not None
 
 
+# -- redeemed identity assertions ------------------------------------------------------------------
+async def assertion_jtis(store: Store) -> None:
+    """A ``jti`` is spent once per issuer, by exactly one of concurrent claims, and its record ends
+    at the assertion's expiry."""
+    jti = f"jti-{new_id()}"
+    claims = await asyncio.gather(
+        *(store.claim_assertion_jti("https://idp.example", jti, time.time() + 600) for _ in range(10))
+    )
+    assert sorted(claims) == [False] * 9 + [True]
+    assert not await store.claim_assertion_jti("https://idp.example", jti, time.time() + 600)
+    assert await store.claim_assertion_jti("https://other-idp.example", jti, time.time() + 600)  # per issuer
+    short = f"jti-{new_id()}"
+    assert await store.claim_assertion_jti("https://idp.example", short, time.time() + 1)
+    assert not await store.claim_assertion_jti("https://idp.example", short, time.time() + 1)
+    await asyncio.sleep(2.2)  # past its expiry the record is gone (the assertion's exp refuses it then)
+    assert await store.claim_assertion_jti("https://idp.example", short, time.time() + 1)
+
+
 CHECKS: dict[str, Check] = {
     check.__name__: check
     for check in (
@@ -476,5 +494,6 @@ CHECKS: dict[str, Check] = {
         address_attempts,
         request_counts,
         rechecks,
+        assertion_jtis,
     )
 }
