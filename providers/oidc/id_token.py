@@ -27,24 +27,12 @@ from typing import Any
 from joserfc import jwk, jwt
 from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, JoseError
 
-from mcp_broker_verifier.jwks import JwksCache, PublishedKey, is_key_set
+from mcp_broker_verifier.jwks import JwksCache, fits, is_key_set
 from providers.base import UpstreamRejected, UpstreamUnavailable
 from providers.net import deadline
 
 LEEWAY = 60
-_KEY_TYPE = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
-_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "EdDSA": "Ed25519", "Ed25519": "Ed25519"}
 _ACCEPTED_TYP = {"jwt", "application/jwt"}
-
-
-def _fits(published: PublishedKey[jwk.Key], alg: str) -> bool:
-    """Whether a published key may verify a signature made with ``alg``."""
-    if published.alg is not None and published.alg != alg:
-        return False
-    if published.jwk.get("kty") != _KEY_TYPE.get(alg[:2]):
-        return False
-    curve = _CURVE.get(alg)
-    return curve is None or published.jwk.get("crv") == curve
 
 
 def _import_key(entry: Mapping[str, Any]) -> jwk.Key | None:
@@ -91,7 +79,7 @@ class KeySet(JwksCache[jwk.Key]):
 
     async def candidates(self, kid: str | None, alg: str) -> list[jwk.Key]:
         """Keys that may have signed a token with this header: by ``kid``, else every key fit for ``alg``."""
-        return [published.key for published in await self.lookup(kid, lambda published: _fits(published, alg))]
+        return [published.key for published in await self.lookup(kid, lambda published: fits(published, alg))]
 
 
 def unverified_header(raw: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ the deadline, and which published keys are kept."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mcp_broker_verifier.jwks import JwksCache, NotAKeySet, fetch_key_set
+from mcp_broker_verifier.jwks import JwksCache, NotAKeySet, PublishedKey, fetch_key_set, fits
+from tests.clock import Clock
 from tests.http import running
 
 
@@ -70,21 +71,26 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
-def cache(publisher: Publisher, http: httpx.AsyncClient, clock: Clock | None = None, **over: Any) -> JwksCache[str]:
-    """A cache of key ids: ``construct`` gives each key's ``kid`` (its ``kty`` when it has none)."""
-    options: dict[str, Any] = {"failures": (httpx.HTTPError, ValueError), "min_interval": 30.0, "max_age": 3600.0}
-    if clock is not None:
-        options["clock"] = clock
-    options.update(over)
-    return JwksCache(lambda: fetch_key_set(http, publisher.url), lambda jwk: str(jwk.get("kid", jwk["kty"])), **options)
+Make = Callable[..., JwksCache[str]]
+
+
+@pytest.fixture
+def make(publisher: Publisher, http: httpx.AsyncClient, clock: Clock) -> Make:
+    """Caches of key ids on ``publisher``: ``construct`` gives each key's ``kid`` (its ``kty``
+    when it has none); the rate limits and ages of the verifier unless told otherwise."""
+
+    def cache(**over: Any) -> JwksCache[str]:
+        options: dict[str, Any] = {"failures": (httpx.HTTPError, ValueError), "min_interval": 30.0, "clock": clock}
+        return JwksCache(
+            lambda: fetch_key_set(http, publisher.url), lambda jwk: str(jwk.get("kid", jwk["kty"])), **(options | over)
+        )
+
+    return cache
 
 
 async def kids(keys: JwksCache[str], kid: str | None) -> list[str]:
@@ -92,10 +98,9 @@ async def kids(keys: JwksCache[str], kid: str | None) -> list[str]:
 
 
 async def test_an_unknown_kid_refetches_once_when_the_rate_limit_allows(
-    publisher: Publisher, http: httpx.AsyncClient
+    publisher: Publisher, make: Make, clock: Clock
 ) -> None:
-    clock = Clock()
-    keys = cache(publisher, http, clock)
+    keys = make()
     assert await kids(keys, "a") == ["a"]
     assert await kids(keys, "a") == ["a"]
     assert publisher.fetches == 1
@@ -110,10 +115,9 @@ async def test_an_unknown_kid_refetches_once_when_the_rate_limit_allows(
 
 
 async def test_a_burst_of_unknown_kids_costs_one_fetch_per_interval(
-    publisher: Publisher, http: httpx.AsyncClient
+    publisher: Publisher, make: Make, clock: Clock
 ) -> None:
-    clock = Clock()
-    keys = cache(publisher, http, clock)
+    keys = make()
     assert await kids(keys, "a") == ["a"]
     for _ in range(3):
         clock.now += 30
@@ -124,10 +128,9 @@ async def test_a_burst_of_unknown_kids_costs_one_fetch_per_interval(
     assert publisher.fetches == 1 + 3
 
 
-async def test_a_miss_refetch_interval_of_its_own(publisher: Publisher, http: httpx.AsyncClient) -> None:
+async def test_a_miss_refetch_interval_of_its_own(publisher: Publisher, make: Make, clock: Clock) -> None:
     # The OIDC provider's setting: the first miss after a load refetches at once, later ones wait.
-    clock = Clock()
-    keys = cache(publisher, http, clock, min_interval=0, refetch_interval=60)
+    keys = make(min_interval=0, refetch_interval=60)
     assert await kids(keys, "a") == ["a"]
     assert await kids(keys, "b") == []
     assert publisher.fetches == 2
@@ -140,20 +143,19 @@ async def test_a_miss_refetch_interval_of_its_own(publisher: Publisher, http: ht
     assert publisher.fetches == 3
 
 
-async def test_concurrent_lookups_share_one_fetch(publisher: Publisher, http: httpx.AsyncClient) -> None:
+async def test_concurrent_lookups_share_one_fetch(publisher: Publisher, make: Make) -> None:
     publisher.delay = 0.3
     # No rate limit at all: only the shared fetch keeps this at one request.
-    keys = cache(publisher, http, min_interval=0, empty_interval=0)
+    keys = make(min_interval=0, empty_interval=0)
     results = await asyncio.gather(*(kids(keys, "a") for _ in range(20)), *(kids(keys, "x") for _ in range(20)))
     assert results == [["a"]] * 20 + [[]] * 20
     assert publisher.fetches == 1
 
 
 async def test_a_failed_fetch_keeps_the_old_keys_and_is_remembered(
-    publisher: Publisher, http: httpx.AsyncClient
+    publisher: Publisher, make: Make, clock: Clock
 ) -> None:
-    clock = Clock()
-    keys = cache(publisher, http, clock)
+    keys = make()
     assert await kids(keys, "a") == ["a"]
     publisher.status = 503
     clock.now += 3600  # past max_age: due for a fetch, which fails
@@ -170,10 +172,9 @@ async def test_a_failed_fetch_keeps_the_old_keys_and_is_remembered(
 
 
 async def test_a_failing_set_is_asked_at_most_once_per_empty_interval(
-    publisher: Publisher, http: httpx.AsyncClient
+    publisher: Publisher, make: Make, clock: Clock
 ) -> None:
-    clock = Clock()
-    keys = cache(publisher, http, clock, empty_interval=1.0)
+    keys = make(empty_interval=1.0)
     publisher.body = {"keys": "not a list"}
     for _ in range(5):
         with pytest.raises(NotAKeySet):
@@ -186,10 +187,9 @@ async def test_a_failing_set_is_asked_at_most_once_per_empty_interval(
 
 
 async def test_keys_past_max_age_are_fetched_again_and_a_pulled_key_stops_working(
-    publisher: Publisher, http: httpx.AsyncClient
+    publisher: Publisher, make: Make, clock: Clock
 ) -> None:
-    clock = Clock()
-    keys = cache(publisher, http, clock, max_age=600)
+    keys = make(max_age=600)
     assert await kids(keys, "a") == ["a"]
     publisher.keys = [rsa("b")]  # "a" pulled
     clock.now += 599
@@ -201,9 +201,8 @@ async def test_keys_past_max_age_are_fetched_again_and_a_pulled_key_stops_workin
     assert publisher.fetches == 2
 
 
-async def test_refresh_if_due_is_rate_limited_and_keeps_errors(publisher: Publisher, http: httpx.AsyncClient) -> None:
-    clock = Clock()
-    keys = cache(publisher, http, clock)
+async def test_refresh_if_due_is_rate_limited_and_keeps_errors(publisher: Publisher, make: Make, clock: Clock) -> None:
+    keys = make()
     publisher.status = 500
     await keys.refresh_if_due()
     await keys.refresh_if_due()
@@ -231,12 +230,9 @@ def deadline(seconds: float) -> AbstractAsyncContextManager[None]:
 
 
 async def test_the_deadline_bounds_the_fetch_and_the_wait_and_known_keys_survive_it(
-    publisher: Publisher, http: httpx.AsyncClient
+    publisher: Publisher, make: Make, clock: Clock
 ) -> None:
-    clock = Clock()
-    keys = cache(
-        publisher, http, clock, failures=(httpx.HTTPError, ValueError, TimedOut), deadline=lambda: deadline(0.3)
-    )
+    keys = make(failures=(httpx.HTTPError, ValueError, TimedOut), deadline=lambda: deadline(0.3))
     assert await kids(keys, "a") == ["a"]
     publisher.delay = 3
     clock.now += 3600
@@ -285,3 +281,20 @@ async def test_which_keys_are_kept_and_each_is_constructed_once_per_fetch(
     strict = make(key_types=("RSA", "EC"), algorithms=("RS256", "ES256"), require_kid=True)
     assert [k.key for k in await strict.lookup(None)] == ["sig", "nouse", "es"]
     assert [k.key for k in await strict.lookup("es", lambda k: k.alg == "ES256")] == ["es"]
+
+
+@pytest.mark.parametrize(
+    ("jwk", "alg", "expected"),
+    [
+        ({"kty": "RSA"}, "RS256", True),
+        ({"kty": "RSA"}, "PS384", True),  # a key that names no alg verifies any its type fits
+        ({"kty": "RSA", "alg": "RS256"}, "PS256", False),
+        ({"kty": "RSA"}, "ES256", False),
+        ({"kty": "EC", "crv": "P-256"}, "ES256", True),
+        ({"kty": "EC", "crv": "P-256"}, "ES384", False),  # the wrong curve
+        ({"kty": "OKP", "crv": "Ed25519"}, "EdDSA", True),
+        ({"kty": "oct"}, "HS256", False),
+    ],
+)
+def test_which_key_fits_which_algorithm(jwk: dict[str, Any], alg: str, expected: bool) -> None:
+    assert fits(PublishedKey("k", jwk.get("alg"), jwk, object()), alg) is expected

@@ -13,6 +13,7 @@ import pytest
 
 from providers.base import UpstreamRejected, UpstreamUnavailable
 from providers.entra.idtoken import IdTokenVerifier, JwksCache, nonce_hash
+from tests.clock import Clock
 from tests.emulators.entra import CLIENT_ID, OTHER_TENANT, TENANT, EntraEmulator
 
 
@@ -20,14 +21,6 @@ from tests.emulators.entra import CLIENT_ID, OTHER_TENANT, TENANT, EntraEmulator
 async def http(entra: EntraEmulator) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=entra.ca_file), timeout=5) as client:
         yield client
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def keys_url(entra: EntraEmulator) -> str:

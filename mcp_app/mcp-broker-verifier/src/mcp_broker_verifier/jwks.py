@@ -35,6 +35,8 @@ import httpx
 K = TypeVar("K")
 
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_KEY_TYPE = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}  # RFC 7518 §3.1, RFC 8037 §3.1
+_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "EdDSA": "Ed25519", "Ed25519": "Ed25519"}
 
 
 class NotAKeySet(ValueError):
@@ -49,6 +51,17 @@ class PublishedKey(Generic[K]):
     alg: str | None
     jwk: Mapping[str, Any]
     key: K
+
+
+def fits(published: PublishedKey[Any], alg: str) -> bool:
+    """Whether a published key may verify a signature made with ``alg``: the key names no other
+    ``alg``, and its ``kty`` (and ``crv``) are the ones ``alg`` needs."""
+    if published.alg is not None and published.alg != alg:
+        return False
+    if published.jwk.get("kty") != _KEY_TYPE.get(alg[:2]):
+        return False
+    curve = _CURVE.get(alg)
+    return curve is None or published.jwk.get("crv") == curve
 
 
 def is_key_set(document: object) -> TypeGuard[Mapping[str, Any]]:
