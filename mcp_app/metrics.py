@@ -1,4 +1,5 @@
-"""Prometheus metrics of the demo MCP server's verifier, under the broker's metric names.
+"""Prometheus metrics of the demo MCP server's verifier: the verifier distribution's own
+(its ``metrics`` extra), under the broker's metric names.
 
 prometheus_client picks its multiprocess storage when first imported, so import this module only
 after :func:`broker.metrics_env.prepare` has run (``mcp-app serve`` does, before loading the app).
@@ -6,20 +7,6 @@ after :func:`broker.metrics_env.prepare` has run (``mcp-app serve`` does, before
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from mcp_broker_verifier.prometheus import VERIFY_CACHE, PrometheusCacheMetrics
 
-VERIFY_CACHE = Counter("mcpb_verification_cache", "Access-token verifications by cache outcome", ["result"])
-
-
-class PrometheusCacheMetrics:
-    """:class:`mcp_broker_verifier.cache_metrics.CacheMetrics` counting into ``mcpb_verification_cache``."""
-
-    def __init__(self) -> None:
-        self._hit = VERIFY_CACHE.labels("hit")
-        self._miss = VERIFY_CACHE.labels("miss")
-
-    def hit(self) -> None:
-        self._hit.inc()
-
-    def miss(self) -> None:
-        self._miss.inc()
+__all__ = ["VERIFY_CACHE", "PrometheusCacheMetrics"]

@@ -11,15 +11,19 @@ per tool (403 ``insufficient_scope``), and a revoked grant refused.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib.metadata
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,7 +43,18 @@ from tests.http import wait_ready
 ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTION = ROOT / "mcp_app" / "mcp-broker-verifier"
 # What the broker needs and a resource server must not be made to install.
-BROKER_ONLY = ["broker", "providers", "mcp_app", "fastapi", "ldap3", "msal", "authlib", "prometheus_client"]
+BROKER_ONLY = [
+    "broker",
+    "providers",
+    "mcp_app",
+    "fastapi",
+    "ldap3",
+    "msal",
+    "authlib",
+    "pydantic_settings",
+    "jinja2",
+    "prometheus_client",  # the distribution's `metrics` extra, not installed here
+]
 
 # The README's integration, as a user would write it (plus reading where to listen from the environment).
 APP = textwrap.dedent(
@@ -225,3 +240,33 @@ async def test_installed_alone_it_protects_a_minimal_mcp_server(
         await asyncio.sleep(0.02)
     refused = _call(mcp_url, alice["access_token"], "list_notes", {})
     assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_import_of_the_distribution_is_a_declared_dependency() -> None:
+    """Declared directly, not inherited from the MCP SDK's own dependencies; prometheus_client in
+    its extra, imported by its one module."""
+    project = tomllib.loads((DISTRIBUTION / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {_requirement_name(r) for r in project["dependencies"]}
+    extras = {_requirement_name(r) for reqs in project["optional-dependencies"].values() for r in reqs}
+    providers = importlib.metadata.packages_distributions()
+    undeclared = []
+    for source in (DISTRIBUTION / "src" / "mcp_broker_verifier").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names}:
+                if top in sys.stdlib_module_names or top in ("__future__", "mcp_broker_verifier"):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in providers.get(top, [])}
+                allowed = declared | (extras if source.name == "prometheus.py" else set())
+                if not dists & allowed:
+                    undeclared.append(f"{source.name}: {top}")
+    assert undeclared == []

@@ -1,7 +1,7 @@
 """The optional metrics hook of the verifiers: told of every verification-cache hit and miss.
 
-A verifier given none counts nothing, so it needs no metrics library; :mod:`mcp_app.metrics`
-has the Prometheus one the demo server passes when its metrics are on.
+A verifier given none counts nothing, so it needs no metrics library;
+:mod:`mcp_broker_verifier.prometheus` (the ``metrics`` extra) has a Prometheus one.
 """
 
 from __future__ import annotations
