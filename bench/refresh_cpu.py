@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import cProfile
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -32,10 +34,14 @@ from urllib.parse import urlencode
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-import refresh as served
+from broker.metrics_env import prepare
 
-from broker.devstack import RedisServer, Slapd, free_port
+# Before prometheus_client is first imported: the multiprocess storage served workers use.
+atexit.register(shutil.rmtree, prepare(), ignore_errors=True)
+sys.path.insert(0, str(Path(__file__).parent))
+import refresh as served  # noqa: E402  (bench/refresh.py: its config, sign-in and HTTP client)
+
+from broker.devstack import RedisServer, Slapd, free_port  # noqa: E402
 
 ASGIApp = Callable[..., Any]
 
@@ -105,9 +111,29 @@ def parts(count: int) -> None:
         for _ in range(2000):
             seal_for(token, body)
 
+    from broker.middleware import RequestContextMiddleware
+
+    async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    wrapped = RequestContextMiddleware(answer)
+
+    async def around(app: ASGIApp) -> None:
+        for _ in range(2000):
+            await asgi_post(app, "/token", b"grant_type=refresh_token")
+
+    def middleware() -> None:
+        asyncio.run(around(wrapped))
+
+    def bare() -> None:
+        asyncio.run(around(answer))
+
     rounds("part: two log lines (request, audit)", 2000, count, log_lines)
     rounds("part: mint an ES256 access token", 2000, count, mint)
     rounds("part: seal the successor", 2000, count, seal)
+    rounds("part: an app that answers at once", 2000, count, bare)
+    rounds("part: the same in the request middleware", 2000, count, middleware)
 
 
 async def asgi_post(app: ASGIApp, path: str, body: bytes) -> tuple[int, bytes]:
@@ -221,6 +247,8 @@ def main(args: argparse.Namespace) -> int:
         try:
             if not args.whole_only:
                 parts(args.rounds)
+            if args.parts_only:
+                return 0
             redis, slapd = RedisServer(work, persist=False), Slapd(work)
             redis.start()
             slapd.start()
@@ -245,5 +273,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=10, help="rounds; the best and the median are shown")
     parser.add_argument("--chains", type=int, default=8, help="concurrent refresh chains (default 8)")
     parser.add_argument("--whole-only", action="store_true", help="skip the parts")
+    parser.add_argument("--parts-only", action="store_true", help="skip the whole refresh")
     parser.add_argument("--profile", help="write a cProfile of one more round to this file")
     raise SystemExit(main(parser.parse_args()))

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.metrics import HTTP_DURATION, HTTP_REQUESTS
@@ -33,6 +34,8 @@ class RequestContextMiddleware:
         self.app = app
         self.quiet_paths = quiet_paths
         self.app_name = app_name
+        # Each label set's metric children, looked up once (labels() takes a lock and builds keys).
+        self._metrics: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,9 +65,9 @@ class RequestContextMiddleware:
         finally:
             path = scope.get("path", "")
             elapsed = time.perf_counter() - start
-            route = _route_label(scope)
-            HTTP_REQUESTS.labels(self.app_name, scope.get("method", ""), route, str(status["code"])).inc()
-            HTTP_DURATION.labels(self.app_name, route).observe(elapsed)
+            count, duration = self._children(str(scope.get("method", "")), _route_label(scope), status["code"])
+            count.inc()
+            duration.observe(elapsed)
             if path not in self.quiet_paths or status["code"] >= 400:
                 _log.info(
                     "http_request",
@@ -74,6 +77,18 @@ class RequestContextMiddleware:
                     duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
+
+    def _children(self, method: str, route: str, code: int) -> tuple[Counter, Histogram]:
+        key = (method, route, code)
+        children = self._metrics.get(key)
+        if children is None:
+            if len(self._metrics) >= 10_000:  # methods are free text: keep the memo bounded
+                self._metrics.clear()
+            children = self._metrics[key] = (
+                HTTP_REQUESTS.labels(self.app_name, method, route, str(code)),
+                HTTP_DURATION.labels(self.app_name, route),
+            )
+        return children
 
 
 def _route_label(scope: Scope) -> str:
