@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from providers.ldap import wire
+from providers.ldap.resolver import Resolver
 
 
 class LinkError(Exception):
     """The connection cannot be used: refused, broken, silent past its deadline, StartTLS refused.
     The message is the reason, for the operator (never a password)."""
+
+    def __init__(self, why: str, *, timed_out: bool = False) -> None:
+        super().__init__(why)
+        self.timed_out = timed_out
 
 
 def reason(exc: BaseException) -> str:
@@ -32,7 +37,7 @@ def reason(exc: BaseException) -> str:
         return f"{exc} (timed out)" if str(exc) else "timed out"
     if isinstance(exc, ssl.SSLError):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno is not None:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
         return os.strerror(exc.errno)
     return str(exc).strip() or type(exc).__name__
 
@@ -133,7 +138,7 @@ class Connection:
             async with asyncio.timeout(wait):
                 return await future
         except TimeoutError:
-            raise LinkError(f"no answer within {wait:.3g} s (timed out)") from None
+            raise LinkError(f"no answer within {wait:.3g} s (timed out)", timed_out=True) from None
         finally:
             self._protocol.pending.pop(message_id, None)
 
@@ -204,20 +209,32 @@ def address(url: str) -> tuple[str, int, bool]:
     return parts.hostname or "localhost", parts.port or (636 if secure else 389), secure
 
 
-async def open_connection(url: str, context: ssl.SSLContext | None, wait: float) -> Connection:
-    """A connection to ``url`` within ``wait`` seconds (TLS handshake included for ldaps://)."""
+async def open_connection(url: str, context: ssl.SSLContext | None, wait: float, resolver: Resolver) -> Connection:
+    """A connection to ``url`` within ``wait`` seconds (name resolution and, for ldaps://, the
+    TLS handshake included), to the first of the host's addresses that takes it."""
     host, port, secure = address(url)
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(wait):
-            transport, protocol = await loop.create_connection(
-                _Protocol,
-                host,
-                port,
-                ssl=context if secure else None,
-                server_hostname=host if secure else None,
-                ssl_handshake_timeout=wait if secure else None,
-            )
-    except (OSError, TimeoutError, ssl.SSLError) as exc:
+            addresses = await resolver.resolve(host, port)
+            for number, ip in enumerate(addresses, 1):
+                try:
+                    transport, protocol = await loop.create_connection(
+                        _Protocol,
+                        ip,
+                        port,
+                        ssl=context if secure else None,
+                        server_hostname=host if secure else None,
+                        ssl_handshake_timeout=wait if secure else None,
+                    )
+                    break
+                except ssl.SSLError:
+                    raise  # the certificate is the same at every address
+                except OSError:
+                    if number == len(addresses):
+                        raise
+    except TimeoutError:
+        raise LinkError("timed out", timed_out=True) from None
+    except (OSError, ssl.SSLError) as exc:
         raise LinkError(reason(exc)) from None
     return Connection(transport, protocol, tls_started=secure)

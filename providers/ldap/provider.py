@@ -1,7 +1,8 @@
 """LDAP / Active Directory sign-in: search the user as the service account, bind as the user.
 
-Everything runs on the event loop (providers/ldap/connection.py speaks LDAP over asyncio), so no
-thread is ever held, by a slow directory or anything else. Searches share at most ``pool_size``
+Everything runs on the event loop (providers/ldap/connection.py speaks LDAP over asyncio), so a
+slow directory holds no thread; host names are resolved on one thread of the provider's own
+(providers/ldap/resolver.py), never in the default executor. Searches share at most ``pool_size``
 long-lived service-account connections, each carrying many operations at once (RFC 4511 message
 IDs), so a distant directory costs latency, not throughput. A user's bind changes a connection's
 identity, so each sign-in binds on a fresh connection of its own, closed at once. At most
@@ -61,6 +62,7 @@ from providers.base import (
 from providers.ldap import wire
 from providers.ldap.config import LdapProviderConfig
 from providers.ldap.connection import Connection, LinkError, address, open_connection
+from providers.ldap.resolver import Resolver
 
 _USERNAME = re.compile(r"^[A-Za-z0-9._@+\-]{1,128}$")
 _AD_DISABLED = 0x2
@@ -180,7 +182,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         self._in_chain: bool | None = config.active_directory_in_chain
         if not (config.nested_groups and config.group_base_dn):
             self._in_chain = bool(self._in_chain)  # nothing to ask the directory
-        self._filter = {"user": config.user_filter, "group": config.group_filter}
+        self._resolver = Resolver(config.id)
         common = {config.username_attribute, config.subject_attribute, config.email_attribute}
         common |= {config.display_name_attribute, "userAccountControl", "pwdAccountLockedTime"}
         common.add("msDS-User-Account-Control-Computed")  # AD computes the lockout bit only here
@@ -230,7 +232,8 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         for index in self._candidates(budget):
             url = self.config.urls[index]
             try:
-                conn = await open_connection(url, self._tls, min(self.config.connect_timeout, budget.left()))
+                wait = min(self.config.connect_timeout, budget.left())
+                conn = await open_connection(url, self._tls, wait, self._resolver)
             except LinkError as exc:
                 self._failed(index, budget, str(exc))
                 continue
@@ -358,7 +361,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
                 # A kept connection the server dropped (a restart, an idle time-out) is tried once
                 # more on a fresh one; a server that broke or stayed silent is marked failed.
                 self._drop(link)
-                if not reused or "timed out" in str(exc):
+                if not reused or exc.timed_out:
                     self._failed(link.server, budget, str(exc))
                 if attempt:
                     raise UpstreamUnavailable(f"{self.config.urls[link.server]}: {exc}") from None
@@ -394,6 +397,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         idle, self._idle = self._idle, []
         for link in idle:
             link.conn.close()
+        self._resolver.close()
 
     def _same_loop(self) -> None:
         """Connections belong to one event loop: a provider used from another (a second

@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -85,6 +86,33 @@ async def test_operations_on_a_connection_that_breaks_fail_at_once_not_at_their_
         assert all(isinstance(o, UpstreamUnavailable) for o in outcomes), outcomes
         assert "closed the connection" in str(outcomes[0])
         assert time.monotonic() - closed[0] < 1.0  # answered when the server hung up, not after 5 s
+    finally:
+        await ldap.aclose()
+
+
+async def test_a_host_name_is_resolved_without_the_default_executor(slapd: Slapd) -> None:
+    # localhost may be ::1 first, where slapd does not listen: the next address is tried.
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    release = threading.Event()
+    held = asyncio.ensure_future(asyncio.to_thread(release.wait, 10))  # the default executor's one thread
+    await asyncio.sleep(0.05)
+    ldap = LdapProvider(config_for(slapd, urls=[f"ldap://localhost:{slapd.port}"], request_deadline=3))
+    try:
+        start = time.monotonic()
+        assert (await ldap.lookup("alice")).username == "alice"
+        assert time.monotonic() - start < 2.0
+    finally:
+        release.set()
+        await held
+        await ldap.aclose()
+
+
+async def test_a_name_that_does_not_resolve_says_so(slapd: Slapd) -> None:
+    ldap = LdapProvider(config_for(slapd, urls=["ldap://no-such-host.invalid:389"], request_deadline=5))
+    try:
+        with pytest.raises(UpstreamUnavailable, match=r"cannot resolve no-such-host\.invalid"):
+            await ldap.lookup("alice")
     finally:
         await ldap.aclose()
 
