@@ -18,6 +18,7 @@ VERIFIER_MODULES = [
     "mcp_broker_verifier.introspection",
     "mcp_broker_verifier.revocations",
     "mcp_broker_verifier.auth",
+    "mcp_broker_verifier.protection",
 ]
 NOT_NEEDED = ["broker", "providers", "ldap3", "msal", "authlib", "fastapi", "prometheus_client", "pydantic_settings"]
 

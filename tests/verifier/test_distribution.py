@@ -205,10 +205,12 @@ async def test_installed_alone_it_protects_a_minimal_mcp_server(
     async with httpx.AsyncClient() as http:
         metadata = (await http.get(metadata_url)).json()
         broker_metadata = (await http.get(f"{issuer}/.well-known/oauth-authorization-server")).json()
+        rebound = await http.post(mcp_url, json={}, headers={"host": "evil.example", "authorization": "Bearer x"})
     assert metadata["resource"] == resource
     assert metadata["authorization_servers"] == [issuer]
     assert set(metadata["scopes_supported"]) == {"notes:read", "notes:write"}
     assert broker_metadata["issuer"] == issuer
+    assert rebound.status_code == 421  # a foreign Host is refused before authentication (DNS rebinding)
 
     # bob holds notes:read: he lists, and adding (notes:write) is a step-up challenge.
     _, bob = await asyncio.to_thread(tokens_for, broker, "bob", resource=resource)
