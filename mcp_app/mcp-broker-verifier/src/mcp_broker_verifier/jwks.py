@@ -137,25 +137,25 @@ class JwksCache(Generic[K]):
         return self._keys
 
     async def lookup(
-        self, kid: str | None, fits: Callable[[PublishedKey[K]], bool] | None = None
+        self, kid: str | None, where: Callable[[PublishedKey[K]], bool] | None = None
     ) -> list[PublishedKey[K]]:
-        """The keys with ``kid`` (every key when None) that ``fits`` accepts, fetching the set
+        """The keys with ``kid`` (every key when None) that ``where`` accepts, fetching the set
         when it is past ``max_age`` or nothing is found and the rate limits allow. Raises the
         fetch's failure only when no known key answers."""
-        found = self._match(kid, fits)
+        found = self._match(kid, where)
         if found and not self._expired():
             return found
         seen = self._fetches
         try:
             async with self._bounded(), self._lock:  # one fetch for concurrent lookups
-                found = self._match(kid, fits)
+                found = self._match(kid, where)
                 if self._fetches == seen:  # no fetch finished while this one waited
                     if self._expired() and self._may_try(miss=False):
                         await self._load(miss=False)
-                        found = self._match(kid, fits)
+                        found = self._match(kid, where)
                     if not found and self._may_try(miss=True):
                         await self._load(miss=True)
-                        found = self._match(kid, fits)
+                        found = self._match(kid, where)
                 if not found and self._failure is not None:
                     raise self._failure.with_traceback(None)  # the set cannot be had just now
         except self._failures as exc:
@@ -180,8 +180,8 @@ class JwksCache(Generic[K]):
     def _bounded(self) -> AbstractAsyncContextManager[None]:
         return self._deadline() if self._deadline is not None else contextlib.nullcontext()
 
-    def _match(self, kid: str | None, fits: Callable[[PublishedKey[K]], bool] | None) -> list[PublishedKey[K]]:
-        return [k for k in self._keys if (kid is None or k.kid == kid) and (fits is None or fits(k))]
+    def _match(self, kid: str | None, where: Callable[[PublishedKey[K]], bool] | None) -> list[PublishedKey[K]]:
+        return [k for k in self._keys if (kid is None or k.kid == kid) and (where is None or where(k))]
 
     def _expired(self) -> bool:
         return self._loaded_at is None or self._clock() - self._loaded_at >= self.max_age
