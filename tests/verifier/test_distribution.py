@@ -24,21 +24,18 @@ import sys
 import textwrap
 import time
 import tomllib
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult
 
 from broker.devstack import free_port
 from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import Broker, tokens_for
 from tests.http import wait_ready
+from tests.mcp_app.conftest import session
 
 ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTION = ROOT / "mcp_app" / "mcp-broker-verifier"
@@ -126,13 +123,6 @@ def _payload(result: CallToolResult) -> object:
     return content.get("result", content) if isinstance(content, dict) else content
 
 
-@asynccontextmanager
-async def _session(url: str, token: str) -> AsyncIterator[Client]:
-    http = create_mcp_http_client(headers={"authorization": f"Bearer {token}"})
-    async with http, Client(streamable_http_client(url, http_client=http)) as client:
-        yield client
-
-
 def _call(url: str, token: str | None, name: str, arguments: dict[str, object]) -> httpx.Response:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
     headers = {"accept": "application/json, text/event-stream"}
@@ -214,7 +204,7 @@ async def test_installed_alone_it_protects_a_minimal_mcp_server(
 
     # bob holds notes:read: he lists, and adding (notes:write) is a step-up challenge.
     _, bob = await asyncio.to_thread(tokens_for, broker, "bob", resource=resource)
-    async with _session(mcp_url, bob["access_token"]) as client:
+    async with session(mcp_url, bob["access_token"]) as client:
         assert {t.name for t in (await client.list_tools()).tools} == {"list_notes", "add_note"}
         assert _payload(await client.call_tool("list_notes", {})) == []
     denied = _call(mcp_url, bob["access_token"], "add_note", {"text": "x"})
@@ -226,7 +216,7 @@ async def test_installed_alone_it_protects_a_minimal_mcp_server(
 
     # alice holds notes:write: she adds, and lists.
     client_info, alice = await asyncio.to_thread(tokens_for, broker, "alice", resource=resource)
-    async with _session(mcp_url, alice["access_token"]) as client:
+    async with session(mcp_url, alice["access_token"]) as client:
         assert _payload(await client.call_tool("add_note", {"text": "standup at 10"})) == "standup at 10"
         assert _payload(await client.call_tool("list_notes", {})) == ["standup at 10"]
 
