@@ -1,4 +1,4 @@
-"""LDAP lookups per second (the refresh-time re-check) and CPU per lookup, near and far.
+"""LDAP lookups (the refresh-time re-check) or sign-ins per second, and CPU per operation.
 
 A directory in production is rarely on loopback: Active Directory is a few milliseconds away.
 This starts a private ``slapd`` (the demo directory) and, in a process of its own, a TCP proxy in
@@ -9,11 +9,14 @@ Printed per pool size: lookups per second, p50/p99 latency, and the benchmark pr
 per lookup (user + system, all threads; slapd and the proxy run in processes of their own), the
 figure that stays meaningful on a shared, noisy machine.
 
+``--sign-ins`` measures password sign-ins (search, bind as the user, groups) instead, and
+``--tls starttls`` or ``--tls ldaps`` puts TLS under either (a throwaway CA from tests/tls.py).
+
 ``--baseline REV`` adds the same rows for the provider as it was at git revision REV
 (providers/ldap/provider.py taken from git), measured in the same run, side by side.
 
 Run: .venv/bin/python bench/ldap_pool.py [--latency-ms 5] [--sizes 1,2,4,8] [--concurrency 16]
-     [--seconds 4] [--baseline REV]
+     [--seconds 4] [--sign-ins] [--tls none|starttls|ldaps] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from broker.devstack import Slapd
 from providers.ldap.config import LdapProviderConfig
 from providers.ldap.provider import LdapProvider
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the throwaway CA of tests/
+from tests.tls import make_ca
+
 BASE = "dc=demo,dc=local"
 USERS = ["alice", "bob", "carol"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,15 +61,16 @@ def provider_at(rev: str, work: Path) -> Any:
     return module.LdapProvider
 
 
-async def run(provider: Any, seconds: float, concurrency: int) -> tuple[float, float, list[float]]:
-    """Lookups per second, CPU milliseconds per lookup, and each lookup's latency (ms)."""
+async def run(provider: Any, seconds: float, concurrency: int, sign_ins: bool) -> tuple[float, float, list[float]]:
+    """Operations per second, CPU milliseconds per operation, and each one's latency (ms)."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
     async def worker(n: int) -> None:
+        user = USERS[n % len(USERS)]
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            await provider.lookup(USERS[n % len(USERS)])
+            await (provider.login(user, f"demo-{user}") if sign_ins else provider.lookup(user))
             latencies.append((time.perf_counter() - start) * 1000)
 
     start, cpu = time.perf_counter(), time.process_time()
@@ -72,7 +79,7 @@ async def run(provider: Any, seconds: float, concurrency: int) -> tuple[float, f
     return len(latencies) / wall, cpu * 1000 / max(1, len(latencies)), latencies
 
 
-def config(slapd: Slapd, url: str, pool_size: int) -> LdapProviderConfig:
+def config(slapd: Slapd, url: str, pool_size: int, **tls: Any) -> LdapProviderConfig:
     return LdapProviderConfig(
         id="demo-ldap",
         display_name="Demo directory",
@@ -82,6 +89,7 @@ def config(slapd: Slapd, url: str, pool_size: int) -> LdapProviderConfig:
         user_base_dn=f"ou=people,{BASE}",
         group_base_dn=f"ou=groups,{BASE}",
         pool_size=pool_size,
+        **tls,
     )
 
 
@@ -89,31 +97,42 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=5.0, help="added each way by the proxy")
     parser.add_argument("--sizes", default="1,2,4,8", help="pool sizes to measure")
-    parser.add_argument("--concurrency", type=int, default=16, help="lookups in flight at once")
+    parser.add_argument("--concurrency", type=int, default=16, help="operations in flight at once")
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--sign-ins", action="store_true", help="measure sign-ins instead of lookups")
+    parser.add_argument("--tls", choices=["none", "starttls", "ldaps"], default="none", help="transport")
     parser.add_argument("--baseline", metavar="REV", help="also measure the provider at this git revision")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    what = "sign-ins" if args.sign_ins else "lookups"
     with tempfile.TemporaryDirectory(prefix="mcpb-ldap-pool-") as work:
         providers: list[tuple[str, Any]] = [("now", LdapProvider)]
         if args.baseline:
             providers.insert(0, (args.baseline[:10], provider_at(args.baseline, Path(work))))
-        slapd = Slapd(Path(work)).start()
+        tls: dict[str, Any] = {}
+        certificate = None
+        if args.tls != "none":
+            ca = make_ca(Path(work))
+            certificate = ca.issue(Path(work), hosts=["127.0.0.1", "localhost"])
+            tls = {"ca_file": str(ca.cert_path), "start_tls": args.tls == "starttls"}
+        slapd = Slapd(Path(work), tls=certificate).start()
+        port = slapd.ldaps_port if args.tls == "ldaps" and slapd.ldaps_port else slapd.port
+        scheme = "ldaps" if args.tls == "ldaps" else "ldap"
         try:
-            with DelayProxy(slapd.port, args.latency_ms) as proxy_port:
+            with DelayProxy(port, args.latency_ms) as proxy_port:
                 print(
-                    f"{args.concurrency} lookups in flight, {args.seconds:g} s each; "
+                    f"{args.concurrency} {what} in flight, {args.seconds:g} s each, TLS: {args.tls}; "
                     f"far = through a proxy adding {args.latency_ms:g} ms each way"
                 )
                 print(
-                    f"{'code':<12}{'directory':<10}{'pool':>5}{'lookups/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms':>9}"
+                    f"{'code':<12}{'directory':<10}{'pool':>5}{what + '/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms':>9}"
                 )
-                for where, url in (("near", slapd.url), ("far", f"ldap://127.0.0.1:{proxy_port}")):
+                for where, at in (("near", port), ("far", proxy_port)):
                     for size in sizes:
                         for name, cls in providers:
-                            provider = cls(config(slapd, url, size))
+                            provider = cls(config(slapd, f"{scheme}://127.0.0.1:{at}", size, **tls))
                             await provider.lookup("alice")  # connect and bind outside the measurement
-                            rate, cpu, latencies = await run(provider, args.seconds, args.concurrency)
+                            rate, cpu, latencies = await run(provider, args.seconds, args.concurrency, args.sign_ins)
                             await provider.aclose()
                             p99 = sorted(latencies)[int(0.99 * (len(latencies) - 1))]
                             print(

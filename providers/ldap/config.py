@@ -99,6 +99,17 @@ class LdapProviderConfig(ProviderConfig):
         ),
     )
 
+    bind_pool_size: int = Field(
+        default=8,
+        ge=0,
+        le=256,
+        description=(
+            "Connections kept for users' sign-in binds, made anonymous again after each bind and used "
+            "for nothing else: a sign-in then skips the TCP and TLS handshakes. More sign-ins at once "
+            "open connections of their own; 0: a new connection for every bind."
+        ),
+    )
+
     @field_validator("user_filter", "group_filter")
     @classmethod
     def _filter_is_rfc4515(cls, text: str) -> str:

@@ -5,7 +5,8 @@ slow directory holds no thread; host names are resolved on one thread of the pro
 (providers/ldap/resolver.py), never in the default executor. Searches share at most ``pool_size``
 long-lived service-account connections, each carrying many operations at once (RFC 4511 message
 IDs), so a distant directory costs latency, not throughput. A user's bind changes a connection's
-identity, so each sign-in binds on a fresh connection of its own, closed at once. At most
+identity, so sign-ins bind on other connections, used for nothing but binds: up to
+``bind_pool_size`` are kept, each made anonymous again after every bind. At most
 ``pool_size`` times ``operations_per_connection`` requests talk to the directory at once; the others
 wait in the event loop, within ``request_deadline``.
 
@@ -172,6 +173,8 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
                 self._tls.check_hostname = False
                 self._tls.verify_mode = ssl.CERT_NONE
         self._idle: list[_Link] = []  # the open service-account connections, shared by all searches
+        self._binders: list[_Link] = []  # kept anonymous connections for the users' binds
+        self._forgetting: set[asyncio.Task[None]] = set()
         self._opening = 0  # service-account connections being opened
         self._opened: asyncio.Future[None] | None = None  # resolved when an opening ends
         self._slots = _Slots(config.pool_size * config.operations_per_connection)
@@ -217,6 +220,9 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         self._failed_at[server] = time.monotonic()
         for link in [link for link in self._idle if link.server == server]:
             self._drop(link)
+        for link in [link for link in self._binders if link.server == server]:
+            self._binders.remove(link)
+            link.conn.close()
 
     def _answered(self, server: int) -> None:
         self._failed_at.pop(server, None)
@@ -334,6 +340,72 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         self._answered(link.server)
         return link
 
+    # -- binds as the user ------------------------------------------------------------------
+    async def _bind_user(self, budget: _Budget, dn: str, password: bytes) -> wire.Result:
+        """Bind as the user on a connection used for nothing but binds: a kept one (anonymous
+        again, see ``_forget``) to the server a new connection would go to, or a new one. A bind
+        changes who a connection is, so no search ever runs on these."""
+        for attempt in range(2):
+            link = self._kept_binder(budget)
+            reused = link is not None
+            if link is None:
+                link = await self._connect(budget)
+            try:
+                result = await link.conn.bind(dn, password, self._timeout(budget))
+            except LinkError as exc:
+                link.conn.abort()
+                if reused and not exc.timed_out and attempt == 0:
+                    continue  # dropped while it was kept (an idle time-out): a new one
+                self._failed(link.server, budget, str(exc))
+                raise UpstreamUnavailable(f"{self.config.urls[link.server]}: {exc}") from None
+            self._answered(link.server)
+            if result.code in (0, 49, 53) and self.config.bind_pool_size:  # success, invalidCredentials, unwilling
+                self._forget(link)
+            else:
+                link.conn.close()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _kept_binder(self, budget: _Budget) -> _Link | None:
+        """A kept bind connection to the first server not failing, if there is one; a kept one to
+        another server is closed (the first server is back: binds go there again)."""
+        ready = [i for i in range(len(self.config.urls)) if i not in budget.failed and not self._backing_off(i)]
+        while self._binders:
+            link = self._binders.pop()
+            if not link.conn.closed and ready and link.server == ready[0]:
+                return link
+            link.conn.close()
+        return None
+
+    def _forget(self, link: _Link) -> None:
+        """Make the connection anonymous again (RFC 4513 §5.1.1), off the sign-in's path, then keep
+        it for the next bind (at most ``bind_pool_size`` are kept): no connection stays signed in
+        as a user. A directory that refuses anonymous binds gets a new connection per bind."""
+
+        async def forget() -> None:
+            try:
+                result = await link.conn.bind("", b"", self.config.operation_timeout)
+            except LinkError:
+                link.conn.abort()
+                return
+            except asyncio.CancelledError:  # the provider is closing
+                link.conn.abort()
+                raise
+            if (
+                result.code == 0
+                and not self._closed
+                and self._loop is loop
+                and len(self._binders) < self.config.bind_pool_size
+            ):
+                self._binders.append(link)
+            else:
+                link.conn.close()
+
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(forget())
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
+
     @staticmethod
     async def _is_ad(conn: Connection, wait: float) -> bool:
         """Whether the root DSE says Active Directory (or AD LDS), which has the in-chain rule."""
@@ -394,9 +466,11 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
 
     async def aclose(self) -> None:
         self._closed = True
-        idle, self._idle = self._idle, []
-        for link in idle:
+        idle, self._idle, binders, self._binders = self._idle, [], self._binders, []
+        for link in idle + binders:
             link.conn.close()
+        for task in list(self._forgetting):
+            task.cancel()
         self._resolver.close()
 
     def _same_loop(self) -> None:
@@ -404,9 +478,9 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         ``asyncio.run``) starts afresh there."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop and self._loop is not None:
-            for link in self._idle:
+            for link in self._idle + self._binders:
                 link.conn.abort()
-            self._idle, self._opening, self._opened = [], 0, None
+            self._idle, self._binders, self._opening, self._opened = [], [], 0, None
             self._slots = _Slots(self._slots.limit)
         self._loop = loop
 
@@ -464,13 +538,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         dn = (
             entry.dn if entry else f"{self.config.username_attribute}={secrets.token_hex(8)},{self.config.user_base_dn}"
         )
-        prepared = validate_simple_password(password)
-        link = await self._connect(budget)  # a connection of its own: a bind changes who it is
-        try:
-            result = await self._exchange(link, budget, lambda t: link.conn.bind(dn, prepared, t))
-        finally:
-            link.conn.close()
-        self._answered(link.server)
+        result = await self._bind_user(budget, dn, validate_simple_password(password))
         if entry is None:  # the bind above keeps unknown users as slow as known ones
             raise InvalidCredentials(f"unknown user {username!r}")
         attributes = _as_ldap3(entry)

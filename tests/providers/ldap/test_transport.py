@@ -12,8 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from broker.devstack import Slapd
-from providers.base import UpstreamUnavailable
+from providers.base import InvalidCredentials, UpstreamUnavailable
+from providers.ldap import wire
+from providers.ldap.connection import open_connection
 from providers.ldap.provider import LdapProvider
+from providers.ldap.resolver import Resolver
+from tests.providers.ldap.test_outages import until
 from tests.providers.ldap.test_provider import BASE, NESTED, config_for
 
 
@@ -57,6 +61,29 @@ async def test_a_connection_the_directory_dropped_is_replaced(slapd: Slapd) -> N
         assert not ldap._failed_at  # a dropped idle connection is no failed server
     finally:
         await ldap.aclose()
+
+
+async def test_sign_in_connections_are_kept_anonymous_and_used_again(slapd: Slapd) -> None:
+    alice = f"uid=alice,ou=people,{BASE}"
+    readable = wire.compile_filter("(objectClass=*)")
+    control = await open_connection(slapd.url, None, 2, Resolver("test"))
+    assert (await control.bind(alice, b"demo-alice", 2)).code == 0
+    assert len((await control.search(alice, wire.BASE, readable, ("uid",), 2))[0]) == 1  # alice reads herself
+    control.close()
+    ldap = LdapProvider(config_for(slapd))
+    try:
+        await ldap.login("alice", "demo-alice")
+        await until(lambda: bool(ldap._binders))  # made anonymous again off the sign-in's path
+        kept = ldap._binders[0].conn
+        assert (await kept.search(alice, wire.BASE, readable, ("uid",), 2))[0] == []  # no longer alice
+        with pytest.raises(InvalidCredentials):
+            await ldap.login("alice", "wrong")
+        await until(lambda: bool(ldap._binders))
+        assert [link.conn for link in ldap._binders] == [kept]  # the same connection, bound again
+        assert len(ldap._idle) == 1  # searches never run on it: the service connection is apart
+    finally:
+        await ldap.aclose()
+    assert ldap._binders == []
 
 
 @pytest.fixture
