@@ -13,10 +13,12 @@ from fastapi import FastAPI
 from broker import __version__
 from broker.config.models import BrokerConfig
 from broker.middleware import RequestContextMiddleware
+from broker.oauth.assertion_grant import AssertionGrant
 from broker.oauth.browser_flow import BrowserFlow
 from broker.oauth.cimd import MetadataDocuments
 from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
+from broker.oauth.id_jag import IdJagVerifier
 from broker.oauth.revocation import RevocationService
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
@@ -103,6 +105,16 @@ def create_app(
         grants = GrantService(
             config, store, keyring, policies, upstreams, Sealer(kek.get_secret_value() if kek else None)
         )
+        sealer = Sealer(kek.get_secret_value() if kek else None)
+        assertions = AssertionGrant(
+            config,
+            store,
+            keyring,
+            policies,
+            upstreams,
+            sealer,
+            IdJagVerifier(config.issuer, config.identity_assertion.trusted_issuers),
+        )
         throttle = LoginThrottle(
             store,
             per_user=config.login_protection.max_failures_per_user,
@@ -131,6 +143,7 @@ def create_app(
                 window=config.registration.dynamic_registration_window,
             ),
             flows=BrowserFlow(config, store, clients, policies, upstreams, grants, throttle),
+            assertions=assertions,
         )
         try:
             await keyring.refresh()
@@ -148,6 +161,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await documents.aclose()
+            await assertions.aclose()
             for provider in upstreams.values():
                 if isinstance(provider, Lifecycle):
                     await provider.aclose()

@@ -30,6 +30,9 @@ AuditEvent = Literal[
     "grant_revoked",
     "mapping_reloaded",
     "access_denied",
+    "assertion_redeemed",  # an ID-JAG from a trusted IdP redeemed for an access token (jwt-bearer)
+    "assertion_replayed",
+    "assertion_refused",
 ]
 
 _log = structlog.get_logger("mcp_broker.audit")

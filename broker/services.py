@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from broker.config.models import BrokerConfig
+from broker.oauth.assertion_grant import AssertionGrant
 from broker.oauth.browser_flow import BrowserFlow
 from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
@@ -38,6 +39,7 @@ class Services:
     throttle: LoginThrottle
     registrations: RateLimit
     flows: BrowserFlow
+    assertions: AssertionGrant  # the jwt-bearer grant for ID-JAGs from trusted IdPs
 
     @property
     def policy(self) -> Policy:

@@ -200,6 +200,30 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
                     problems.append(Problem(f"{where}.scopes", f"{name!r} is not a scope of resource {target.id!r}"))
         if not rule.groups and not rule.users:
             problems.append(Problem(where, "a rule needs at least one of 'groups' or 'users'"))
+    problems += _trusted_issuer_problems(config)
+    return problems
+
+
+def _trusted_issuer_problems(config: BrokerConfig) -> list[Problem]:
+    """identity_assertion.trusted_issuers: unique, naming providers and resources that exist, never
+    ourselves (an IdP must not redeem the ID-JAGs it issued itself)."""
+    problems: list[Problem] = []
+    providers = {p.id for p in config.providers}
+    resources = {r.id for r in config.resources}
+    issuers = [t.issuer for t in config.identity_assertion.trusted_issuers]
+    for index, trusted in enumerate(config.identity_assertion.trusted_issuers):
+        where = f"identity_assertion.trusted_issuers[{index}]"
+        if trusted.issuer in issuers[:index]:
+            problems.append(Problem(f"{where}.issuer", f"{trusted.issuer!r} is used more than once"))
+        if trusted.issuer.removesuffix("/") == config.issuer:
+            problems.append(
+                Problem(f"{where}.issuer", "is this broker's own issuer: it must not redeem its own ID-JAGs")
+            )
+        if trusted.provider not in providers:
+            problems.append(Problem(f"{where}.provider", f"no provider has id {trusted.provider!r}"))
+        for r_index, resource in enumerate(trusted.resources):
+            if resource not in resources:
+                problems.append(Problem(f"{where}.resources[{r_index}]", f"no resource has id {resource!r}"))
     return problems
 
 

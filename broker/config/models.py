@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -239,6 +240,72 @@ class PolicyFileModel(_Section):
     mappings: list[MappingRule] = Field(default_factory=list)
 
 
+IdJagAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"
+]
+"""Signature algorithms an ID-JAG may use: asymmetric only (never ``none`` or an HMAC)."""
+
+
+class TrustedIssuerConfig(_Section):
+    """An enterprise IdP whose ID-JAGs (draft-ietf-oauth-identity-assertion-authz-grant) the broker
+    redeems at its token endpoint (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``)."""
+
+    issuer: str = Field(description="The IdP's issuer identifier, exactly as its ID-JAGs' `iss` carries it.")
+    jwks_uri: str | None = Field(
+        default=None,
+        description="Where its signing keys are published. Unset: read from its discovery document "
+        "(`{issuer}/.well-known/openid-configuration`, else RFC 8414's `oauth-authorization-server`).",
+    )
+    algorithms: list[IdJagAlgorithm] = Field(
+        default=["RS256", "ES256"],  # pydantic copies a mutable default per instance
+        min_length=1,
+        description="Signature algorithms accepted from this IdP (asymmetric only).",
+    )
+    provider: str = Field(description="Id of the provider whose users this IdP speaks for.")
+    subject_claim: Literal["sub", "email"] = Field(
+        default="sub",
+        description="The ID-JAG claim naming the user: with `groups_claim` the subject is "
+        "`{provider}:{value}`; without, the value is looked up at the provider (as a username).",
+    )
+    groups_claim: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:/-]{1,100}$",
+        description="Trust the groups this ID-JAG claim lists (the IdP's word, no upstream call). Unset: the "
+        "user is looked up at `provider` (which must be able to look users up, e.g. LDAP) for their "
+        "stable subject and current groups.",
+    )
+    resources: list[str] = Field(min_length=1, description="Ids of the resources (MCP servers) its ID-JAGs may name.")
+    max_lifetime: Duration = Field(
+        default=300, le=3600, description="Longest `exp` - `iat` accepted: longer-lived ID-JAGs are refused."
+    )
+    clock_skew: int = Field(
+        default=30, ge=0, le=300, description="Seconds of clock difference allowed on `iat` and `exp`."
+    )
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, issuer: str) -> str:
+        # Kept as written (some issuers end with '/'): `iss` must equal it exactly.
+        check_public_url(issuer.removesuffix("/"), what="issuer")
+        return issuer
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks_uri(cls, uri: str | None) -> str | None:
+        if uri is not None:
+            parts = urlsplit(uri)  # https (http on loopback only), a host in lower case
+            check_public_url(f"{parts.scheme}://{parts.netloc}", what="jwks_uri")
+        return uri
+
+
+class IdentityAssertionConfig(_Section):
+    trusted_issuers: list[TrustedIssuerConfig] = Field(
+        default_factory=list,
+        description="IdPs whose ID-JAGs the token endpoint redeems (MCP Enterprise-Managed Authorization). "
+        "Empty: the jwt-bearer grant is not offered.",
+    )
+
+
 class BrokerConfig(_Section):
     issuer: str = Field(description="Public issuer URL, identical in every metadata document and token.")
     server: ServerConfig = ServerConfig()
@@ -250,6 +317,7 @@ class BrokerConfig(_Section):
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     login_protection: LoginProtectionConfig = LoginProtectionConfig()
+    identity_assertion: IdentityAssertionConfig = IdentityAssertionConfig()
     policy_file: str | None = Field(
         default=None,
         description="A separate YAML file with `resources` and `mappings`, reloaded when it changes.",

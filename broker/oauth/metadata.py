@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from broker.config.models import BrokerConfig
 from broker.oauth.clients import AUTH_METHODS
+from broker.oauth.id_jag import ID_JAG_PROFILE, JWT_BEARER
 
 
 def metadata(config: BrokerConfig) -> dict[str, Any]:
@@ -33,6 +34,9 @@ def metadata(config: BrokerConfig) -> dict[str, Any]:
     }
     if config.registration.dynamic_registration:
         doc["registration_endpoint"] = f"{issuer}/register"
+    if config.identity_assertion.trusted_issuers:  # RFC 7523 with ID-JAGs (MCP ext-auth §6)
+        doc["grant_types_supported"] = [*doc["grant_types_supported"], JWT_BEARER]
+        doc["authorization_grant_profiles_supported"] = [ID_JAG_PROFILE]
     return doc
 
 

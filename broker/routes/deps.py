@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 
 from broker.config.models import BrokerConfig
+from broker.oauth.assertion_grant import AssertionGrant
 from broker.oauth.browser_flow import BrowserFlow
 from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
@@ -61,6 +62,7 @@ get_introspection_resources = _service(lambda s: s.introspection_resources)
 get_throttle = _service(lambda s: s.throttle)
 get_registrations = _service(lambda s: s.registrations)
 get_flows = _service(lambda s: s.flows)
+get_assertions = _service(lambda s: s.assertions)
 
 
 ConfigDep = Annotated[BrokerConfig, Depends(get_config)]
@@ -78,3 +80,4 @@ IntrospectionDep = Annotated[Mapping[str, list[str]], Depends(get_introspection_
 ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
 RegistrationsDep = Annotated[RateLimit, Depends(get_registrations)]
 FlowsDep = Annotated[BrowserFlow, Depends(get_flows)]
+AssertionsDep = Annotated[AssertionGrant, Depends(get_assertions)]

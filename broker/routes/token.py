@@ -6,9 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from broker.oauth.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
+from broker.oauth.id_jag import JWT_BEARER
 from broker.routes import openapi
 from broker.routes.client_auth import authenticate_client
-from broker.routes.deps import ClientsDep, GrantsDep, IntrospectionDep, RevocationDep
+from broker.routes.deps import AssertionsDep, ClientsDep, GrantsDep, IntrospectionDep, RevocationDep
 from broker.routes.errors import NO_STORE
 from broker.routes.forms import read_form
 
@@ -22,7 +23,9 @@ def router(base: str) -> APIRouter:
         responses={200: {"model": openapi.TokenBody}, **openapi.TOKEN_ENDPOINT_ERRORS},
         openapi_extra=openapi.TOKEN,
     )
-    async def token(request: Request, clients: ClientsDep, grants: GrantsDep) -> JSONResponse:
+    async def token(
+        request: Request, clients: ClientsDep, grants: GrantsDep, assertions: AssertionsDep
+    ) -> JSONResponse:
         form = await read_form(request)
         client = await authenticate_client(clients, request, form)
         grant_type = form.get("grant_type")
@@ -30,6 +33,8 @@ def router(base: str) -> APIRouter:
             body = await grants.exchange_code(client, form)
         elif grant_type == "refresh_token":
             body = await grants.refresh(client, form)
+        elif grant_type == JWT_BEARER:  # RFC 7523 with an ID-JAG: broker.oauth.assertion_grant
+            body = await assertions.redeem(client, form)
         elif grant_type is None:
             raise InvalidRequest("grant_type is required")
         else:
