@@ -67,7 +67,7 @@ class _Half(asyncio.Protocol):
         assert self.peer is not None and self.peer.transport is not None
         while self._queue and self._queue[0][0] <= loop.time():
             _, data = self._queue.popleft()
-            if data is None:
+            if data is None or self.peer.transport.is_closing():
                 self.peer.transport.close()
                 if self.transport is not None:
                     self.transport.close()
