@@ -127,7 +127,10 @@ _CLIENT_SECURITY: list[dict[str, list[str]]] = [{"clientSecretBasic": []}, {}]
 TOKEN = {
     "requestBody": _form(
         {
-            "grant_type": {"type": "string", "enum": ["authorization_code", "refresh_token"]},
+            "grant_type": {
+                "type": "string",
+                "enum": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:jwt-bearer"],
+            },
             "code": {"type": "string"},
             "redirect_uri": {"type": "string"},
             "code_verifier": {
@@ -136,6 +139,7 @@ TOKEN = {
                 "description": "PKCE (RFC 7636)",
             },
             "refresh_token": {"type": "string"},
+            "assertion": {"type": "string", "description": "jwt-bearer (RFC 7523): an ID-JAG from a trusted IdP"},
             "scope": {"type": "string", "description": "Space-separated; at refresh, at most the granted scopes"},
             "resource": {"type": "string", "description": "RFC 8707 resource indicator"},
             **_CLIENT_FIELDS,

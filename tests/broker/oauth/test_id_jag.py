@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,10 +24,10 @@ from structlog.testing import capture_logs
 from broker.app import create_app
 from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
-from broker.oauth.id_jag import ID_JAG_PROFILE, JWT_BEARER
+from broker.oauth.id_jag import ID_JAG_PROFILE, JWT_BEARER, TYP
 from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import INTROSPECTOR_SECRET, RESOURCE, Broker, broker_yaml, register
-from tests.broker.oauth.jag_issuer import JagIssuer, jag_issuer
+from tests.broker.oauth.jag_issuer import JagIssuer, b64url, jag_issuer
 from tests.http import running
 
 CLIENT = "notes-server"  # the tests' static confidential client (it may introspect `notes` too)
@@ -389,6 +390,22 @@ def test_a_bad_signature_is_refused(jag_broker: Broker, idp: JagIssuer) -> None:
     refused(redeem(jag_broker.base, f"{header}.{tampered}.{signature}"))
     refused(redeem(jag_broker.base, "not-a-jwt"))
     refused(redeem(jag_broker.base, None), "invalid_request")
+
+
+def test_malformed_assertions_are_invalid_grant_never_a_server_error(jag_broker: Broker, idp: JagIssuer) -> None:
+    header = b64url(json.dumps({"alg": "ES256", "typ": TYP, "kid": "ec-1"}).encode())
+    deep = b64url(("[" * 5000 + "]" * 5000).encode())
+    for assertion in [
+        f"{header}.{deep}.AAAA",  # JSON nested past the parser's recursion limit
+        f"{header}.{b64url(b'null')}.AAAA",
+        f"{b64url(b'[]')}.{deep}.AAAA",
+        "a.b.c",
+        "\u00fc.\u00fc.\u00fc",
+        "x" * 20_000,
+    ]:
+        refused(redeem(jag_broker.base, assertion))
+    for value in (float("nan"), float("inf"), "1700000000", True):
+        refused(redeem(jag_broker.base, idp.sign(jag(idp, jag_broker, exp=value))))
 
 
 def test_an_unknown_issuer_is_refused(jag_broker: Broker, idp: JagIssuer) -> None:
