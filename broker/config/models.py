@@ -67,6 +67,12 @@ class TokensConfig(_Section):
         description="Seconds a user's upstream re-check (groups, account state) is reused by later refreshes. "
         "0: every refresh asks the provider.",
     )
+    id_token_ttl: Duration = Field(
+        default=3600,
+        le=86400,
+        description="ID token lifetime (authorization code flow with the openid scope); the client may "
+        "exchange it for ID-JAGs until then.",
+    )
 
 
 class SigningConfig(_Section):

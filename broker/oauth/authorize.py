@@ -62,6 +62,8 @@ class AuthorizationRequest:
     resource: str
     scopes: list[str] | None  # None: the client asked for no particular scope
     redirect_uri_given: bool = True  # False: omitted, the only registered URI was used
+    openid: bool = False  # the scope held ``openid``: the code exchange adds an ID token (OIDC Core §3.1.2.1)
+    nonce: str | None = None  # OIDC nonce, copied into that ID token
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +165,7 @@ async def validate(
         method = _single(params, "code_challenge_method")
         resource_values = params.get("resource") or []
         scope = _single(params, "scope")
+        nonce = _single(params, "nonce")
     except InvalidRequest as exc:
         raise fail(exc) from None
     if response_type != "code":
@@ -171,6 +174,8 @@ async def validate(
         raise fail(InvalidRequest("this client may not use the authorization code grant"))
     if state is not None and len(state) > 2000:
         raise fail(InvalidRequest("state is too long"))
+    if nonce is not None and len(nonce) > 2000:
+        raise fail(InvalidRequest("nonce is too long"))
     problem = pkce.valid_challenge(challenge, method or "plain")
     if problem:
         raise fail(InvalidRequest(problem))
@@ -180,6 +185,11 @@ async def validate(
     if resource is None:
         raise fail(InvalidTarget(detail=f"resource {resource_values[0]!r} is not configured"))
     scopes: list[str] | None = None
+    # ``openid`` asks for an ID token (OpenID Connect), not for access to the MCP server: it is
+    # taken out here, so it never reaches the policy or the access token.
+    openid = scope is not None and "openid" in scope.split()
+    if openid and scope is not None:
+        scope = " ".join(s for s in scope.split() if s != "openid")
     if scope is not None and scope.strip():
         # Clients that find no scopes in the resource metadata fall back to the broker's
         # scopes_supported, which covers every resource: grant less (RFC 6749 §3.3) rather than
@@ -202,5 +212,7 @@ async def validate(
         resource=resource.uri,
         scopes=scopes,
         redirect_uri_given=given_redirect is not None,
+        openid=openid,
+        nonce=nonce if openid else None,
     )
     return request, client, resource

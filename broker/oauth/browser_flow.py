@@ -461,6 +461,8 @@ class BrowserFlow:
             resource=resource.uri,
             scopes=sorted(scopes),
             identity=identity,
+            openid=auth.openid,
+            nonce=auth.nonce,
         )
         await self._store.remember_consent(identity.subject, client.client_id, resource.uri, sorted(scopes))
         audit(

@@ -32,6 +32,7 @@ from broker.oauth.errors import (
     TemporarilyUnavailable,
     UnauthorizedClient,
 )
+from broker.oauth.id_token import mint_id_token
 from broker.oauth.recheck import Rechecks
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
@@ -146,6 +147,8 @@ class GrantService:
         resource: str,
         scopes: list[str],
         identity: Identity,
+        openid: bool = False,
+        nonce: str | None = None,
     ) -> tuple[str, str]:
         """Store a new authorization code for a signed-in user: (its grant id, the code)."""
         grant_id = new_grant_id()
@@ -161,6 +164,8 @@ class GrantService:
             identity=identity_record(identity, self.sealer),
             auth_time=int(time.time()),
             policy_version=self.policy.version,
+            openid=openid,
+            nonce=nonce,
         )
         await self.store.save_code(grant_id, record, self.config.tokens.authorization_code_ttl)
         return grant_id, code
@@ -219,6 +224,18 @@ class GrantService:
         idle, remaining = self._refresh_ttls(grant, now)
         await self.store.create_grant(grant, digest(refresh) if refresh else "none", idle, remaining)
         response = self._token_response(grant, list(record.scopes), refresh)
+        if record.openid:  # OpenID Connect Core §3.1.3.3: the scope held openid
+            response["id_token"] = mint_id_token(
+                self.keyring,
+                issuer=self.config.issuer,
+                subject=grant.subject,
+                client_id=client.client_id,
+                grant_id=grant_id,
+                ttl=self.config.tokens.id_token_ttl,
+                nonce=record.nonce,
+                auth_time=record.auth_time,
+                email=record.identity.email,
+            )
         TOKENS_ISSUED.inc()
         audit(
             "token_issued",
@@ -228,6 +245,7 @@ class GrantService:
             resource=grant.resource,
             scope=response["scope"],
             refresh_token_issued=refresh is not None,
+            id_token_issued=record.openid,
         )
         return response
 

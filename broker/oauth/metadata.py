@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from broker.config.models import BrokerConfig
 from broker.oauth.clients import AUTH_METHODS
 from broker.oauth.id_jag import ID_JAG_PROFILE, JWT_BEARER
+from broker.oauth.id_token import CLAIMS_SUPPORTED
 
 
 def metadata(config: BrokerConfig) -> dict[str, Any]:
@@ -34,6 +35,11 @@ def metadata(config: BrokerConfig) -> dict[str, Any]:
     }
     if config.registration.dynamic_registration:
         doc["registration_endpoint"] = f"{issuer}/register"
+    # OpenID Connect Discovery 1.0 §3: the broker signs MCP clients in (ID tokens with `openid`).
+    doc["scopes_supported"] = sorted({*scopes, "openid"})
+    doc["id_token_signing_alg_values_supported"] = [config.signing.algorithm]
+    doc["subject_types_supported"] = ["public"]
+    doc["claims_supported"] = list(CLAIMS_SUPPORTED)
     if config.identity_assertion.trusted_issuers:  # RFC 7523 with ID-JAGs (MCP ext-auth §6)
         doc["grant_types_supported"] = [*doc["grant_types_supported"], JWT_BEARER]
         doc["authorization_grant_profiles_supported"] = [ID_JAG_PROFILE]

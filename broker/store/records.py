@@ -131,9 +131,11 @@ class AuthorizationCode:
     redirect_uri_given: bool = True
     auth_time: int | None = None
     policy_version: str | None = None
+    openid: bool = False  # the authorization request asked for an ID token
+    nonce: str | None = None  # its OIDC nonce
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "code_hash": self.code_hash,
             "client_id": self.client_id,
             "redirect_uri": self.redirect_uri,
@@ -145,6 +147,10 @@ class AuthorizationCode:
             "auth_time": self.auth_time,
             "policy_version": self.policy_version,
         }
+        if self.openid:  # written only when asked for: other codes keep their shape
+            record["openid"] = True
+            record["nonce"] = self.nonce
+        return record
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> Self:
@@ -160,6 +166,8 @@ class AuthorizationCode:
             identity=StoredIdentity.from_json(record["identity"]),
             auth_time=int(auth_time) if isinstance(auth_time, int | float) else None,
             policy_version=_opt_str(record.get("policy_version")),
+            openid=record.get("openid") is True,
+            nonce=_opt_str(record.get("nonce")),
         )
 
 

@@ -20,11 +20,11 @@ def test_metadata_document(broker: Broker) -> None:
     assert doc["jwks_uri"] == f"{issuer}/jwks.json"
     assert doc["code_challenge_methods_supported"] == ["S256"]
     assert doc["response_types_supported"] == ["code"]
-    assert doc["grant_types_supported"] == ["authorization_code", "refresh_token"]
+    assert doc["grant_types_supported"][:2] == ["authorization_code", "refresh_token"]  # then the extension grants
     assert doc["client_id_metadata_document_supported"] is True
     assert doc["authorization_response_iss_parameter_supported"] is True
     assert set(doc["token_endpoint_auth_methods_supported"]) == {"none", "client_secret_post", "client_secret_basic"}
-    assert set(doc["scopes_supported"]) == {"notes:read", "notes:write", "other:use"}
+    assert set(doc["scopes_supported"]) == {"notes:read", "notes:write", "other:use", "openid"}
     assert "offline_access" not in doc["scopes_supported"]
 
 

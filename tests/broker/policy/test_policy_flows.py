@@ -163,7 +163,7 @@ def test_discovery_after_a_policy_reload_stays_as_read_at_start(policy_broker: t
     before = documents()
     assert all(doc == before[0] for doc in before)
     assert before[0]["issuer"] == broker.config.issuer
-    assert before[0]["scopes_supported"] == ["notes:read", "notes:write", "other:use"]
+    assert before[0]["scopes_supported"] == ["notes:read", "notes:write", "openid", "other:use"]
     policy = _policy(path)
     notes = next(r for r in policy["resources"] if r["id"] == "notes")
     notes["scopes"].append({"name": "notes:admin", "description": "Administer notes"})
