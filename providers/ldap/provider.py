@@ -34,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 from ldap3.core import exceptions as ldap_errors
 from ldap3.protocol.sasl.sasl import validate_simple_password
@@ -62,6 +63,9 @@ _AD_DISABLED = 0x2
 _AD_LOCKOUT = 0x10
 _IN_CHAIN = "1.2.840.113556.1.4.1941"
 _RDN_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 
 def check_password(password: str) -> None:
@@ -187,7 +191,18 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
         return await self._identity(budget, entry)
 
     async def _refresh(self, budget: Budget, identity: Identity) -> Identity:
-        fresh = await self._lookup(budget, identity.username)
+        dn = identity.private.get("dn") if identity.private else None
+        if isinstance(dn, str) and self._in_chain and self.config.group_base_dn:
+            # The user, and the groups of the DN the last sign-in found, asked side by side: one
+            # round trip instead of two. An account that moved has its groups asked again.
+            entry, chain = await _both(self._find(budget, identity.username), self._chain(budget, dn))
+            if entry is None:
+                raise InvalidCredentials(f"unknown user {identity.username!r}")
+            if self._locked(_as_ldap3(entry)):
+                raise AccountDisabled(f"account {identity.username!r} is disabled")
+            fresh = await self._identity(budget, entry, chain if entry.dn == dn else None)
+        else:
+            fresh = await self._lookup(budget, identity.username)
         if fresh.subject != identity.subject:
             raise InvalidCredentials(f"user {identity.username!r} was replaced by another account")
         return fresh
@@ -203,7 +218,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
                 return True
         return bool(attrs.get("pwdaccountlockedtime"))
 
-    async def _identity(self, budget: Budget, entry: wire.Entry) -> Identity:
+    async def _identity(self, budget: Budget, entry: wire.Entry, chain: list[wire.Entry] | None = None) -> Identity:
         attrs = entry.attributes
 
         def first(name: str) -> str | None:
@@ -212,7 +227,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
             return str(value) if value not in (None, "") else None
 
         member_of = [str(g) for g in attrs.get("memberof", [])]
-        groups, names = await self._groups(budget, entry.dn, member_of)
+        groups, names = await self._groups(budget, entry.dn, member_of, chain)
         return Identity(
             provider_id=self.id,
             subject=qualified_subject(self.id, first(self.config.subject_attribute) or entry.dn),
@@ -225,7 +240,17 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
             username_is_unique=True,  # the search refuses a username that matches two entries
         )
 
-    async def _groups(self, budget: Budget, user_dn: str, member_of: list[str]) -> tuple[set[str], dict[str, str]]:
+    async def _chain(self, budget: Budget, user_dn: str) -> list[wire.Entry]:
+        """Every group under group_base_dn that holds ``user_dn``, at any depth (one search)."""
+        assert self.config.group_base_dn is not None
+        search_filter = f"(member:{_IN_CHAIN}:={escape_filter_chars(user_dn)})"
+        return await self._directory.search(
+            budget, self.config.group_base_dn, search_filter, (self.config.group_name_attribute,)
+        )
+
+    async def _groups(
+        self, budget: Budget, user_dn: str, member_of: list[str], chain: list[wire.Entry] | None = None
+    ) -> tuple[set[str], dict[str, str]]:
         cfg = self.config
         name_attr = (cfg.group_name_attribute,)
         names: dict[str, str] = {}
@@ -234,9 +259,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
             # One search: every group under group_base_dn that holds the user, at any depth. Found
             # by asking the directory, the direct groups from memberOf are kept too, as a walk
             # would keep them; configured explicitly, the in-chain search alone gives the groups.
-            found = await self._directory.search(
-                budget, cfg.group_base_dn, f"(member:{_IN_CHAIN}:={escape_filter_chars(user_dn)})", name_attr
-            )
+            found = chain if chain is not None else await self._chain(budget, user_dn)
             for e in found:
                 names[e.dn] = _first(e, cfg.group_name_attribute) or _rdn_value(e.dn)
             groups = set(names) | (set() if cfg.active_directory_in_chain else direct)
@@ -266,7 +289,7 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
                 + ")"
                 for i in range(0, len(ordered), 50)
             ]
-            found_batches = await asyncio.gather(
+            found_batches = await _together(
                 *(self._directory.search(budget, cfg.group_base_dn, terms, name_attr) for terms in batches)
             )
             for e in (e for batch in found_batches for e in batch):
@@ -280,6 +303,25 @@ class LdapProvider(PasswordProvider, RefreshProvider, LookupProvider, Lifecycle,
             if dn not in names:
                 names[dn] = _rdn_value(dn)
         return groups, names
+
+
+async def _together(*work: Awaitable[_T]) -> list[_T]:
+    """Every one of ``work`` side by side; the first failure cancels the others and is raised
+    as it is (not in an ExceptionGroup), once they have ended."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    both: list[Awaitable[object]] = [first, second]
+    one, two = await _together(*both)
+    return cast(_A, one), cast(_B, two)
 
 
 def _as_ldap3(entry: wire.Entry) -> dict[str, Any]:

@@ -4,15 +4,16 @@ connections failing at once, and nested groups in one search where the directory
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from broker.devstack import Slapd
-from providers.base import InvalidCredentials, UpstreamUnavailable
+from providers.base import Identity, InvalidCredentials, UpstreamUnavailable
 from providers.ldap import wire
 from providers.ldap.connection import open_connection
 from providers.ldap.provider import LdapProvider
@@ -190,6 +191,32 @@ async def test_nested_groups_in_one_search_where_the_root_dse_says_active_direct
     finally:
         for provider in (asked, walk, chain):
             await provider.aclose()
+
+
+async def most_in_flight(ldap: LdapProvider, work: Awaitable[Identity]) -> tuple[Identity, int]:
+    """The outcome of ``work``, and the most operations it had in flight at once."""
+    task = asyncio.ensure_future(work)
+    most = 0
+    while not task.done():
+        most = max(most, sum(link.conn.in_flight for link in ldap._idle))
+        await asyncio.sleep(0)
+    return await task, most
+
+
+async def test_an_active_directory_refresh_asks_the_user_and_the_groups_side_by_side(says_it_is_ad: Slapd) -> None:
+    ldap = LdapProvider(config_for(says_it_is_ad, pool_size=1))
+    try:
+        alice = await ldap.login("alice", "demo-alice")
+        fresh, most = await most_in_flight(ldap, ldap.refresh(alice))
+        assert most == 2  # the user search and the in-chain search of the DN she signed in with
+        assert (fresh.subject, fresh.groups, fresh.private) == (alice.subject, alice.groups, alice.private)
+        # Without the DN (a broker that keeps no private data), one after the other:
+        bare = dataclasses.replace(alice, private={})
+        fresh, most = await most_in_flight(ldap, ldap.refresh(bare))
+        assert most == 1
+        assert fresh.groups == alice.groups
+    finally:
+        await ldap.aclose()
 
 
 async def test_a_directory_that_is_not_active_directory_gets_the_walk(slapd: Slapd) -> None:
