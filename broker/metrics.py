@@ -20,7 +20,7 @@ HTTP_REQUESTS = Counter("mcpb_http_requests", "HTTP requests", ["app", "method",
 HTTP_DURATION = Histogram(
     "mcpb_http_request_duration_seconds", "HTTP request latency", ["app", "route"], buckets=_LATENCY_BUCKETS
 )
-TOKENS_ISSUED = Counter("mcpb_tokens_issued", "Access tokens issued at code exchange")
+TOKENS_ISSUED = Counter("mcpb_tokens_issued", "Access tokens issued at code exchange and for redeemed ID-JAGs")
 TOKENS_REFRESHED = Counter("mcpb_tokens_refreshed", "Refresh grants completed")
 TOKENS_REVOKED = Counter("mcpb_tokens_revoked", "Grants revoked", ["reason"])
 REFRESH_REUSE = Counter("mcpb_refresh_reuse_detected", "Rotated refresh tokens reused after the grace window")
