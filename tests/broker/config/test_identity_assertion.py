@@ -17,7 +17,7 @@ def with_issuers(block: str) -> str:
 
 
 OKTA = """
-    - issuer: https://example.okta.com/oauth2/default
+    - issuer: https://example.okta.com
       provider: corp-ldap
       subject_claim: email
       resources: [notes]
@@ -33,7 +33,7 @@ def problems(text: str) -> list[str]:
 def test_a_trusted_issuer_loads_with_its_defaults() -> None:
     config = parse_config(with_issuers(OKTA), env=ENV)
     [trusted] = config.identity_assertion.trusted_issuers
-    assert trusted.issuer == "https://example.okta.com/oauth2/default"
+    assert trusted.issuer == "https://example.okta.com"
     assert trusted.jwks_uri is None  # from discovery
     assert trusted.algorithms == ["RS256", "ES256"]
     assert trusted.subject_claim == "email"
