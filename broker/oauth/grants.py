@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -32,7 +32,7 @@ from broker.oauth.errors import (
     TemporarilyUnavailable,
     UnauthorizedClient,
 )
-from broker.oauth.id_token import mint_id_token
+from broker.oauth.grant_memo import GrantMemo
 from broker.oauth.recheck import Rechecks
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
@@ -41,13 +41,31 @@ from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.store.base import Store
 from broker.store.keys import digest
-from broker.store.records import AuthorizationCode, Grant, StoredIdentity
+from broker.store.records import AuthorizationCode, Grant, RefreshToken, StoredIdentity
 from broker.upstream_log import log_upstream_failure
 from providers.base import AccountDisabled, Identity, InvalidCredentials, Provider, ProviderError, RefreshProvider
 
 _log = structlog.get_logger("mcp_broker.grants")
 UPSTREAM_LOCK_SECONDS = 10.0
 SUCCESSOR_MARGIN = 30  # seconds a retried refresh's answer outlives the reuse grace window (clock skew)
+_SPENDS_UPSTREAM_TOKEN: dict[type, bool] = {}
+_ACTIVE = RefreshToken("active")
+
+
+class _Stale(Exception):
+    """A rotation started from the memo's grant was refused by the store: start over from it."""
+
+
+def _spends_upstream_token(provider: Provider | None) -> bool:
+    """Whether ``provider``'s re-check spends an upstream refresh token. Asked at every refresh:
+    the RefreshProvider isinstance check walks the protocol's members (~16 µs on Python 3.11) and
+    its answer (like the ClassVar) belongs to the class, so it is kept per class."""
+    kind = type(provider)
+    spends = _SPENDS_UPSTREAM_TOKEN.get(kind)
+    if spends is None:
+        spends = isinstance(provider, RefreshProvider) and provider.refresh_spends_upstream_token
+        _SPENDS_UPSTREAM_TOKEN[kind] = spends
+    return spends
 
 
 def identity_record(identity: Identity, sealer: Sealer) -> StoredIdentity:
@@ -88,6 +106,7 @@ class GrantService:
     providers: Mapping[str, Provider]
     sealer: Sealer
     _rechecks: Rechecks = field(init=False)  # the upstream re-check, shared (broker.oauth.recheck)
+    _memo: GrantMemo = field(default_factory=GrantMemo)  # grants this process just rotated
 
     def __post_init__(self) -> None:
         self._rechecks = Rechecks(
@@ -147,8 +166,6 @@ class GrantService:
         resource: str,
         scopes: list[str],
         identity: Identity,
-        openid: bool = False,
-        nonce: str | None = None,
     ) -> tuple[str, str]:
         """Store a new authorization code for a signed-in user: (its grant id, the code)."""
         grant_id = new_grant_id()
@@ -164,8 +181,6 @@ class GrantService:
             identity=identity_record(identity, self.sealer),
             auth_time=int(time.time()),
             policy_version=self.policy.version,
-            openid=openid,
-            nonce=nonce,
         )
         await self.store.save_code(grant_id, record, self.config.tokens.authorization_code_ttl)
         return grant_id, code
@@ -224,18 +239,6 @@ class GrantService:
         idle, remaining = self._refresh_ttls(grant, now)
         await self.store.create_grant(grant, digest(refresh) if refresh else "none", idle, remaining)
         response = self._token_response(grant, list(record.scopes), refresh)
-        if record.openid:  # OpenID Connect Core §3.1.3.3: the scope held openid
-            response["id_token"] = mint_id_token(
-                self.keyring,
-                issuer=self.config.issuer,
-                subject=grant.subject,
-                client_id=client.client_id,
-                grant_id=grant_id,
-                ttl=self.config.tokens.id_token_ttl,
-                nonce=record.nonce,
-                auth_time=record.auth_time,
-                email=record.identity.email,
-            )
         TOKENS_ISSUED.inc()
         audit(
             "token_issued",
@@ -245,7 +248,6 @@ class GrantService:
             resource=grant.resource,
             scope=response["scope"],
             refresh_token_issued=refresh is not None,
-            id_token_issued=record.openid,
         )
         return response
 
@@ -258,7 +260,29 @@ class GrantService:
         if grant_id is None or token is None:
             raise InvalidGrant(detail="malformed refresh token")
         old_hash = digest(token)
+        remembered = self._memo.take(grant_id, old_hash)
+        if remembered is not None:  # the token this process issued: its grant as the rotation wrote it
+            try:
+                return await self._refresh(
+                    client, form, grant_id, token, old_hash, remembered, _ACTIVE, remembered=True
+                )
+            except _Stale:
+                pass  # revoked, expired or spent meanwhile: answer from the store, as without the memo
         grant, record = await self.store.get_grant_and_refresh(grant_id, old_hash)
+        return await self._refresh(client, form, grant_id, token, old_hash, grant, record)
+
+    async def _refresh(
+        self,
+        client: Client,
+        form: Mapping[str, str],
+        grant_id: str,
+        token: str,
+        old_hash: str,
+        grant: Grant | None,
+        record: RefreshToken | None,
+        *,
+        remembered: bool = False,
+    ) -> dict[str, Any]:
         if grant is None:
             raise InvalidGrant(detail=f"grant {grant_id} unknown or expired")
         if grant.client_id != client.client_id:
@@ -284,13 +308,9 @@ class GrantService:
         if record.rotated:
             return await self._replayed(grant, token, record.rotated_at, record.successor, old_hash)
 
-        provider = self.providers.get(grant.identity.provider_id if grant.identity else grant.provider_id)
+        provider = self._provider_of(grant)
         lock: str | None = None
-        if (
-            isinstance(provider, RefreshProvider)
-            and provider.refresh_spends_upstream_token
-            and self._recent(grant) is None
-        ):
+        if _spends_upstream_token(provider) and self._recent(grant) is None:
             # One refresh at a time asks upstream when the re-check spends an upstream refresh
             # token: a provider that rotates them would take a second, concurrent use as theft
             # and end the upstream session. (A directory lookup needs no such care.)
@@ -307,10 +327,13 @@ class GrantService:
                     raise InvalidGrant(detail=f"grant {grant_id} ended during a concurrent refresh")
                 if record.rotated:
                     return await self._replayed(grant, token, record.rotated_at, record.successor, old_hash)
-            return await self._rotate(client, grant, token, old_hash, current, narrowed)
+            return await self._rotate(client, grant, token, old_hash, current, narrowed, remembered=remembered)
         finally:
             if lock is not None:
                 await self.store.unlock_grant(grant_id, lock)
+
+    def _provider_of(self, grant: Grant) -> Provider | None:
+        return self.providers.get(grant.identity.provider_id if grant.identity else grant.provider_id)
 
     async def _await_winner(self, grant: Grant, token: str, old_hash: str) -> dict[str, Any]:
         """Another request holds the grant's upstream lock: wait for its rotation and answer alike."""
@@ -332,6 +355,8 @@ class GrantService:
         old_hash: str,
         current: list[str],
         narrowed: list[str] | None,
+        *,
+        remembered: bool = False,
     ) -> dict[str, Any]:
         grant_id = grant.grant_id
         allowed, fresh = await self._reevaluate(grant)
@@ -345,18 +370,29 @@ class GrantService:
         if remaining <= 0:
             raise InvalidGrant(detail=f"grant {grant_id} reached its absolute lifetime")
         response = self._token_response(grant, scopes, new_token)
+        new_hash = digest(new_token)
+        identity = identity_record(fresh, self.sealer) if fresh is not None else None
         result = await self.store.rotate_refresh(
             grant_id,
             old_hash,
-            digest(new_token),
+            new_hash,
             successor=seal_for(token, response),
             new_ttl=idle,
             rotated_ttl=remaining,
             successor_ttl=int(self.config.tokens.refresh_reuse_grace) + SUCCESSOR_MARGIN,
             scopes=" ".join(grant_scopes),
-            identity=identity_record(fresh, self.sealer) if fresh is not None else None,
+            identity=identity,
             now=now,
         )
+        if remembered and result.outcome != "ok":
+            raise _Stale  # nothing was written: the answer minted from the memo is dropped unseen
+        if result.outcome == "ok" and not _spends_upstream_token(self._provider_of(grant)):
+            # Kept for the next refresh of this family (never for a provider whose re-check spends
+            # an upstream token: those re-read the grant under its lock).
+            written = replace(
+                grant, scopes=" ".join(grant_scopes), last_refresh=now, identity=identity or grant.identity
+            )
+            self._memo.put(new_hash, written)
         if result.outcome == "rotated":  # another request won the race
             return await self._replayed(grant, token, result.rotated_at, result.successor, old_hash)
         if result.outcome != "ok":

@@ -191,9 +191,11 @@ class Store(SigningKeyStore, Protocol):
         """Swap an active refresh token for ``new_hash``. MUST be atomic: of concurrent rotations
         of one token exactly one gets ``ok``; every other gets ``rotated`` with the winner's
         ``successor``. A revoked grant never rotates (``revoked``), whatever the interleaving.
-        In the same step the grant's scopes, last refresh and (when given) identity are written.
-        The rotated marker lives ``rotated_ttl`` seconds (a later reuse is theft), the successor
-        only ``successor_ttl``."""
+        In the same step the grant's scopes, last refresh and (when given) identity are written,
+        and nothing else writes them: so while a token is active its grant holds what the rotation
+        that issued it wrote, apart from its status (a caller may keep that grant and start the next
+        rotation from it, :mod:`broker.oauth.grant_memo`). The rotated marker lives
+        ``rotated_ttl`` seconds (a later reuse is theft), the successor only ``successor_ttl``."""
 
     async def lock_grant(self, grant_id: str, seconds: float) -> str | None:
         """Take a grant's lock for ``seconds``: the holder's token, or None if another holds it.
