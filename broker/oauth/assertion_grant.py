@@ -49,6 +49,7 @@ from broker.oauth.id_jag import JWT_BEARER, IdJag, IdJagVerifier, Refused
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.oauth.tokens import mint_access_token, new_grant_id
+from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.store.base import Store
 from broker.store.records import Grant
@@ -128,7 +129,8 @@ class AssertionGrant:
                 "The assertion was issued to another client.",
                 detail=f"assertion for client {jag.client_id[:200]!r} presented by {client.client_id}",
             )
-        resource = self._resource(jag, form.get("resource"))
+        policy = self.policies.current  # one policy for the whole request (a reload may replace it)
+        resource = self._resource(policy, jag, form.get("resource"))
         requested = form.get("scope")
         if not await self.store.claim_assertion_jti(jag.issuer, jag.jti, jag.expires_at + jag.trusted.clock_skew):
             audit(
@@ -136,7 +138,6 @@ class AssertionGrant:
             )
             raise Refused("replayed", "The assertion was already used.", detail=f"jti {jag.jti[:200]!r} replayed")
         identity = await self._identity(jag)
-        policy = self.policies.current
         decision = policy.evaluate(resource, identity)
         scopes = policy.narrow(resource, decision, jag.scopes)
         if requested is not None and requested.strip():
@@ -148,11 +149,12 @@ class AssertionGrant:
             )
         return await self._issue(client, jag, resource, identity, sorted(scopes), policy.version)
 
-    def _resource(self, jag: IdJag, requested: str | None) -> ResourceConfig:
+    @staticmethod
+    def _resource(policy: Policy, jag: IdJag, requested: str | None) -> ResourceConfig:
         """The one resource the token is for: the assertion's, which the request may name again."""
-        named = [r for r in (find_resource(self.policies.current, uri) for uri in jag.resources) if r is not None]
+        named = [r for r in (find_resource(policy, uri) for uri in jag.resources) if r is not None]
         if requested is not None:
-            wanted = find_resource(self.policies.current, requested)
+            wanted = find_resource(policy, requested)
             if wanted is None:
                 raise InvalidTarget(detail=f"unknown resource {requested[:200]!r}")
             if wanted not in named:
