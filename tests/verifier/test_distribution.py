@@ -176,6 +176,7 @@ def served(venv: Path, broker_factory: BrokerFactory, tmp_path: Path) -> Iterato
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            print(log.read_text(errors="replace"))  # the server's own log, shown when the test fails
 
 
 async def test_installed_alone_it_protects_a_minimal_mcp_server(
