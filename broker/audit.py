@@ -33,6 +33,7 @@ AuditEvent = Literal[
     "assertion_redeemed",  # an ID-JAG from a trusted IdP redeemed for an access token (jwt-bearer)
     "assertion_replayed",
     "assertion_refused",
+    "assertion_issued",  # an ID-JAG for an external MCP authorization server (token exchange)
 ]
 
 _log = structlog.get_logger("mcp_broker.audit")

@@ -149,7 +149,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except (ProviderError, UnsupportedProvider) as exc:
         print(f"mcp-broker explain: {getattr(exc, 'public', '')} {exc}".strip(), file=sys.stderr)
         return 1
-    report = explain(Policy(config.resources, config.mappings), who, args.resource)
+    report = explain(Policy(config.resources, config.mappings, config.external_resources), who, args.resource)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

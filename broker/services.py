@@ -13,6 +13,7 @@ from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
 from broker.oauth.signing import KeyRing
+from broker.oauth.token_exchange import TokenExchange
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.security.rate_limit import RateLimit
@@ -40,6 +41,7 @@ class Services:
     registrations: RateLimit
     flows: BrowserFlow
     assertions: AssertionGrant  # the jwt-bearer grant for ID-JAGs from trusted IdPs
+    exchanges: TokenExchange  # RFC 8693 token exchange (ID token -> ID-JAG)
 
     @property
     def policy(self) -> Policy:

@@ -173,7 +173,9 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
                 )
             )
     providers = {p.id for p in config.providers}
-    resources = {r.id: r for r in config.resources}
+    problems += _external_problems(config)
+    # Mappings name external MCP servers (ID-JAGs) exactly as they name ours.
+    resources = {r.id: r for r in [*config.resources, *config.external_resources]}
     for r_index, resource in enumerate(config.resources):
         names = [s.name for s in resource.scopes]
         unique(f"resources[{r_index}].scopes", names, "name")
@@ -224,6 +226,45 @@ def _trusted_issuer_problems(config: BrokerConfig) -> list[Problem]:
         for r_index, resource in enumerate(trusted.resources):
             if resource not in resources:
                 problems.append(Problem(f"{where}.resources[{r_index}]", f"no resource has id {resource!r}"))
+    return problems
+
+
+def _external_problems(config: BrokerConfig) -> list[Problem]:
+    """``external_authorization_servers``: issuers distinct and not ours, resource ids unique
+    together with ``resources`` (one policy names both), scopes' ``implies`` within the resource."""
+    problems: list[Problem] = []
+    own_ids = {r.id for r in config.resources}
+    seen_ids: set[str] = set()
+    seen_issuers: set[str] = set()
+    for a_index, server in enumerate(config.external_authorization_servers):
+        where = f"external_authorization_servers[{a_index}]"
+        if server.issuer.removesuffix("/") == config.issuer:
+            problems.append(Problem(f"{where}.issuer", "is this broker's own issuer"))
+        if server.issuer in seen_issuers:
+            problems.append(Problem(f"{where}.issuer", f"{server.issuer!r} is used more than once"))
+        seen_issuers.add(server.issuer)
+        seen_uris: set[str] = set()
+        for r_index, resource in enumerate(server.resources):
+            if resource.id in own_ids or resource.id in seen_ids:
+                problems.append(Problem(f"{where}.resources[{r_index}].id", f"{resource.id!r} is used more than once"))
+            seen_ids.add(resource.id)
+            if resource.uri in seen_uris:
+                problems.append(
+                    Problem(f"{where}.resources[{r_index}].uri", f"{resource.uri!r} is used more than once")
+                )
+            seen_uris.add(resource.uri)
+            names = [s.name for s in resource.scopes]
+            for name in _duplicates(names):
+                problems.append(Problem(f"{where}.resources[{r_index}].scopes", f"{name!r} is used more than once"))
+            for s_index, scope in enumerate(resource.scopes):
+                for implied in scope.implies:
+                    if implied not in names:
+                        problems.append(
+                            Problem(
+                                f"{where}.resources[{r_index}].scopes[{s_index}].implies",
+                                f"{implied!r} is not a scope of resource {resource.id!r}",
+                            )
+                        )
     return problems
 
 

@@ -73,6 +73,9 @@ class TokensConfig(_Section):
         description="ID token lifetime (authorization code flow with the openid scope); the client may "
         "exchange it for ID-JAGs until then.",
     )
+    id_jag_ttl: Duration = Field(
+        default=300, ge=1, le=300, description="Lifetime of an ID-JAG the broker issues (at most 300 s)."
+    )
 
 
 class SigningConfig(_Section):
@@ -239,6 +242,30 @@ class LoggingConfig(_Section):
     )
 
 
+class ExternalAuthorizationServerConfig(_Section):
+    """An MCP server's authorization server elsewhere that trusts this broker as its enterprise
+    IdP: the broker issues ID-JAGs (draft-ietf-oauth-identity-assertion-authz-grant) for it."""
+
+    issuer: str = Field(description="Its issuer identifier: the `audience` of the token exchange, the ID-JAG's `aud`.")
+    clients: dict[str, str] = Field(
+        min_length=1,
+        description="Our client id -> the client id that client has at this server (the ID-JAG's `client_id`). "
+        "Only these clients get ID-JAGs for it.",
+    )
+    resources: list[ResourceConfig] = Field(
+        min_length=1,
+        description="Its MCP servers, named and scoped as `resources` are: mappings grant their scopes.",
+    )
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, issuer: str) -> str:
+        # Kept exactly as written (a trailing '/' too, as some issuers have one): the ID-JAG's
+        # `aud` must be the issuer identifier exactly.
+        check_public_url(issuer.removesuffix("/"), what="issuer")
+        return issuer
+
+
 class PolicyFileModel(_Section):
     """The policy file: the protected resources and the mapping rules, nothing else."""
 
@@ -331,6 +358,15 @@ class BrokerConfig(_Section):
     providers: list[ProviderConfigUnion] = Field(default_factory=list)
     resources: list[ResourceConfig] = Field(default_factory=list)
     mappings: list[MappingRule] = Field(default_factory=list)
+    external_authorization_servers: list[ExternalAuthorizationServerConfig] = Field(
+        default_factory=list,
+        description="Authorization servers of MCP servers elsewhere that accept ID-JAGs from this broker.",
+    )
+
+    @property
+    def external_resources(self) -> list[ResourceConfig]:
+        """Every external authorization server's MCP servers (their ids are unique with ours)."""
+        return [r for server in self.external_authorization_servers for r in server.resources]
 
     @field_validator("issuer")
     @classmethod

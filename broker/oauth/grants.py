@@ -33,6 +33,7 @@ from broker.oauth.errors import (
     UnauthorizedClient,
 )
 from broker.oauth.grant_memo import GrantMemo
+from broker.oauth.id_token import mint_id_token
 from broker.oauth.recheck import Rechecks
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
@@ -166,6 +167,8 @@ class GrantService:
         resource: str,
         scopes: list[str],
         identity: Identity,
+        openid: bool = False,
+        nonce: str | None = None,
     ) -> tuple[str, str]:
         """Store a new authorization code for a signed-in user: (its grant id, the code)."""
         grant_id = new_grant_id()
@@ -181,6 +184,8 @@ class GrantService:
             identity=identity_record(identity, self.sealer),
             auth_time=int(time.time()),
             policy_version=self.policy.version,
+            openid=openid,
+            nonce=nonce,
         )
         await self.store.save_code(grant_id, record, self.config.tokens.authorization_code_ttl)
         return grant_id, code
@@ -239,6 +244,18 @@ class GrantService:
         idle, remaining = self._refresh_ttls(grant, now)
         await self.store.create_grant(grant, digest(refresh) if refresh else "none", idle, remaining)
         response = self._token_response(grant, list(record.scopes), refresh)
+        if record.openid:  # OpenID Connect Core §3.1.3.3: the scope held openid
+            response["id_token"] = mint_id_token(
+                self.keyring,
+                issuer=self.config.issuer,
+                subject=grant.subject,
+                client_id=client.client_id,
+                grant_id=grant_id,
+                ttl=self.config.tokens.id_token_ttl,
+                nonce=record.nonce,
+                auth_time=record.auth_time,
+                email=record.identity.email,
+            )
         TOKENS_ISSUED.inc()
         audit(
             "token_issued",
@@ -248,8 +265,35 @@ class GrantService:
             resource=grant.resource,
             scope=response["scope"],
             refresh_token_issued=refresh is not None,
+            id_token_issued=record.openid,
         )
         return response
+
+    async def current_identity(self, grant: Grant) -> Identity:
+        """The grant's user as the provider sees them now, through the same shared re-check a
+        refresh uses (``tokens.upstream_recheck_interval``), for a decision outside a refresh (an
+        ID-JAG). A user no longer valid upstream revokes the grant (``InvalidGrant``); an upstream
+        that cannot answer is ``TemporarilyUnavailable``. A provider that cannot re-check gives
+        the identity of the sign-in."""
+        if grant.identity is None:
+            raise InvalidGrant(detail=f"grant {grant.grant_id} has no identity to re-check")
+        identity = identity_from(grant.identity, self.sealer)
+        provider = self.providers.get(identity.provider_id)
+        if provider is None:
+            raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
+        if not isinstance(provider, RefreshProvider):
+            return identity
+        try:
+            return (await self._rechecks.check(provider, identity, grant.auth_time or 0)).identity
+        except (InvalidCredentials, AccountDisabled) as exc:
+            await self.store.revoke_grant(grant.grant_id, "user_no_longer_valid")
+            raise InvalidGrant(
+                "The user is no longer valid at the identity provider.",
+                detail=f"user {identity.username} no longer valid upstream: {exc}",
+            ) from None
+        except ProviderError as exc:
+            log_upstream_failure(identity.provider_id, "recheck", exc)
+            raise TemporarilyUnavailable(detail=f"upstream re-check failed: {exc}") from None
 
     # -- refresh_token ---------------------------------------------------------------------
     async def refresh(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from broker.config.models import BrokerConfig
 from broker.oauth.clients import AUTH_METHODS
 from broker.oauth.id_jag import ID_JAG_PROFILE, JWT_BEARER
 from broker.oauth.id_token import CLAIMS_SUPPORTED
+from broker.oauth.token_exchange import TOKEN_EXCHANGE
 
 
 def metadata(config: BrokerConfig) -> dict[str, Any]:
@@ -40,6 +41,8 @@ def metadata(config: BrokerConfig) -> dict[str, Any]:
     doc["id_token_signing_alg_values_supported"] = [config.signing.algorithm]
     doc["subject_types_supported"] = ["public"]
     doc["claims_supported"] = list(CLAIMS_SUPPORTED)
+    # RFC 8693 token exchange: an ID token of ours for an ID-JAG (ext-auth, SEP-990).
+    doc["grant_types_supported"] = [*doc["grant_types_supported"], TOKEN_EXCHANGE]
     if config.identity_assertion.trusted_issuers:  # RFC 7523 with ID-JAGs (MCP ext-auth §6)
         doc["grant_types_supported"] = [*doc["grant_types_supported"], JWT_BEARER]
         doc["authorization_grant_profiles_supported"] = [ID_JAG_PROFILE]

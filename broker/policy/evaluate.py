@@ -47,16 +47,26 @@ def _matches(rule: MappingRule, identity: Identity) -> bool:
 class Policy:
     """The resources and mapping rules in force, with a version (content hash) for audit events."""
 
-    def __init__(self, resources: list[ResourceConfig], rules: list[MappingRule]) -> None:
-        self.resources = {r.id: r for r in resources}
+    def __init__(
+        self,
+        resources: list[ResourceConfig],
+        rules: list[MappingRule],
+        external: list[ResourceConfig] | None = None,
+    ) -> None:
+        """``external``: MCP servers of other authorization servers (``external_authorization_servers``),
+        evaluated alike for the ID-JAGs the broker issues, but never a target of its own tokens:
+        ``by_uri`` and ``resource_for`` know only ``resources``."""
+        external = external or []
+        self.resources = {r.id: r for r in [*resources, *external]}
         self.by_uri = {r.uri: r for r in resources}
+        self.external_ids = frozenset(r.id for r in external)
         self.rules = rules
-        payload = json.dumps(
-            [[r.model_dump(mode="json") for r in resources], [m.model_dump(mode="json") for m in rules]],
-            sort_keys=True,
-        )
+        dumped = [[r.model_dump(mode="json") for r in resources], [m.model_dump(mode="json") for m in rules]]
+        if external:  # the version of a policy without any stays what it was
+            dumped.append([r.model_dump(mode="json") for r in external])
+        payload = json.dumps(dumped, sort_keys=True)
         self.version = hashlib.sha256(payload.encode()).hexdigest()[:12]
-        self._implies = {r.id: {s.name: list(s.implies) for s in r.scopes} for r in resources}
+        self._implies = {r.id: {s.name: list(s.implies) for s in r.scopes} for r in self.resources.values()}
 
     def resource_for(self, uri: str) -> ResourceConfig | None:
         return self.by_uri.get(uri)

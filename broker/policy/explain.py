@@ -24,9 +24,9 @@ def given_identity(provider: ProviderConfig, user: str | None, groups: frozenset
 
 
 def explain(policy: Policy, identity: Identity, resource_uri: str | None = None) -> dict[str, Any]:
-    resources = [policy.by_uri[resource_uri]] if resource_uri in policy.by_uri else list(policy.resources.values())
-    if resource_uri is not None and resource_uri not in policy.by_uri:
-        resources = []
+    resources = list(policy.resources.values())  # ours, then those of external authorization servers
+    if resource_uri is not None:
+        resources = [r for r in resources if r.uri == resource_uri]
     out: dict[str, Any] = {
         "provider": identity.provider_id,
         "username": identity.username,
@@ -53,6 +53,7 @@ def explain(policy: Policy, identity: Identity, resource_uri: str | None = None)
             {
                 "uri": resource.uri,
                 "name": resource.name,
+                "external": resource.id in policy.external_ids,  # reached with an ID-JAG, not our token
                 "scopes": scopes,
                 "ask_for_groups": [] if decision.scopes else policy.hint_groups(resource, identity.provider_id),
             }
@@ -67,7 +68,8 @@ def render(report: dict[str, Any]) -> str:
         f"policy version: {report['policy_version']}",
     ]
     for resource in report["resources"]:
-        lines += ["", f"{resource['name']}  {resource['uri']}"]
+        via = "  (external: ID-JAG)" if resource.get("external") else ""
+        lines += ["", f"{resource['name']}  {resource['uri']}{via}"]
         for scope in resource["scopes"]:
             if scope["granted"]:
                 why = f"granted by {', '.join(scope['granted_by'])}"

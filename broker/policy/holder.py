@@ -40,7 +40,7 @@ class ReloadAttempt:
 class PolicyHolder:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.current = Policy(config.resources, config.mappings)
+        self.current = Policy(config.resources, config.mappings, config.external_resources)
         self.path = Path(config.policy_file) if config.policy_file else None
         self._digest = self._read_digest()
         self._wake = asyncio.Event()
@@ -75,7 +75,7 @@ class PolicyHolder:
                 policy_version=self.current.version,
             )
             return False
-        candidate = Policy(resources, mappings)
+        candidate = Policy(resources, mappings, self.config.external_resources)
         if candidate.version == self.current.version:
             self._record(reason, "unchanged", [])
             return False

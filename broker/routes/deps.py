@@ -20,6 +20,7 @@ from broker.oauth.clients import ClientRegistry
 from broker.oauth.grants import GrantService
 from broker.oauth.revocation import RevocationService
 from broker.oauth.signing import KeyRing
+from broker.oauth.token_exchange import TokenExchange
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.security.rate_limit import RateLimit
@@ -63,6 +64,7 @@ get_throttle = _service(lambda s: s.throttle)
 get_registrations = _service(lambda s: s.registrations)
 get_flows = _service(lambda s: s.flows)
 get_assertions = _service(lambda s: s.assertions)
+get_exchanges = _service(lambda s: s.exchanges)
 
 
 ConfigDep = Annotated[BrokerConfig, Depends(get_config)]
@@ -81,3 +83,4 @@ ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
 RegistrationsDep = Annotated[RateLimit, Depends(get_registrations)]
 FlowsDep = Annotated[BrowserFlow, Depends(get_flows)]
 AssertionsDep = Annotated[AssertionGrant, Depends(get_assertions)]
+ExchangesDep = Annotated[TokenExchange, Depends(get_exchanges)]

@@ -7,9 +7,10 @@ from fastapi.responses import JSONResponse, Response
 
 from broker.oauth.errors import InvalidClient, InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from broker.oauth.id_jag import JWT_BEARER
+from broker.oauth.token_exchange import TOKEN_EXCHANGE
 from broker.routes import openapi
 from broker.routes.client_auth import authenticate_client
-from broker.routes.deps import AssertionsDep, ClientsDep, GrantsDep, IntrospectionDep, RevocationDep
+from broker.routes.deps import AssertionsDep, ClientsDep, ExchangesDep, GrantsDep, IntrospectionDep, RevocationDep
 from broker.routes.errors import NO_STORE
 from broker.routes.forms import read_form
 
@@ -24,7 +25,7 @@ def router(base: str) -> APIRouter:
         openapi_extra=openapi.TOKEN,
     )
     async def token(
-        request: Request, clients: ClientsDep, grants: GrantsDep, assertions: AssertionsDep
+        request: Request, clients: ClientsDep, grants: GrantsDep, exchanges: ExchangesDep, assertions: AssertionsDep
     ) -> JSONResponse:
         form = await read_form(request)
         client = await authenticate_client(clients, request, form)
@@ -33,6 +34,8 @@ def router(base: str) -> APIRouter:
             body = await grants.exchange_code(client, form)
         elif grant_type == "refresh_token":
             body = await grants.refresh(client, form)
+        elif grant_type == TOKEN_EXCHANGE:  # RFC 8693; by token types in broker.oauth.token_exchange
+            body = await exchanges.exchange(client, form)
         elif grant_type == JWT_BEARER:  # RFC 7523 with an ID-JAG: broker.oauth.assertion_grant
             body = await assertions.redeem(client, form)
         elif grant_type is None:
