@@ -22,6 +22,7 @@ from broker.oauth.id_jag import IdJagVerifier
 from broker.oauth.revocation import RevocationService
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
+from broker.oauth.token_exchange import TokenExchange
 from broker.policy.holder import PolicyHolder
 from broker.routes import (
     account,
@@ -144,6 +145,7 @@ def create_app(
             ),
             flows=BrowserFlow(config, store, clients, policies, upstreams, grants, throttle),
             assertions=assertions,
+            exchanges=TokenExchange(config, store, keyring, policies, grants),
         )
         try:
             await keyring.refresh()
