@@ -28,6 +28,7 @@ from broker.oauth.id_jag import ID_JAG_PROFILE, JWT_BEARER, TYP
 from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import INTROSPECTOR_SECRET, RESOURCE, Broker, broker_yaml, register
 from tests.broker.oauth.jag_issuer import JagIssuer, b64url, jag_issuer
+from tests.broker.oauth.test_refresh_paths import directory_user, leave_group
 from tests.http import running
 
 CLIENT = "notes-server"  # the tests' static confidential client (it may introspect `notes` too)
@@ -250,6 +251,19 @@ def test_a_user_named_by_email_is_looked_up_by_email(jag_broker: Broker, idp: Ja
 
 def test_an_unknown_user_is_refused(jag_broker: Broker, idp: JagIssuer) -> None:
     refused(redeem(jag_broker.base, idp.sign(jag(idp, jag_broker, sub="nobody"))))
+
+
+def test_each_redemption_sees_the_directory_as_it_is_now(jag_broker: Broker, idp: JagIssuer, slapd: Slapd) -> None:
+    """Looked up at every redemption: a user who left a granting group gets less at the next
+    ID-JAG, and a deleted account nothing, whatever the IdP still asserts."""
+    with directory_user(slapd, ("mcp-readers", "mcp-writers")) as (uid, dn):
+        granted = redeem(jag_broker.base, idp.sign(jag(idp, jag_broker, sub=uid)))
+        assert granted.json()["scope"] == "notes:read notes:write", granted.text
+        leave_group(slapd, dn, "mcp-writers")
+        assert redeem(jag_broker.base, idp.sign(jag(idp, jag_broker, sub=uid))).json()["scope"] == "notes:read"
+        leave_group(slapd, dn, "mcp-readers")
+        refused(redeem(jag_broker.base, idp.sign(jag(idp, jag_broker, sub=uid))), "invalid_scope")
+    assert "not known here" in refused(redeem(jag_broker.base, idp.sign(jag(idp, jag_broker, sub=uid))))
 
 
 def test_the_grant_is_recorded_so_revocation_works(jag_broker: Broker, idp: JagIssuer) -> None:
