@@ -32,10 +32,15 @@ class TokenBody(BaseModel):
     """OAuth 2.1 §3.2.3 access token response."""
 
     access_token: str
-    token_type: str = Field(description="Always `Bearer`")
+    token_type: str = Field(description="`Bearer`; `N_A` for an ID-JAG from the token exchange (RFC 8693 §2.2.1)")
     expires_in: int
     scope: str
     refresh_token: str | None = Field(default=None, description="Present for clients allowed `refresh_token`")
+    id_token: str | None = Field(default=None, description="OpenID Connect ID token, when the scope held `openid`")
+    issued_token_type: str | None = Field(
+        default=None,
+        description="Token exchange: `urn:ietf:params:oauth:token-type:id-jag` (then `access_token` is the ID-JAG)",
+    )
 
 
 class IntrospectionBody(BaseModel):
@@ -129,7 +134,12 @@ TOKEN = {
         {
             "grant_type": {
                 "type": "string",
-                "enum": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:jwt-bearer"],
+                "enum": [
+                    "authorization_code",
+                    "refresh_token",
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ],
             },
             "code": {"type": "string"},
             "redirect_uri": {"type": "string"},
@@ -140,6 +150,10 @@ TOKEN = {
             },
             "refresh_token": {"type": "string"},
             "assertion": {"type": "string", "description": "jwt-bearer (RFC 7523): an ID-JAG from a trusted IdP"},
+            "subject_token": {"type": "string", "description": "token exchange (RFC 8693): an ID token of this broker"},
+            "subject_token_type": {"type": "string", "enum": ["urn:ietf:params:oauth:token-type:id_token"]},
+            "requested_token_type": {"type": "string", "enum": ["urn:ietf:params:oauth:token-type:id-jag"]},
+            "audience": {"type": "string", "description": "token exchange: the issuer the ID-JAG is for"},
             "scope": {"type": "string", "description": "Space-separated; at refresh, at most the granted scopes"},
             "resource": {"type": "string", "description": "RFC 8707 resource indicator"},
             **_CLIENT_FIELDS,
