@@ -206,9 +206,20 @@ class Store(SigningKeyStore, Protocol):
         holder slower than its lock's expiry MUST NOT free a lock another has taken since."""
 
     async def revoke_grant(self, grant_id: str, reason: str) -> bool:
-        """Mark a grant revoked, record it in the revoked set and announce it to resource servers.
-        True if it was active. A revoked grant stays revoked. No grant is marked revoked before it
+        """Mark a grant revoked, record it in the revoked set and announce it to resource servers,
+        and in the step that marks it drop its vault entry (``put_upstream_tokens``) and the
+        provider-private part of its identity (upstream tokens). True if it was active. A revoked grant stays revoked. No grant is marked revoked before it
         is in the revoked set and announced (fail closed if a step is cut short)."""
+
+    async def put_upstream_tokens(self, grant_id: str, sealed: str, ttl: float) -> bool:
+        """Keep ``sealed`` (upstream tokens, already sealed by the caller) as the grant's vault entry,
+        replacing the one before, for ``ttl`` seconds at most and never past the grant's own expiry.
+        MUST be atomic with the grant's status: only an active grant gets one (False otherwise),
+        so a write racing a revocation cannot outlive it."""
+
+    async def get_upstream_tokens(self, grant_id: str) -> str | None:
+        """The grant's vault entry as it was put, or None (none kept, expired, or the grant revoked:
+        ``revoke_grant`` drops it in the step that marks the grant)."""
 
     async def user_grant_ids(self, subject: str) -> list[str]:
         """Ids of a user's grants not yet expired (some may be revoked)."""

@@ -56,6 +56,10 @@ class Keys:
     def code(self, grant_id: str) -> str:
         return f"{self.prefix}:{{g:{grant_id}}}:code"
 
+    def upstream_tokens(self, grant_id: str) -> str:
+        """The grant's vault: upstream tokens kept for delegated access, sealed (same slot as the grant)."""
+        return f"{self.prefix}:{{g:{grant_id}}}:upstream"
+
     def user_grants(self, subject: str) -> str:
         return f"{self.prefix}:{{u:{_tag_safe(subject)}}}:grants"
 

@@ -106,15 +106,19 @@ if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) en
 # the grant's tokens].
 # KEYS[1] the grant: marks it revoked; ``changed`` is 1 if it was not yet, ``expires`` when its
 # tokens have all expired (an hour from now for a grant already gone).
+# KEYS[2] the grant's vault: dropped, with the sealed provider-private part of its identity
+# (upstream tokens), so nothing of the user's upstream session outlives the grant.
 _MARK_REVOKED = """
 local changed, expires = 0, tonumber(ARGV[1]) + 3600
 local grant = redis.call('GET', KEYS[1])
+redis.call('DEL', KEYS[2])
 if grant then
   local g = cjson.decode(grant)
   expires = tonumber(g.expires_at) or expires
   if g.status ~= 'revoked' then
     g.status = 'revoked'
     g.revoked_at = tonumber(ARGV[1])
+    if type(g.identity) == 'table' then g.identity.private = cjson.null end
     redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
     changed = 1
   end
@@ -131,6 +135,17 @@ redis.call('PUBLISH', ARGV[4], ARGV[3])
 _REVOKE = _MARK_REVOKED + _ANNOUNCE_REVOKED + "return changed"  # one node: all in one script
 _REVOKE_MARK = _MARK_REVOKED + "return changed"  # Cluster: the grant's slot ...
 _REVOKE_ANNOUNCE = "local expires = tonumber(ARGV[5])" + _ANNOUNCE_REVOKED  # ... and the set's
+
+# KEYS: a grant, its vault. ARGV: the sealed entry, milliseconds. Kept only for an active grant,
+# never past the grant's own expiry. Returns 1 if kept.
+_PUT_UPSTREAM = """
+local grant = redis.call('GET', KEYS[1])
+if not grant or cjson.decode(grant).status ~= 'active' then return 0 end
+local ms, left = tonumber(ARGV[2]), redis.call('PTTL', KEYS[1])
+if left > 0 and left < ms then ms = left end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', math.max(1, ms))
+return 1
+"""
 
 # KEYS: a flow, its attempt count. Returns the new count, or 0 if the flow has expired.
 _COUNT_ATTEMPT = """
@@ -221,6 +236,7 @@ class RedisStore:
         self._revoke = redis.register_script(_REVOKE)
         self._revoke_mark = redis.register_script(_REVOKE_MARK)
         self._revoke_announce = redis.register_script(_REVOKE_ANNOUNCE)
+        self._put_upstream = redis.register_script(_PUT_UPSTREAM)
         self._unlock = redis.register_script(_UNLOCK)
         self._index_grant = redis.register_script(_INDEX_GRANT)
         self._count_attempt = redis.register_script(_COUNT_ATTEMPT)
@@ -385,12 +401,22 @@ class RedisStore:
             grant = await self.get_grant(grant_id)
             expires_at = grant.expires_at if grant else now + 3600
             await self._revoke_announce(keys=[self.keys.revoked()], args=[*args, expires_at])
-            changed = bool(await self._revoke_mark(keys=[self.keys.grant(grant_id)], args=args))
+            grant_keys = [self.keys.grant(grant_id), self.keys.upstream_tokens(grant_id)]
+            changed = bool(await self._revoke_mark(keys=grant_keys, args=args))
         else:
-            changed = bool(await self._revoke(keys=[self.keys.grant(grant_id), self.keys.revoked()], args=args))
+            keys = [self.keys.grant(grant_id), self.keys.upstream_tokens(grant_id), self.keys.revoked()]
+            changed = bool(await self._revoke(keys=keys, args=args))
         if changed:
             TOKENS_REVOKED.labels(reason).inc()
         return changed
+
+    async def put_upstream_tokens(self, grant_id: str, sealed: str, ttl: float) -> bool:
+        keys = [self.keys.grant(grant_id), self.keys.upstream_tokens(grant_id)]
+        return bool(await self._put_upstream(keys=keys, args=[sealed, max(1, int(ttl * 1000))]))
+
+    async def get_upstream_tokens(self, grant_id: str) -> str | None:
+        value = await self.redis.get(self.keys.upstream_tokens(grant_id))
+        return _text(value) if value is not None else None
 
     async def user_grant_ids(self, subject: str) -> list[str]:
         key = self.keys.user_grants(subject)

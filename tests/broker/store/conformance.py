@@ -469,6 +469,36 @@ async def assertion_jtis(store: Store) -> None:
     assert await store.claim_assertion_jti("https://idp.example", short, time.time() + 1)
 
 
+async def upstream_vault(store: Store) -> None:
+    grant_id = new_id()
+    assert not await store.put_upstream_tokens(grant_id, "sealed-0", 60)  # no grant: nothing kept
+    assert await store.get_upstream_tokens(grant_id) is None
+    sealed_identity = replace(IDENTITY, private="sealed-private")
+    await store.create_grant(replace(a_grant(grant_id), identity=sealed_identity), "r1", 600, 600)
+    assert await store.put_upstream_tokens(grant_id, "sealed-1", 600)
+    assert await store.put_upstream_tokens(grant_id, "sealed-2", 600)  # replaces
+    assert await store.get_upstream_tokens(grant_id) == "sealed-2"
+    other = new_id()
+    await store.create_grant(a_grant(other), "r1", 600, 600)
+    assert await store.get_upstream_tokens(other) is None  # per grant
+    # Revocation drops the vault and the identity's sealed private part in the step that marks it;
+    # a write racing it finds the grant revoked and keeps nothing.
+    await asyncio.gather(store.revoke_grant(grant_id, "test"), store.put_upstream_tokens(grant_id, "late", 600))
+    assert await store.get_upstream_tokens(grant_id) is None
+    grant = await store.get_grant(grant_id)
+    assert grant is not None and grant.identity is not None
+    assert grant.identity.private is None and grant.identity.username == "alice"
+    assert not await store.put_upstream_tokens(grant_id, "sealed-3", 600)
+    # Gone at its own ttl, and never past the grant's expiry.
+    await store.put_upstream_tokens(other, "sealed-4", 0.2)
+    short = new_id()
+    await store.create_grant(a_grant(short, lifetime=1), "r1", 1, 1)
+    assert await store.put_upstream_tokens(short, "sealed-5", 600)
+    await asyncio.sleep(1.2)
+    assert await store.get_upstream_tokens(other) is None
+    assert await store.get_upstream_tokens(short) is None
+
+
 CHECKS: dict[str, Check] = {
     check.__name__: check
     for check in (
@@ -495,5 +525,6 @@ CHECKS: dict[str, Check] = {
         request_counts,
         rechecks,
         assertion_jtis,
+        upstream_vault,
     )
 }
