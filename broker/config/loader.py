@@ -203,6 +203,41 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
         if not rule.groups and not rule.users:
             problems.append(Problem(where, "a rule needs at least one of 'groups' or 'users'"))
     problems += _trusted_issuer_problems(config)
+    problems += _delegation_problems(config)
+    return problems
+
+
+def _delegation_problems(config: BrokerConfig) -> list[Problem]:
+    """delegation: rules naming MCP servers and providers that exist, targets of providers that
+    exist, no target audience that is one of our MCP servers (a downstream token must never pass
+    as a token for an MCP server), static clients naming an MCP server that exists."""
+    problems: list[Problem] = []
+    providers = {p.id for p in config.providers}
+    resources = {r.id for r in config.resources}
+    uris = {r.uri for r in config.resources} | {config.issuer}
+    for index, target in enumerate(config.delegation.targets):
+        where = f"delegation.targets[{index}]"
+        if target.audience in uris:
+            problems.append(Problem(f"{where}.audience", "is an MCP server of this broker (or its issuer)"))
+        provider = getattr(target, "provider", None)
+        if provider is not None and provider not in providers:
+            problems.append(Problem(f"{where}.provider", f"no provider has id {provider!r}"))
+    for index, rule in enumerate(config.delegation.rules):
+        where = f"delegation.rules[{index}]"
+        if rule.provider not in providers:
+            problems.append(Problem(f"{where}.provider", f"no provider has id {rule.provider!r}"))
+        if rule.mcp_server not in resources:
+            problems.append(Problem(f"{where}.mcp_server", f"no resource has id {rule.mcp_server!r}"))
+        if not rule.groups and not rule.users:
+            problems.append(Problem(where, "a rule needs at least one of 'groups' or 'users'"))
+    for index, client in enumerate(config.registration.static_clients):
+        if client.mcp_server is None:
+            continue
+        where = f"registration.static_clients[{index}].mcp_server"
+        if client.mcp_server not in resources:
+            problems.append(Problem(where, f"no resource has id {client.mcp_server!r}"))
+        if client.client_secret is None:
+            problems.append(Problem(where, "only a confidential client (with client_secret) may be an MCP server"))
     return problems
 
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from broker.config.delegation import DelegationConfig
 from broker.config.types import Duration, check_public_url
 from broker.display import hidden_character
 from providers.registry import ProviderConfigUnion
@@ -127,6 +128,11 @@ class StaticClientConfig(_Section):
     application_type: Literal["native", "web"] = "native"
     introspection_resources: list[str] = Field(
         default_factory=list, description="Resource ids whose tokens this (confidential) client may introspect."
+    )
+    mcp_server: str | None = Field(
+        default=None,
+        description="Resource id of the MCP server this (confidential) client is: it may exchange tokens "
+        "audience-bound to that server for delegation targets (RFC 8693).",
     )
 
     @field_validator("client_name")
@@ -351,6 +357,7 @@ class BrokerConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     login_protection: LoginProtectionConfig = LoginProtectionConfig()
     identity_assertion: IdentityAssertionConfig = IdentityAssertionConfig()
+    delegation: DelegationConfig = DelegationConfig()
     policy_file: str | None = Field(
         default=None,
         description="A separate YAML file with `resources` and `mappings`, reloaded when it changes.",
