@@ -10,7 +10,7 @@ from broker.oauth.id_jag import JWT_BEARER
 from broker.oauth.token_exchange import TOKEN_EXCHANGE
 from broker.routes import openapi
 from broker.routes.client_auth import authenticate_client
-from broker.routes.deps import AssertionsDep, ClientsDep, ExchangesDep, GrantsDep, IntrospectionDep, RevocationDep
+from broker.routes.deps import ClientsDep, IntrospectionDep, RevocationDep, TokenEndpointDep
 from broker.routes.errors import NO_STORE
 from broker.routes.forms import read_form
 
@@ -24,20 +24,18 @@ def router(base: str) -> APIRouter:
         responses={200: {"model": openapi.TokenBody}, **openapi.TOKEN_ENDPOINT_ERRORS},
         openapi_extra=openapi.TOKEN,
     )
-    async def token(
-        request: Request, clients: ClientsDep, grants: GrantsDep, exchanges: ExchangesDep, assertions: AssertionsDep
-    ) -> JSONResponse:
+    async def token(request: Request, endpoint: TokenEndpointDep) -> JSONResponse:
         form = await read_form(request)
-        client = await authenticate_client(clients, request, form)
+        client = await authenticate_client(endpoint.clients, request, form)
         grant_type = form.get("grant_type")
         if grant_type == "authorization_code":
-            body = await grants.exchange_code(client, form)
+            body = await endpoint.grants.exchange_code(client, form)
         elif grant_type == "refresh_token":
-            body = await grants.refresh(client, form)
+            body = await endpoint.grants.refresh(client, form)
         elif grant_type == TOKEN_EXCHANGE:  # RFC 8693; by token types in broker.oauth.token_exchange
-            body = await exchanges.exchange(client, form)
+            body = await endpoint.exchanges.exchange(client, form)
         elif grant_type == JWT_BEARER:  # RFC 7523 with an ID-JAG: broker.oauth.assertion_grant
-            body = await assertions.redeem(client, form)
+            body = await endpoint.assertions.redeem(client, form)
         elif grant_type is None:
             raise InvalidRequest("grant_type is required")
         else:
