@@ -21,7 +21,6 @@ import asyncio
 import base64
 import json
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -474,9 +473,7 @@ def test_a_user_removed_from_the_granting_group_gets_no_id_jag(federation: Feder
             assert admin.delete(dn), admin.result
         finally:
             admin.unbind()
-        started = time.monotonic()
         deleted = token_exchange(federation, signed_in["id_token"])
         assert deleted.status_code == 400, deleted.text
         assert deleted.json()["error"] == "invalid_grant", deleted.text
-        assert time.monotonic() - started < 5
     assert federation.auth_served.browser_hits() == []
