@@ -207,8 +207,9 @@ class Store(SigningKeyStore, Protocol):
 
     async def revoke_grant(self, grant_id: str, reason: str) -> bool:
         """Mark a grant revoked, record it in the revoked set and announce it to resource servers,
-        and in the step that marks it drop its vault entry (``put_upstream_tokens``) and the
-        provider-private part of its identity (upstream tokens). True if it was active. A revoked grant stays revoked. No grant is marked revoked before it
+        and in the step that marks it drop its vault entry (``put_upstream_tokens``), its cached
+        downstream tokens (``put_downstream_token``) and the provider-private part of its identity
+        (upstream tokens). True if it was active. A revoked grant stays revoked. No grant is marked revoked before it
         is in the revoked set and announced (fail closed if a step is cut short)."""
 
     async def put_upstream_tokens(self, grant_id: str, sealed: str, ttl: float) -> bool:
@@ -220,6 +221,16 @@ class Store(SigningKeyStore, Protocol):
     async def get_upstream_tokens(self, grant_id: str) -> str | None:
         """The grant's vault entry as it was put, or None (none kept, expired, or the grant revoked:
         ``revoke_grant`` drops it in the step that marks the grant)."""
+
+    async def put_downstream_token(self, grant_id: str, slot: str, sealed: str, ttl: float) -> bool:
+        """Cache ``sealed`` (a downstream token of delegated access, sealed by the caller) under the
+        grant for ``slot`` (a target and scope set), replacing the one before, for ``ttl`` seconds at
+        most and never past the grant's own expiry. MUST be atomic with the grant's status: only an
+        active grant gets one (False otherwise), so a write racing a revocation cannot outlive it."""
+
+    async def get_downstream_token(self, grant_id: str, slot: str) -> str | None:
+        """The grant's cached downstream token for ``slot``, or None (none, expired, or the grant
+        revoked: ``revoke_grant`` drops every one of the grant's in the step that marks it)."""
 
     async def user_grant_ids(self, subject: str) -> list[str]:
         """Ids of a user's grants not yet expired (some may be revoked)."""

@@ -60,6 +60,10 @@ class Keys:
         """The grant's vault: upstream tokens kept for delegated access, sealed (same slot as the grant)."""
         return f"{self.prefix}:{{g:{grant_id}}}:upstream"
 
+    def downstream_tokens(self, grant_id: str) -> str:
+        """The grant's cached downstream tokens (a hash: slot -> sealed token with its expiry; same slot)."""
+        return f"{self.prefix}:{{g:{grant_id}}}:downstream"
+
     def user_grants(self, subject: str) -> str:
         return f"{self.prefix}:{{u:{_tag_safe(subject)}}}:grants"
 

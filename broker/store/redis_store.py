@@ -108,10 +108,11 @@ if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) en
 # tokens have all expired (an hour from now for a grant already gone).
 # KEYS[2] the grant's vault: dropped, with the sealed provider-private part of its identity
 # (upstream tokens), so nothing of the user's upstream session outlives the grant.
+# KEYS[3] the grant's cached downstream tokens: dropped alike.
 _MARK_REVOKED = """
 local changed, expires = 0, tonumber(ARGV[1]) + 3600
 local grant = redis.call('GET', KEYS[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 if grant then
   local g = cjson.decode(grant)
   expires = tonumber(g.expires_at) or expires
@@ -144,6 +145,19 @@ if not grant or cjson.decode(grant).status ~= 'active' then return 0 end
 local ms, left = tonumber(ARGV[2]), redis.call('PTTL', KEYS[1])
 if left > 0 and left < ms then ms = left end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', math.max(1, ms))
+return 1
+"""
+
+# KEYS: a grant, its downstream-token hash. ARGV: the slot, the sealed entry, milliseconds. Kept
+# only for an active grant; the hash lives as long as its longest entry, never past the grant.
+# Returns 1 if kept.
+_PUT_DOWNSTREAM = """
+local grant = redis.call('GET', KEYS[1])
+if not grant or cjson.decode(grant).status ~= 'active' then return 0 end
+local ms, left = tonumber(ARGV[3]), redis.call('PTTL', KEYS[1])
+if left > 0 and left < ms then ms = left end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if redis.call('PTTL', KEYS[2]) < ms then redis.call('PEXPIRE', KEYS[2], math.max(1, ms)) end
 return 1
 """
 
@@ -237,6 +251,7 @@ class RedisStore:
         self._revoke_mark = redis.register_script(_REVOKE_MARK)
         self._revoke_announce = redis.register_script(_REVOKE_ANNOUNCE)
         self._put_upstream = redis.register_script(_PUT_UPSTREAM)
+        self._put_downstream = redis.register_script(_PUT_DOWNSTREAM)
         self._unlock = redis.register_script(_UNLOCK)
         self._index_grant = redis.register_script(_INDEX_GRANT)
         self._count_attempt = redis.register_script(_COUNT_ATTEMPT)
@@ -401,10 +416,19 @@ class RedisStore:
             grant = await self.get_grant(grant_id)
             expires_at = grant.expires_at if grant else now + 3600
             await self._revoke_announce(keys=[self.keys.revoked()], args=[*args, expires_at])
-            grant_keys = [self.keys.grant(grant_id), self.keys.upstream_tokens(grant_id)]
+            grant_keys = [
+                self.keys.grant(grant_id),
+                self.keys.upstream_tokens(grant_id),
+                self.keys.downstream_tokens(grant_id),
+            ]
             changed = bool(await self._revoke_mark(keys=grant_keys, args=args))
         else:
-            keys = [self.keys.grant(grant_id), self.keys.upstream_tokens(grant_id), self.keys.revoked()]
+            keys = [
+                self.keys.grant(grant_id),
+                self.keys.upstream_tokens(grant_id),
+                self.keys.downstream_tokens(grant_id),
+                self.keys.revoked(),
+            ]
             changed = bool(await self._revoke(keys=keys, args=args))
         if changed:
             TOKENS_REVOKED.labels(reason).inc()
@@ -416,6 +440,14 @@ class RedisStore:
 
     async def get_upstream_tokens(self, grant_id: str) -> str | None:
         value = await self.redis.get(self.keys.upstream_tokens(grant_id))
+        return _text(value) if value is not None else None
+
+    async def put_downstream_token(self, grant_id: str, slot: str, sealed: str, ttl: float) -> bool:
+        keys = [self.keys.grant(grant_id), self.keys.downstream_tokens(grant_id)]
+        return bool(await self._put_downstream(keys=keys, args=[slot, sealed, max(1, int(ttl * 1000))]))
+
+    async def get_downstream_token(self, grant_id: str, slot: str) -> str | None:
+        value = await self.redis.hget(self.keys.downstream_tokens(grant_id), slot)
         return _text(value) if value is not None else None
 
     async def user_grant_ids(self, subject: str) -> list[str]:

@@ -499,6 +499,37 @@ async def upstream_vault(store: Store) -> None:
     assert await store.get_upstream_tokens(short) is None
 
 
+async def downstream_tokens(store: Store) -> None:
+    grant_id = new_id()
+    assert not await store.put_downstream_token(grant_id, "tickets", "sealed-0", 60)  # no grant: nothing kept
+    assert await store.get_downstream_token(grant_id, "tickets") is None
+    await store.create_grant(a_grant(grant_id), "r1", 600, 600)
+    assert await store.put_downstream_token(grant_id, "tickets", "sealed-1", 600)
+    assert await store.put_downstream_token(grant_id, "tickets", "sealed-2", 600)  # replaces
+    assert await store.put_downstream_token(grant_id, "graph", "sealed-3", 0.3)
+    assert await store.get_downstream_token(grant_id, "tickets") == "sealed-2"
+    assert await store.get_downstream_token(grant_id, "graph") == "sealed-3"  # per slot
+    assert await store.put_upstream_tokens(grant_id, "vault", 600)
+    other = new_id()
+    await store.create_grant(a_grant(other), "r1", 600, 600)
+    assert await store.get_downstream_token(other, "tickets") is None  # per grant
+    # Revocation drops every cached token (and the vault) in the step that marks the grant; a
+    # write racing it finds the grant revoked and keeps nothing.
+    await asyncio.gather(
+        store.revoke_grant(grant_id, "test"), store.put_downstream_token(grant_id, "late", "sealed-4", 600)
+    )
+    for slot in ("tickets", "graph", "late"):
+        assert await store.get_downstream_token(grant_id, slot) is None
+    assert await store.get_upstream_tokens(grant_id) is None
+    assert not await store.put_downstream_token(grant_id, "tickets", "sealed-5", 600)
+    # Never past the grant's own expiry.
+    short = new_id()
+    await store.create_grant(a_grant(short, lifetime=1), "r1", 1, 1)
+    assert await store.put_downstream_token(short, "tickets", "sealed-6", 600)
+    await asyncio.sleep(1.2)
+    assert await store.get_downstream_token(short, "tickets") is None
+
+
 CHECKS: dict[str, Check] = {
     check.__name__: check
     for check in (
@@ -526,5 +557,6 @@ CHECKS: dict[str, Check] = {
         rechecks,
         assertion_jtis,
         upstream_vault,
+        downstream_tokens,
     )
 }
