@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from providers.base import ProviderConfig
-from providers.ldap.wire import FilterError, compile_filter
+from providers.ldap.wire import FilterError, check_filter
 
 
 class LdapProviderConfig(ProviderConfig):
@@ -114,7 +114,7 @@ class LdapProviderConfig(ProviderConfig):
     @classmethod
     def _filter_is_rfc4515(cls, text: str) -> str:
         try:
-            compile_filter(text.replace("{username}", "x").replace("{dn}", "cn=x"))
+            check_filter(text.replace("{username}", "x").replace("{dn}", "cn=x"))
         except FilterError as exc:
             raise ValueError(f"not an RFC 4515 search filter: {exc}") from None
         return text

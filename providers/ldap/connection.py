@@ -152,7 +152,7 @@ class Connection:
         self,
         base: str,
         scope: int,
-        search_filter: bytes,
+        search_filter: str,
         attributes: tuple[str, ...],
         wait: float,
         size_limit: int = 0,

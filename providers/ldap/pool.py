@@ -28,10 +28,8 @@ from providers.ldap.resolver import Resolver
 
 # Root DSE supportedCapabilities of Active Directory and of AD LDS (MS-ADTS 3.1.1.3.4.3).
 _AD_CAPABILITIES = {"1.2.840.113556.1.4.800", "1.2.840.113556.1.4.1851"}
-_ALL = wire.compile_filter("(objectClass=*)")
+_ALL = "(objectClass=*)"
 _SIZE_LIMIT = 1000
-# The same users and groups are looked up again and again (every re-check): their filters too.
-_compiled = functools.lru_cache(maxsize=4096)(wire.compile_filter)
 _T = TypeVar("_T")
 
 
@@ -349,13 +347,12 @@ class Directory:
         attributes: tuple[str, ...] | Callable[[], tuple[str, ...]],
         scope: int = wire.SUBTREE,
     ) -> list[wire.Entry]:
-        compiled = _compiled(search_filter)
         for attempt in range(2):
             link, reused = await self._service(budget)
             asked = attributes() if callable(attributes) else attributes
             try:
                 entries, result = await link.conn.search(
-                    base, scope, compiled, asked, self._timeout(budget), size_limit=_SIZE_LIMIT
+                    base, scope, search_filter, asked, self._timeout(budget), size_limit=_SIZE_LIMIT
                 )
             except LinkError as exc:
                 # A kept connection the server dropped (a restart, an idle time-out) is tried once
