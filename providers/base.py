@@ -12,7 +12,7 @@ protocols, never with ``getattr``. :data:`CAPABILITIES` lists them all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -82,6 +82,32 @@ class UpstreamRejected(ProviderError):
     """The upstream answered, but what it answered cannot be trusted or used."""
 
     public = "The identity provider returned an answer that could not be accepted."
+
+
+class InteractionNeeded(ProviderError):
+    """The upstream issues only after the user comes back: a consent, multi-factor or conditional
+    access step (Entra ``interaction_required`` / ``consent_required``), or a new sign-in (an
+    upstream refresh token that expired or was revoked). ``scopes`` are those that were asked."""
+
+    public = "The identity provider needs you to sign in again or to consent."
+
+    def __init__(self, detail: str, scopes: Sequence[str] = ()) -> None:
+        super().__init__(detail)
+        self.scopes = tuple(scopes)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamToken:
+    """An access token the upstream issued for another API, as the user (delegated access).
+
+    ``state`` is the provider's upstream state after the call (a rotated refresh token, an MSAL
+    token cache that gained tokens) when it changed, else None: the broker keeps it sealed for
+    the grant and hands it back next time. It is never shown to clients."""
+
+    access_token: str
+    expires_in: int
+    scopes: frozenset[str]
+    state: Mapping[str, Any] | None = None
 
 
 @runtime_checkable
@@ -180,6 +206,31 @@ class EmailDomainHints(Protocol):
         ...
 
 
+@runtime_checkable
+class DelegatedAccess(Protocol):
+    """Gets tokens for other APIs as a signed-in user, from the upstream session kept at sign-in
+    (Entra: MSAL's token cache; OIDC: the upstream refresh token).
+
+    ``state`` is the identity's provider-private data, overlaid with the latest state this method
+    returned for the grant. ``delegated_spends_upstream_token`` is True when a call spends a
+    single-use upstream token: the broker then runs one call per grant at a time, under the same
+    lock as a refresh's re-check."""
+
+    delegated_spends_upstream_token: ClassVar[bool]
+
+    async def delegated_token(
+        self,
+        state: Mapping[str, Any],
+        scopes: Sequence[str],
+        *,
+        audience: str | None = None,
+        on_behalf_of: bool = False,
+    ) -> UpstreamToken:
+        """A token for ``scopes`` (and ``audience``, where the upstream takes one); raises
+        InteractionNeeded, UpstreamUnavailable or UpstreamRejected."""
+        ...
+
+
 CAPABILITIES: tuple[type, ...] = (
     PasswordProvider,
     RedirectProvider,
@@ -188,6 +239,7 @@ CAPABILITIES: tuple[type, ...] = (
     Lifecycle,
     FormOrigins,
     EmailDomainHints,
+    DelegatedAccess,
 )
 """Every optional capability a provider can declare."""
 

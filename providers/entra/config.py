@@ -49,6 +49,12 @@ class EntraProviderConfig(ProviderConfig):
         description="At refresh, look the user up with app-only Graph (account enabled, current groups); "
         "'none' keeps the groups of sign-in time.",
     )
+    delegated_access: bool = Field(
+        default=False,
+        description="Keep each user's MSAL token cache from sign-in (sealed, with the grant; offline_access is "
+        "requested) so delegation targets of kind entra can get tokens as the user. Needs "
+        "signing.key_encryption_key.",
+    )
     accept_v1_issuer: bool = False
     v1_issuer_host: HttpUrl = Field(
         default=HttpUrl("https://sts.windows.net"), description="Host of v1.0 issuers (when accept_v1_issuer)."
@@ -84,6 +90,10 @@ class EntraProviderConfig(ProviderConfig):
         if reserved:
             raise ValueError(f"{reserved} are requested automatically; list Graph permissions only")
         return scopes
+
+    @property
+    def upstream_refresh_setting(self) -> str | None:
+        return "delegated_access" if self.delegated_access else None
 
     @property
     def tenants(self) -> frozenset[str]:

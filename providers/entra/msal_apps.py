@@ -17,7 +17,10 @@ included. Waits for a thread or for a build under way are asyncio waits within t
   answers only (discovery documents); every failure is seen by exactly one request.
 * MSAL's token cache would keep every user's tokens in memory for the life of the process; the
   cache given to MSAL keeps app-only (client credentials) tokens only. User tokens are used
-  once, during the callback, and dropped.
+  once, during the callback, and dropped; with ``delegated_access`` the callback's tokens go
+  into a token cache of that user alone (``SerializableTokenCache``), which the caller keeps
+  (sealed, with the grant) and hands back for each delegated acquisition, run on an application
+  built for that one call around it (discovery comes from the shared HTTP cache).
 * The HTTP client trusts the configured CA file (or certifi), never the environment:
   ``trust_env`` is off so ``SSL_CERT_FILE`` and proxy variables cannot change where the
   broker sends its client secret or whom it trusts.
@@ -59,6 +62,7 @@ class SignInExpired(UpstreamRejected):
     public = "This sign-in took too long or was already completed. Return to the application and start again."
 
 
+MSAL_CACHE = "msal_cache"  # the key of a redeemed code's answer holding the user's serialized token cache
 WORKERS = 8  # MSAL operations of one provider at a time; more wait (on the event loop) for a slot
 _GRACE = 2.0  # how long past its deadline a worker may take to hand back MSAL's own error
 _T = TypeVar("_T")
@@ -218,6 +222,7 @@ class MsalApps:
         self._building = asyncio.Lock()
         self._slots = asyncio.Semaphore(WORKERS)
         self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"msal-{config.id}")
+        self._http_cache = _SuccessOnlyHttpCache()  # discovery documents, shared by every application
 
     async def app(self, tenant: str) -> Any:
         """The application for ``tenant`` (built now if need be, within ``timeout``)."""
@@ -254,7 +259,51 @@ class MsalApps:
                 raise token_error("redeeming the code", result, user_flow=True)
             return result
 
+        if self.config.delegated_access:  # the user's tokens go into a cache of their own, kept by the caller
+
+            def redeem_keeping(_: Any) -> dict[str, Any]:
+                cache = msal.SerializableTokenCache()
+                result = redeem(self._build(tenant, cache))
+                return {**result, MSAL_CACHE: cache.serialize()}
+
+            return await self._call("redeeming the code", tenant, redeem_keeping)
         return await self._call("redeeming the code", tenant, redeem)
+
+    async def delegated(
+        self, tenant: str, serialized: str, scopes: list[str], *, assertion_scopes: list[str] | None = None
+    ) -> tuple[dict[str, Any], str | None]:
+        """A token for ``scopes`` as the user whose token cache ``serialized`` is: silently from
+        that cache (MSAL refreshes with its refresh token), or, with ``assertion_scopes``,
+        on-behalf-of with a token for those scopes (the broker's exposed API) as the assertion.
+        Returns MSAL's answer (an ``error`` key when Entra refused) and the cache, serialized
+        again, when it changed."""
+        what = f"delegated token for {' '.join(scopes)}"
+
+        def acquire(_: Any) -> tuple[dict[str, Any], str | None]:
+            cache = msal.SerializableTokenCache()
+            try:
+                cache.deserialize(serialized)
+            except ValueError:
+                return {"error": "interaction_required", "error_description": "the kept session is unreadable"}, None
+            app = self._build(tenant, cache)
+            try:
+                accounts = app.get_accounts()
+                if not accounts:
+                    return {
+                        "error": "interaction_required",
+                        "error_description": "no account in the kept session",
+                    }, None
+                first = assertion_scopes or scopes
+                result = app.acquire_token_silent_with_error(first, account=accounts[0])
+                if result is None:
+                    result = {"error": "interaction_required", "error_description": "no refresh token kept"}
+                if assertion_scopes and "access_token" in result:
+                    result = app.acquire_token_on_behalf_of(result["access_token"], scopes)
+            except Exception as exc:
+                raise _transport_error(what, exc) from None
+            return dict(result), cache.serialize() if cache.has_state_changed else None
+
+        return await self._call(what, tenant, acquire)
 
     async def app_token(self, tenant: str, scopes: list[str]) -> str:
         """An app-only access token (client credentials), from MSAL's cache while it is valid."""
@@ -307,17 +356,20 @@ class MsalApps:
         async with asyncio.timeout_at(until + _GRACE):  # MSAL's own HTTP calls end by ``until``
             return await asyncio.shield(future)
 
-    def _build(self, tenant: str) -> Any:
+    def _build(self, tenant: str, user_cache: msal.TokenCache | None = None) -> Any:
+        """The shared application of ``tenant`` or, with ``user_cache``, one for a single user's call."""
         try:
             return msal.ConfidentialClientApplication(
                 self.config.client_id,
                 client_credential=_credential(self.config),
                 authority=f"{self.authority_host}/{tenant}",
                 http_client=self.http_client,
-                http_cache=_SuccessOnlyHttpCache(),
-                token_cache=_AppTokensOnly(),
+                http_cache=self._http_cache,
+                token_cache=user_cache if user_cache is not None else _AppTokensOnly(),
                 instance_discovery=False,
-                exclude_scopes=["offline_access"],  # no upstream refresh token: refresh uses app-only Graph
+                # No upstream refresh token (the re-check uses app-only Graph) unless delegated
+                # access keeps the user's session.
+                exclude_scopes=[] if self.config.delegated_access else ["offline_access"],
             )
         except Exception as exc:  # discovery failed, unreadable certificate, ...
             raise _transport_error(f"discovery of {self.authority_host}/{tenant}", exc) from None

@@ -16,7 +16,17 @@ What the identity holds:
   name groups). App roles (the ``roles`` claim) are added as ``role:<value>`` so a mapping can
   say ``groups: ["role:Notes.Write"]``.
 * ``private`` keeps ``tid``, ``oid`` and the roles for the refresh-time re-check; no upstream
-  token is kept anywhere (MSAL's cache keeps app-only tokens only).
+  token is kept anywhere (MSAL's cache keeps app-only tokens only), unless ``delegated_access``
+  is on: then ``private["msal_cache"]`` is the user's own MSAL token cache from sign-in (refresh
+  token included; the broker keeps private data sealed), from which ``delegated_token`` gets
+  tokens for other APIs as the user (``DelegatedAccess``).
+
+Delegated access (``delegated_token``): MSAL's ``acquire_token_silent`` for the account of that
+cache and the target's scopes, or with ``on_behalf_of`` first a token for the broker's own exposed
+API (``api://<client id>/access_as_user``) and then ``acquire_token_on_behalf_of`` with it. Entra
+answering ``interaction_required``, ``consent_required`` (as ``invalid_grant`` with that
+suberror) or ``invalid_grant`` (the refresh token expired or was revoked) is InteractionNeeded:
+the user must sign in again, or consent, with those scopes.
 
 Every upstream call (MSAL's discovery and token requests, the JWKS, each Graph page) has one
 overall deadline, ``timeout``: Entra or Graph accepting the connection and then answering
@@ -35,7 +45,7 @@ from __future__ import annotations
 
 import hmac
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,22 +55,28 @@ import httpx
 
 from providers.base import (
     AccountDisabled,
+    DelegatedAccess,
     EmailDomainHints,
     FormOrigins,
     Identity,
+    InteractionNeeded,
     InvalidCredentials,
     Lifecycle,
     RedirectProvider,
     RefreshProvider,
     UpstreamRejected,
+    UpstreamToken,
+    UpstreamUnavailable,
     qualified_subject,
 )
 from providers.entra.config import EntraProviderConfig
 from providers.entra.graph import Graph
 from providers.entra.idtoken import IdTokenVerifier, JwksCache
-from providers.entra.msal_apps import MsalApps
+from providers.entra.msal_apps import MSAL_CACHE, MsalApps
 
 ROLE_PREFIX = "role:"
+# Answers of Entra's token endpoint that a new interactive sign-in (or a consent) resolves.
+_INTERACTION = {"interaction_required", "consent_required", "login_required", "invalid_grant"}
 _CALLBACK_KEYS = ("code", "state", "session_state", "client_info", "error", "error_description", "error_uri")
 
 
@@ -73,10 +89,11 @@ def _strings(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-class EntraProvider(RedirectProvider, RefreshProvider, Lifecycle, FormOrigins, EmailDomainHints):
-    """``RedirectProvider`` and ``RefreshProvider`` for Microsoft Entra ID."""
+class EntraProvider(RedirectProvider, RefreshProvider, DelegatedAccess, Lifecycle, FormOrigins, EmailDomainHints):
+    """``RedirectProvider``, ``RefreshProvider`` and ``DelegatedAccess`` for Microsoft Entra ID."""
 
     refresh_spends_upstream_token = False  # the re-check uses an app-only Graph token
+    delegated_spends_upstream_token = False  # Entra's refresh tokens stay valid when used
 
     def __init__(self, config: EntraProviderConfig) -> None:
         self.config = config
@@ -145,7 +162,52 @@ class EntraProvider(RedirectProvider, RefreshProvider, Lifecycle, FormOrigins, E
         claims = await self._verifier.verify(id_token, nonce=str(flow.get("nonce", "")))
         delegated = result.get("access_token") if self.config.graph_scopes else None
         groups, names = await self._groups(claims, delegated if isinstance(delegated, str) else None)
-        return self._identity(claims, groups, names)
+        identity = self._identity(claims, groups, names)
+        kept = result.get(MSAL_CACHE)
+        if isinstance(kept, str):
+            identity = replace(identity, private={**identity.private, MSAL_CACHE: kept})
+        return identity
+
+    # -- DelegatedAccess -------------------------------------------------------------------
+    async def delegated_token(
+        self,
+        state: Mapping[str, Any],
+        scopes: Sequence[str],
+        *,
+        audience: str | None = None,
+        on_behalf_of: bool = False,
+    ) -> UpstreamToken:
+        wanted = [self._graph_scope(s) if "/" not in s else s for s in scopes]
+        cache = state.get(MSAL_CACHE)
+        if not isinstance(cache, str):
+            raise InteractionNeeded(
+                "no Entra session kept for this grant (delegated_access off at sign-in, or no key encryption key)",
+                wanted,
+            )
+        assertion = [f"api://{self.config.client_id}/access_as_user"] if on_behalf_of else None
+        result, changed = await self._msal.delegated(self._signin_authority, cache, wanted, assertion_scopes=assertion)
+        if "error" in result or not isinstance(result.get("access_token"), str):
+            error = str(result.get("error", "no_token"))[:64]
+            suberror = str(result.get("suberror", ""))[:64]
+            detail = (
+                f"Entra answered {error}{f' ({suberror})' if suberror else ''} for {' '.join(wanted)}: "
+                + str(result.get("error_description", "")).strip().split("\n")[0][:200]
+            )
+            if error in _INTERACTION or suberror in _INTERACTION:
+                raise InteractionNeeded(detail, wanted)
+            if error in ("temporarily_unavailable", "server_error", "no_token"):
+                raise UpstreamUnavailable(detail)
+            raise UpstreamRejected(detail)
+        granted = str(result.get("scope", "")).split() or wanted
+        expires_in = result.get("expires_in")
+        return UpstreamToken(
+            access_token=result["access_token"],
+            expires_in=int(expires_in)
+            if isinstance(expires_in, int | float | str) and str(expires_in).isdigit()
+            else 3600,
+            scopes=frozenset(granted),
+            state={**state, MSAL_CACHE: changed} if changed is not None else None,
+        )
 
     # -- RefreshProvider -------------------------------------------------------------------
     async def refresh(self, identity: Identity) -> Identity:

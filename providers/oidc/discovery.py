@@ -54,6 +54,7 @@ class ProviderMetadata:
     id_token_algorithms: tuple[str, ...]
     token_endpoint_auth_methods: tuple[str, ...]
     iss_parameter_supported: bool
+    grant_types: tuple[str, ...] = ("authorization_code", "implicit")  # RFC 8414 §2's default
 
     def client_auth_method(self, has_secret: bool) -> str:
         """How to authenticate at the token endpoint (RFC 8414 §2: basic when unspecified)."""
@@ -108,6 +109,7 @@ def parse_metadata(document: object, issuer: str) -> ProviderMetadata:
         id_token_algorithms=algorithms,
         token_endpoint_auth_methods=_strings(document, "token_endpoint_auth_methods_supported"),
         iss_parameter_supported=document.get("authorization_response_iss_parameter_supported") is True,
+        grant_types=_strings(document, "grant_types_supported") or ("authorization_code", "implicit"),
     )
 
 

@@ -11,6 +11,16 @@ Every call to the OP (discovery, token, JWKS, userinfo) has one overall deadline
 connection and never answers, or dribbles its answer, is ``UpstreamUnavailable`` ("token endpoint
 ... timed out after 10 s") when the time is up.
 
+Delegated access (``RefreshingOidcProvider.delegated_token``, issue 14): from the upstream refresh
+token kept for the grant, a refresh_token grant with the target's ``scope`` and, given an
+audience, its ``resource`` (RFC 8707); or, where the OP's metadata lists
+``urn:ietf:params:oauth:grant-type:token-exchange`` in ``grant_types_supported``, a refresh for
+the user's own access token exchanged (RFC 8693) for one with the target's ``audience`` and
+``scope``. A refused refresh token (``invalid_grant``: expired, revoked, the user gone) is
+InteractionNeeded: the user must sign in again. A rotated refresh token comes back in the
+answer's ``state`` for the broker to keep; each call spends the refresh token, so the broker runs
+one call per grant at a time, under the grant's upstream lock.
+
 Outcomes: the OP unreachable or answering 5xx is ``UpstreamUnavailable``; an answer that cannot
 be trusted (discovery issuer, ID token signature or claims, a refused code) is
 ``UpstreamRejected``; at refresh, an OP that refuses the refresh token (``invalid_grant``: the
@@ -25,7 +35,7 @@ import hmac
 import secrets
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -35,15 +45,18 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from providers.base import (
+    DelegatedAccess,
     EmailDomainHints,
     FormOrigins,
     Identity,
+    InteractionNeeded,
     InvalidCredentials,
     Lifecycle,
     ProviderError,
     RedirectProvider,
     RefreshProvider,
     UpstreamRejected,
+    UpstreamToken,
     UpstreamUnavailable,
     qualified_subject,
 )
@@ -53,6 +66,8 @@ from providers.oidc.discovery import ProviderMetadata, discovery_url, origin, pa
 from providers.oidc.id_token import IdTokenVerifier, KeySet
 
 DISCOVERY_MAX_AGE = 3600.0
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - RFC 8693 §2.1
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - RFC 8693 §3
 _TEXT = 200  # longest piece of upstream text quoted in a log message
 
 
@@ -321,10 +336,76 @@ class OidcProvider(RedirectProvider, Lifecycle, FormOrigins, EmailDomainHints):
         return userinfo
 
 
-class RefreshingOidcProvider(OidcProvider, RefreshProvider):
-    """``RedirectProvider`` and ``RefreshProvider``: each broker refresh refreshes upstream too."""
+class RefreshingOidcProvider(OidcProvider, RefreshProvider, DelegatedAccess):
+    """``RedirectProvider``, ``RefreshProvider`` and ``DelegatedAccess``: each broker refresh
+    refreshes upstream too, and the kept refresh token gets tokens for other APIs."""
 
     refresh_spends_upstream_token = True  # the broker serialises re-checks of one grant
+    delegated_spends_upstream_token = True  # ... and delegated calls with them
+
+    async def delegated_token(
+        self,
+        state: Mapping[str, Any],
+        scopes: Sequence[str],
+        *,
+        audience: str | None = None,
+        on_behalf_of: bool = False,
+    ) -> UpstreamToken:
+        refresh_token = state.get("refresh_token")
+        if not isinstance(refresh_token, str) or not refresh_token:
+            raise InteractionNeeded("no upstream refresh token kept for this grant", scopes)
+        metadata = await self.metadata()
+        exchange = TOKEN_EXCHANGE in metadata.grant_types
+        params: dict[str, str] = {"refresh_token": refresh_token}
+        if not exchange:
+            params["scope"] = " ".join(scopes)
+            if audience:
+                params["resource"] = audience
+        try:
+            token = await self._token_request(metadata, "refresh_token", **params)
+        except OAuthError as exc:
+            if exc.error == "invalid_grant":
+                raise InteractionNeeded(
+                    f"the OP refused the refresh token for {' '.join(scopes)} (invalid_grant)", scopes
+                ) from None
+            raise UpstreamRejected(
+                f"upstream refresh for {' '.join(scopes)} failed: {str(exc.error)[:_TEXT]}: "
+                f"{str(exc.description or '')[:_TEXT]}"
+            ) from None
+        rotated = token.get("refresh_token")
+        new_state = (
+            {**state, "refresh_token": rotated}
+            if isinstance(rotated, str) and rotated and rotated != refresh_token
+            else None
+        )
+        if exchange:
+            subject = token.get("access_token")
+            if not isinstance(subject, str):
+                raise UpstreamRejected("the refresh answer has no access token to exchange")
+            extra = {"audience": audience} if audience else {}
+            try:
+                token = await self._token_request(
+                    metadata,
+                    TOKEN_EXCHANGE,
+                    subject_token=subject,
+                    subject_token_type=ACCESS_TOKEN_TYPE,
+                    requested_token_type=ACCESS_TOKEN_TYPE,
+                    scope=" ".join(scopes),
+                    **extra,
+                )
+            except OAuthError as exc:
+                raise UpstreamRejected(f"upstream token exchange failed: {str(exc.error)[:_TEXT]}") from None
+        access_token = token.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise UpstreamRejected("the upstream answer has no access token")
+        granted = token.get("scope")
+        expires_in = token.get("expires_in")
+        return UpstreamToken(
+            access_token=access_token,
+            expires_in=int(expires_in) if isinstance(expires_in, int | float) else 300,
+            scopes=frozenset(granted.split() if isinstance(granted, str) and granted else scopes),
+            state=new_state,
+        )
 
     async def refresh(self, identity: Identity) -> Identity:
         refresh_token = identity.private.get("refresh_token")

@@ -21,7 +21,18 @@ Served, per tenant path segment (a tenant id, or ``organizations`` for multi-ten
   PKCE verifier, redirect_uri, client secret in the body or Basic, or a certificate
   ``client_assertion``) and ``client_credentials`` (``{graph}/.default``, app-only Graph token).
   Errors carry AADSTS codes in ``error_description`` like Entra's.
-* Graph v1.0: ``/me/transitiveMemberOf``, ``/users/{id}/transitiveMemberOf``, ``/users/{id}``,
+* ``POST .../token`` for delegated access (issue 14), with v2.0 semantics: ``refresh_token``
+  (a refresh token from a code redeemed with ``offline_access``; the requested ``scope`` names
+  one resource, for which it gives an access token and a new refresh token, the old one staying
+  valid as Entra's do) and on-behalf-of (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``,
+  ``requested_token_use=on_behalf_of``, ``assertion`` = a user's access token whose audience is
+  the calling app's exposed API, ``api://<client id>``). A delegated permission the user has not
+  consented to (at an interactive sign-in that asked for it) and the tenant's admin has not
+  (``App.admin_consent``) is ``invalid_grant`` with ``suberror: consent_required`` (AADSTS65001);
+  a user in ``require_interaction`` (conditional access, MFA) gets ``interaction_required``
+  (AADSTS50076); a disabled or removed user ``invalid_grant``.
+* Graph v1.0: ``GET /me`` (the signed-in user, for a delegated Graph token with ``User.Read``),
+  ``/me/transitiveMemberOf``, ``/users/{id}/transitiveMemberOf``, ``/users/{id}``,
   ``/groups/{id}``, with ``$select``, ``$top`` and ``@odata.nextLink`` paging (pages capped at
   ``page_size`` entries). With only ``User.Read`` group entries carry id and type only, as Graph
   returns "limited information" for objects the token may not read.
@@ -88,6 +99,7 @@ FILLER_GROUPS = 260
 OVERAGE_LIMIT = 200  # groups in a JWT ID token before Entra switches to the overage marker
 CODE_LIFETIME = 600.0
 TOKEN_LIFETIME = 3600
+REFRESH_LIFETIME = 90 * 24 * 3600
 GRAPH_MAX_TOP = 999
 DIRECTORY_ROLE = "9a8b7c6d-0000-4000-8000-00000000d1d1"
 
@@ -124,6 +136,10 @@ class App:
     multi_tenant: bool = False
     consented_tenants: set[str] = field(default_factory=set)  # where app-only tokens may be issued
     application_permissions: list[str] = field(default_factory=lambda: ["User.Read.All", "GroupMember.Read.All"])
+    # Delegated permissions an admin consented to for every user, per resource ("graph" or an
+    # application ID URI such as api://<client id>); a user consents to others at sign-in.
+    admin_consent: dict[str, set[str]] = field(default_factory=lambda: {"graph": {"User.Read", "GroupMember.Read.All"}})
+    exposed_scopes: set[str] = field(default_factory=lambda: {"access_as_user"})  # under api://<client id>
 
 
 @dataclass
@@ -144,6 +160,14 @@ class _AccessToken:
     tid: str
     oid: str | None
     permissions: set[str]
+    expires_at: float
+    audience: str = "graph"  # "graph" or an application ID URI (api://<client id>)
+
+
+@dataclass
+class _RefreshToken:
+    client_id: str
+    user: User
     expires_at: float
 
 
@@ -277,10 +301,14 @@ class EntraEmulator:
         self.id_token_version = "2.0"
         self.page_size = 100
         self.stall: dict[str, str] = {}
+        self.require_interaction: set[str] = set()  # usernames conditional access sends back to sign in
         # records
         self.calls: list[str] = []
+        self.issued: list[tuple[str, str, str]] = []  # (grant, username, scope) of delegated tokens
         self._codes: dict[str, _Code] = {}
         self._tokens: dict[str, _AccessToken] = {}
+        self._refresh_tokens: dict[str, _RefreshToken] = {}
+        self.user_consent: dict[tuple[str, str], dict[str, set[str]]] = {}  # (client, oid) -> resource -> perms
 
     # -- directory management ---------------------------------------------------------------
     def add_user(
@@ -365,6 +393,7 @@ class EntraEmulator:
             Route("/{tenant}/discovery/v2.0/keys", self._jwks),
             Route("/{tenant}/oauth2/v2.0/authorize", self._authorize),
             Route("/{tenant}/oauth2/v2.0/token", self._token, methods=["POST"]),
+            Route("/v1.0/me", self._graph_me),
             Route("/v1.0/me/transitiveMemberOf", self._graph_me_members),
             Route("/v1.0/users/{user}/transitiveMemberOf", self._graph_user_members),
             Route("/v1.0/users/{user}", self._graph_user),
@@ -591,6 +620,10 @@ class EntraEmulator:
             return self._redeem(client, form)
         if grant == "client_credentials":
             return self._client_credentials(client, tid, form)
+        if grant == "refresh_token":
+            return self._refresh(client, form)
+        if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer" and form.get("requested_token_use") == "on_behalf_of":
+            return self._on_behalf_of(client, form)
         return _oauth_error(400, "unsupported_grant_type", "AADSTS70003", f"grant_type {grant!r} not supported.")
 
     def _redeem(self, app: App, form: dict[str, str]) -> Response:
@@ -617,6 +650,8 @@ class EntraEmulator:
         user = code.user
         resource_scopes = [s for s in code.scopes if s.startswith(self.base + "/")]
         permissions = {s.removeprefix(self.base + "/") for s in resource_scopes}
+        consented = self.user_consent.setdefault((app.client_id, user.oid), {})
+        consented.setdefault("graph", set()).update(permissions)  # the user consented at sign-in
         access = secrets.token_urlsafe(48)
         self._tokens[access] = _AccessToken("delegated", user.tid, user.oid, permissions, time.time() + TOKEN_LIFETIME)
         client_info = b64url(json.dumps({"uid": user.oid, "utid": user.tid}).encode())
@@ -630,8 +665,111 @@ class EntraEmulator:
             "client_info": client_info,
         }
         if "offline_access" in code.scopes:
-            body["refresh_token"] = "0.A" + secrets.token_urlsafe(64)
+            body["refresh_token"] = self._new_refresh(app, user)
         return JSONResponse(body)
+
+    # -- delegated access: refresh tokens and on-behalf-of ----------------------------------
+    def _new_refresh(self, app: App, user: User) -> str:
+        token = "0.A" + secrets.token_urlsafe(64)
+        self._refresh_tokens[token] = _RefreshToken(app.client_id, user, time.time() + REFRESH_LIFETIME)
+        return token
+
+    def _resource_of(self, scope: str) -> tuple[str, str] | None:
+        """(resource, permission) of a delegated scope: Graph's or an app's exposed API."""
+        if scope.startswith(self.base + "/"):
+            return "graph", scope.removeprefix(self.base + "/")
+        if scope.startswith("api://") and "/" in scope.removeprefix("api://"):
+            resource, _, permission = scope.rpartition("/")
+            return resource, permission
+        return None
+
+    def _delegated(self, app: App, user: User, form: dict[str, str], what: str) -> Response:
+        """A delegated access token (and refresh token) for the one resource ``scope`` names."""
+        if not user.enabled:
+            return _oauth_error(400, "invalid_grant", "AADSTS50057", "The user account is disabled.")
+        if user.username in self.require_interaction:
+            return _oauth_error(
+                400,
+                "interaction_required",
+                "AADSTS50076",
+                "Due to a configuration change made by your administrator, or because you moved to a new "
+                "location, you must use multi-factor authentication to access the resource.",
+            )
+        scopes = form.get("scope", "").split()
+        parsed = [self._resource_of(s) for s in scopes if s not in ("openid", "profile", "email", "offline_access")]
+        if not parsed or any(p is None for p in parsed) or len({p[0] for p in parsed if p}) != 1:
+            return _oauth_error(
+                400, "invalid_scope", "AADSTS28000", "The scope must name exactly one resource's delegated permissions."
+            )
+        resource = parsed[0][0] if parsed[0] else ""
+        wanted = {p[1] for p in parsed if p}
+        if resource != "graph":
+            owner = next((a for a in self.apps.values() if resource == f"api://{a.client_id}"), None)
+            if owner is None:
+                return _oauth_error(400, "invalid_resource", "AADSTS500011", f"The resource {resource} was not found.")
+            unknown = wanted - owner.exposed_scopes - {".default"}
+            if unknown:
+                return _oauth_error(400, "invalid_scope", "AADSTS70011", f"Scopes {sorted(unknown)} are not exposed.")
+        consented = app.admin_consent.get(resource, set()) | self.user_consent.get((app.client_id, user.oid), {}).get(
+            resource, set()
+        )
+        granted = set(consented) if wanted == {".default"} else wanted
+        if not granted or not granted <= consented:
+            refused = _oauth_error(
+                400,
+                "invalid_grant",
+                "AADSTS65001",
+                f"The user or administrator has not consented to use the application with ID '{app.client_id}'. "
+                "Send an interactive authorization request for this user and resource.",
+            )
+            payload = json.loads(bytes(refused.body))
+            payload["suberror"] = "consent_required"
+            return JSONResponse(payload, status_code=400)
+        access = secrets.token_urlsafe(48)
+        self._tokens[access] = _AccessToken(
+            "delegated", user.tid, user.oid, granted, time.time() + TOKEN_LIFETIME, audience=resource
+        )
+        prefix = f"{self.base}/" if resource == "graph" else f"{resource}/"
+        body: dict[str, Any] = {
+            "token_type": "Bearer",
+            "scope": " ".join(prefix + p for p in sorted(granted)),
+            "expires_in": TOKEN_LIFETIME,
+            "ext_expires_in": TOKEN_LIFETIME,
+            "access_token": access,
+            "client_info": b64url(json.dumps({"uid": user.oid, "utid": user.tid}).encode()),
+        }
+        if "openid" in scopes:
+            body["id_token"] = self._id_token(app, user, None)
+        if "offline_access" in scopes:
+            body["refresh_token"] = self._new_refresh(app, user)
+        self.issued.append((what, user.username, body["scope"]))
+        return JSONResponse(body)
+
+    def _refresh(self, app: App, form: dict[str, str]) -> Response:
+        record = self._refresh_tokens.get(form.get("refresh_token", ""))
+        if record is None or record.expires_at < time.time():
+            return _oauth_error(
+                400, "invalid_grant", "AADSTS700082", "The refresh token has expired or is invalid. Sign in again."
+            )
+        if record.client_id != app.client_id:
+            return _oauth_error(400, "invalid_grant", "AADSTS700003", "The refresh token was issued to another client.")
+        user = self.users.get(record.user.username)
+        if user is None or user.oid != record.user.oid:
+            return _oauth_error(400, "invalid_grant", "AADSTS50173", "The user no longer exists; sign in again.")
+        return self._delegated(app, user, form, "refresh_token")
+
+    def _on_behalf_of(self, app: App, form: dict[str, str]) -> Response:
+        assertion = self._tokens.get(form.get("assertion", ""))
+        if assertion is None or assertion.kind != "delegated" or assertion.expires_at < time.time():
+            return _oauth_error(400, "invalid_grant", "AADSTS50013", "Assertion is not valid or has expired.")
+        if assertion.audience != f"api://{app.client_id}":
+            return _oauth_error(
+                400, "invalid_grant", "AADSTS50013", "Assertion audience does not match the client app presenting it."
+            )
+        user = next((u for u in self.users.values() if u.oid == assertion.oid), None)
+        if user is None:
+            return _oauth_error(400, "invalid_grant", "AADSTS50173", "The user no longer exists.")
+        return self._delegated(app, user, form, "on_behalf_of")
 
     def _client_credentials(self, app: App, tid: str, form: dict[str, str]) -> Response:
         if tid == "organizations":
@@ -719,6 +857,8 @@ class EntraEmulator:
         token = self._tokens.get(header[7:]) if header.lower().startswith("bearer ") else None
         if token is None or token.expires_at < time.time():
             return _graph_error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
+        if token.audience != "graph":
+            return _graph_error(401, "InvalidAuthenticationToken", "Invalid audience.")
         return token
 
     def _find_user(self, token: _AccessToken, key: str) -> User | None:
@@ -726,6 +866,29 @@ class EntraEmulator:
             if user.tid == token.tid and key.lower() in (user.oid, user.upn.lower()):
                 return user
         return None
+
+    async def _graph_me(self, request: Request) -> Response:
+        token = self._bearer(request)
+        if isinstance(token, Response):
+            return token
+        if token.kind != "delegated":
+            return _graph_error(400, "BadRequest", "/me request is only valid with delegated authentication flow.")
+        if not token.permissions & {"User.Read", "User.ReadBasic.All", "User.Read.All", "Directory.Read.All"}:
+            return _graph_error(
+                403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."
+            )
+        user = self._find_user(token, token.oid or "")
+        if user is None:
+            return _graph_error(404, "Request_ResourceNotFound", "The signed-in user no longer exists.")
+        return JSONResponse(
+            {
+                "@odata.context": f"{self.base}/v1.0/$metadata#users/$entity",
+                "id": user.oid,
+                "displayName": user.name,
+                "userPrincipalName": user.upn,
+                "mail": user.email,
+            }
+        )
 
     async def _graph_me_members(self, request: Request) -> Response:
         token = self._bearer(request)

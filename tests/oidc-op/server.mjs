@@ -19,6 +19,9 @@
 //   POST   /test/settings             {"rotateRefreshToken": true}
 //   POST   /test/reset                the initial users; no tampering, outage or refresh token rotation
 //   GET    /test/stats                requests served per path
+//
+// Resource indicators (RFC 8707) are on: a client naming an https `resource` (with api:read or
+// api:write) at sign-in gets, at the token endpoint, a JWT access token for it.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -32,6 +35,7 @@ if (!configPath || !readyPath) {
 }
 const config = JSON.parse(fs.readFileSync(configPath, 'utf8'));
 const HOST = '127.0.0.1';
+const API_SCOPES = 'api:read api:write'; // the scopes of any resource (RFC 8707) a client names
 
 const initialUsers = JSON.stringify(config.users ?? {
   alice: { password: 'alice-password', groups: ['mcp-readers', 'mcp-writers'] },
@@ -385,6 +389,17 @@ function build() {
         },
       },
       revocation: { enabled: true },
+      // RFC 8707: an API's access token (a JWT whose aud is the resource) for a resource named
+      // at sign-in, at the code exchange or at a refresh (delegated access, issue 14).
+      resourceIndicators: {
+        enabled: true,
+        getResourceServerInfo: (ctx, resource) => ({
+          scope: API_SCOPES,
+          audience: resource,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: 600,
+        }),
+      },
     },
     rotateRefreshToken: () => state.rotateRefreshToken,
     ttl: {

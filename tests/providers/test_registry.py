@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from providers.base import (
     CAPABILITIES,
+    DelegatedAccess,
     EmailDomainHints,
     FormOrigins,
     Lifecycle,
@@ -45,11 +46,14 @@ MINIMAL: dict[str, dict[str, Any]] = {
 }
 EXPECTED: Mapping[str, tuple[type[Provider], set[type]]] = {
     "ldap": (LdapProvider, {PasswordProvider, RefreshProvider, LookupProvider, Lifecycle, EmailDomainHints}),
-    "entra": (EntraProvider, {RedirectProvider, RefreshProvider, Lifecycle, FormOrigins, EmailDomainHints}),
+    "entra": (
+        EntraProvider,
+        {RedirectProvider, RefreshProvider, DelegatedAccess, Lifecycle, FormOrigins, EmailDomainHints},
+    ),
     "oidc": (OidcProvider, {RedirectProvider, Lifecycle, FormOrigins, EmailDomainHints}),
     "oidc-refreshing": (
         RefreshingOidcProvider,
-        {RedirectProvider, RefreshProvider, Lifecycle, FormOrigins, EmailDomainHints},
+        {RedirectProvider, RefreshProvider, DelegatedAccess, Lifecycle, FormOrigins, EmailDomainHints},
     ),
 }
 PARSE: TypeAdapter[Any] = TypeAdapter(ProviderConfigUnion)
