@@ -12,6 +12,9 @@ from fastapi import FastAPI
 
 from broker import __version__
 from broker.config.models import BrokerConfig
+from broker.delegation.exchange import DelegatedExchange
+from broker.delegation.registry import open_targets
+from broker.delegation.targets import TargetContext
 from broker.middleware import RequestContextMiddleware
 from broker.oauth.assertion_grant import AssertionGrant
 from broker.oauth.browser_flow import BrowserFlow
@@ -22,7 +25,7 @@ from broker.oauth.id_jag import IdJagVerifier
 from broker.oauth.revocation import RevocationService
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
-from broker.oauth.token_exchange import TokenExchange
+from broker.oauth.token_exchange import ACCESS_TOKEN_TYPE, TokenExchange
 from broker.policy.holder import PolicyHolder
 from broker.routes import (
     account,
@@ -73,6 +76,25 @@ def _introspection(config: BrokerConfig) -> dict[str, list[str]]:
         for c in config.registration.static_clients
         if c.introspection_resources
     }
+
+
+def _exchanges(
+    config: BrokerConfig,
+    store: RedisStore,
+    keyring: KeyRing,
+    policies: PolicyHolder,
+    grants: GrantService,
+    sealer: Sealer,
+    providers: Mapping[str, Provider],
+) -> TokenExchange:
+    """RFC 8693 token exchange: ID token -> ID-JAG, and an MCP server's access token -> a token of
+    a delegation target (``broker.delegation``)."""
+    exchanges = TokenExchange(config, store, keyring, policies, grants)
+    targets = open_targets(TargetContext(config, store, keyring, sealer, providers))
+    exchanges.handlers[(ACCESS_TOKEN_TYPE, ACCESS_TOKEN_TYPE)] = DelegatedExchange(
+        config, store, keyring, sealer, targets
+    )
+    return exchanges
 
 
 def create_app(
@@ -145,7 +167,7 @@ def create_app(
             ),
             flows=BrowserFlow(config, store, clients, policies, upstreams, grants, throttle),
             assertions=assertions,
-            exchanges=TokenExchange(config, store, keyring, policies, grants),
+            exchanges=_exchanges(config, store, keyring, policies, grants, sealer, upstreams),
         )
         try:
             await keyring.refresh()

@@ -34,6 +34,8 @@ AuditEvent = Literal[
     "assertion_replayed",
     "assertion_refused",
     "assertion_issued",  # an ID-JAG for an external MCP authorization server (token exchange)
+    "token_exchanged",  # delegated access: an MCP server got a downstream token as the user (RFC 8693)
+    "token_exchange_refused",
 ]
 
 _log = structlog.get_logger("mcp_broker.audit")

@@ -32,6 +32,13 @@ UPSTREAM_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
+TOKEN_EXCHANGES = Histogram(
+    "mcpb_token_exchange_seconds",
+    "Delegated-access token exchanges by target and outcome (issued, cached, refused, interaction, unavailable)",
+    ["target", "outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+
 
 def serve(port: int, host: str = "0.0.0.0") -> Any:
     """Start the exporter thread: GET /metrics on ``host:port`` with every worker's samples.

@@ -3,16 +3,21 @@ following ``broker.delegation.targets.Target`` and one entry in :data:`OPENERS`.
 
 from __future__ import annotations
 
-from broker.config.delegation import InternalTargetConfig
+from broker.config.delegation import EntraTargetConfig, InternalTargetConfig, OidcTargetConfig
 from broker.delegation.internal import InternalTarget
 from broker.delegation.targets import Opener, Target, TargetContext
+from broker.delegation.upstream import UpstreamTarget
 
 
 def _internal(config: InternalTargetConfig, context: TargetContext) -> Target:
     return InternalTarget(config, context)
 
 
-OPENERS: dict[str, Opener] = {"internal": _internal}
+def _upstream(config: EntraTargetConfig | OidcTargetConfig, context: TargetContext) -> Target:
+    return UpstreamTarget(config, context)
+
+
+OPENERS: dict[str, Opener] = {"internal": _internal, "entra": _upstream, "oidc": _upstream}
 
 
 def open_targets(context: TargetContext) -> dict[str, Target]:

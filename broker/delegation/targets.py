@@ -30,11 +30,10 @@ from broker.config.delegation import TargetConfigUnion, TargetKind
 from broker.config.models import BrokerConfig, ResourceConfig
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
+from broker.oauth.token_exchange import ACCESS_TOKEN_TYPE
 from broker.store.base import Store
 from broker.store.records import Grant
 from providers.base import Identity
-
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105  (RFC 8693 §3, a URN)
 
 
 @dataclass(frozen=True)

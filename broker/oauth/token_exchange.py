@@ -42,6 +42,7 @@ from broker.store.base import Store
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 ID_JAG_TYPE = "urn:ietf:params:oauth:token-type:id-jag"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
 ID_JAG_TYP = "oauth-id-jag+jwt"  # the ID-JAG's JOSE header typ (draft §3.1)
 
 TokenTypes = tuple[str, str]  # subject_token_type, requested_token_type
@@ -69,6 +70,8 @@ class ExchangeRequest:
         if "actor_token" in form or "actor_token_type" in form:
             raise InvalidRequest("actor_token is not supported (no delegation)")
         requested = form.get("requested_token_type")
+        if not requested and subject_type == ACCESS_TOKEN_TYPE:
+            requested = ACCESS_TOKEN_TYPE  # delegated access (broker.delegation): an access token by default
         if not requested:
             # RFC 8693 lets the server choose; an ID-JAG must be asked for by name (draft §4.3).
             raise InvalidRequest("requested_token_type is required")
