@@ -90,7 +90,7 @@ async def test_a_stopped_slapd_is_answered_within_one_operation_timeout_not_two(
         elapsed, outcome = await timed(ldap.login("alice", "demo-alice"))
         assert isinstance(outcome, UpstreamUnavailable)
         assert "timed out" in str(outcome)
-        assert elapsed < 3 + MARGIN
+        assert elapsed < 2 * 3 - 0.5  # one operation_timeout and loaded-machine slack, never two
     finally:
         await ldap.aclose()
 
