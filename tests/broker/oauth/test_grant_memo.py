@@ -10,7 +10,7 @@ import time
 import httpx
 
 from broker.oauth.grant_memo import GrantMemo
-from broker.store.records import Grant
+from broker.store.records import Grant, StoredIdentity
 from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import refresh, tokens_for
 
@@ -28,6 +28,28 @@ def test_the_memo_answers_only_for_the_token_it_was_kept_for_and_only_once() -> 
     assert len(memo) == 2
     assert memo.take("g0", "h0") is None
     assert memo.take("g2", "h2") == grants[2]
+
+
+def test_the_memo_holds_a_bounded_number_of_group_entries() -> None:
+    memo = GrantMemo(size=100, group_budget=25)
+
+    def of_groups(grant_id: str, count: int) -> Grant:
+        groups = tuple(f"cn=g{n}" for n in range(count))
+        identity = StoredIdentity(
+            provider_id="ldap", subject="alice", username="alice", groups=groups, group_names=dict.fromkeys(groups, "g")
+        )
+        return Grant(grant_id=grant_id, subject="alice", expires_at=time.time() + 60, identity=identity)
+
+    memo.put("h", of_groups("big", 13))  # 1 + 26 entries: more than the whole budget, never kept
+    assert len(memo) == 0
+    for n in range(4):
+        memo.put(f"h{n}", of_groups(f"g{n}", 5))  # 11 each: two fit
+    assert len(memo) == 2
+    assert memo.take("g3", "h3") is not None
+    assert memo.take("g2", "h2") is not None
+    memo.put("h4", of_groups("g4", 5))
+    memo.put("h5", of_groups("g5", 5))
+    assert len(memo) == 2
 
 
 def test_a_grant_revoked_through_another_replica_does_not_refresh_from_the_memo(broker_factory: BrokerFactory) -> None:
