@@ -80,7 +80,14 @@ class EntraTargetConfig(_TargetBase):
     user's Entra session. Kind-specific fields: see docs/delegation.md."""
 
     kind: Literal["entra"]
-    provider: str = Field(description="Id of the Entra provider whose sign-in session is used.")
+    provider: str = Field(
+        description="Id of the Entra provider whose sign-in session is used (it needs delegated_access: true)."
+    )
+    on_behalf_of: bool = Field(
+        default=False,
+        description="Get the token on-behalf-of (OAuth 2.0 OBO) with a token for the broker's exposed API "
+        "(api://<client id>/access_as_user) as the assertion, instead of silently from the user's session.",
+    )
 
 
 class OidcTargetConfig(_TargetBase):
@@ -88,7 +95,15 @@ class OidcTargetConfig(_TargetBase):
     (``use_upstream_refresh``). Kind-specific fields: see docs/delegation.md."""
 
     kind: Literal["oidc"]
-    provider: str = Field(description="Id of the OIDC provider whose upstream session is used.")
+    provider: str = Field(
+        description="Id of the OIDC provider whose upstream session is used (it needs use_upstream_refresh: true)."
+    )
+    upstream_resource: str | None = Field(
+        default=None,
+        description="Sent to the OP as `resource` (RFC 8707) on the refresh, or as `audience` in its token "
+        "exchange: the API the upstream token is for. Most OPs issue only for a resource named at sign-in "
+        "(authorize_params.resource).",
+    )
 
 
 TargetConfigUnion = Annotated[InternalTargetConfig | EntraTargetConfig | OidcTargetConfig, Field(discriminator="kind")]

@@ -38,6 +38,7 @@ from broker.oauth.recheck import Rechecks
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.oauth.tokens import mint_access_token, new_grant_id, new_handle, open_for, parse_handle, seal_for
+from broker.oauth.vault import Vault
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.store.base import Store
@@ -491,6 +492,10 @@ class GrantService:
         provider = self.providers.get(identity.provider_id)
         if provider is None:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
+        if isinstance(provider, RefreshProvider) and provider.refresh_spends_upstream_token:
+            # A delegated-access call may have rotated the upstream refresh token since the last
+            # rotation wrote this identity: the vault holds the current one (broker.oauth.vault).
+            identity = await Vault(self.store, self.sealer).current(grant.grant_id, identity)
         fresh: Identity | None = None
         if isinstance(provider, RefreshProvider):
             try:
