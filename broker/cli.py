@@ -114,6 +114,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     import json
 
     from broker.policy import Policy
+    from broker.policy.delegation import DelegationPolicy
     from broker.policy.explain import explain, given_identity, render
     from providers.base import Identity, Lifecycle, LookupProvider, ProviderError
     from providers.registry import UnsupportedProvider, open_provider
@@ -149,7 +150,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except (ProviderError, UnsupportedProvider) as exc:
         print(f"mcp-broker explain: {getattr(exc, 'public', '')} {exc}".strip(), file=sys.stderr)
         return 1
-    report = explain(Policy(config.resources, config.mappings, config.external_resources), who, args.resource)
+    rules = DelegationPolicy(config.delegation.targets, config.delegation.rules)
+    report = explain(Policy(config.resources, config.mappings, config.external_resources), who, args.resource, rules)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

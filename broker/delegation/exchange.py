@@ -33,7 +33,6 @@ from typing import Any
 from broker.audit import audit
 from broker.config.delegation import TargetConfigUnion
 from broker.config.models import BrokerConfig, ResourceConfig
-from broker.delegation.policy import DelegationPolicy
 from broker.delegation.targets import (
     DelegationError,
     DelegationRequest,
@@ -61,6 +60,7 @@ from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.oauth.token_exchange import ExchangeRequest
 from broker.oauth.tokens import verify_access_token
+from broker.policy.delegation import DelegationPolicy
 from broker.store.base import Store
 from broker.store.records import Grant
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.policy.delegation import DelegationPolicy
 from broker.policy.evaluate import Policy
 from providers.base import Identity, ProviderConfig
 
@@ -23,7 +24,14 @@ def given_identity(provider: ProviderConfig, user: str | None, groups: frozenset
     )
 
 
-def explain(policy: Policy, identity: Identity, resource_uri: str | None = None) -> dict[str, Any]:
+def explain(
+    policy: Policy,
+    identity: Identity,
+    resource_uri: str | None = None,
+    delegation: DelegationPolicy | None = None,
+) -> dict[str, Any]:
+    """The report: per resource, each scope granted or not and the rules deciding; with
+    ``delegation``, the same per (MCP server, target) pair a delegation rule names."""
     resources = list(policy.resources.values())  # ours, then those of external authorization servers
     if resource_uri is not None:
         resources = [r for r in resources if r.uri == resource_uri]
@@ -58,7 +66,39 @@ def explain(policy: Policy, identity: Identity, resource_uri: str | None = None)
                 "ask_for_groups": [] if decision.scopes else policy.hint_groups(resource, identity.provider_id),
             }
         )
+    if delegation is not None:
+        out["delegation"] = _delegation(policy, delegation, identity, {r.id for r in resources})
     return out
+
+
+def _delegation(
+    policy: Policy, delegation: DelegationPolicy, identity: Identity, resource_ids: set[str]
+) -> list[dict[str, Any]]:
+    pairs = [p for p in delegation.pairs() if p[0] in resource_ids]
+    report = []
+    for mcp_server, target_id in pairs:
+        target = delegation.targets[target_id]
+        decision = delegation.evaluate(mcp_server, target_id, identity)
+        server = policy.resources.get(mcp_server)
+        report.append(
+            {
+                "mcp_server": mcp_server,
+                "mcp_server_name": server.name if server is not None else mcp_server,
+                "target": target_id,
+                "kind": target.kind,
+                "audience": target.audience,
+                "scopes": [
+                    {
+                        "scope": scope,
+                        "granted": scope in decision.scopes,
+                        "granted_by": decision.granted_by.get(scope, []),
+                        "denied_by": decision.denied_by.get(scope, []),
+                    }
+                    for scope in target.scopes
+                ],
+            }
+        )
+    return report
 
 
 def render(report: dict[str, Any]) -> str:
@@ -85,4 +125,16 @@ def render(report: dict[str, Any]) -> str:
         if not any(s["granted"] for s in resource["scopes"]):
             hint = ", ".join(resource["ask_for_groups"]) or "a mapping rule"
             lines.append(f'  => no access (the user sees the "no access" page; groups that would help: {hint})')
+    if report.get("delegation"):
+        lines += ["", "Delegated access (MCP server -> downstream target, RFC 8693 token exchange)"]
+    for pair in report.get("delegation", []):
+        lines.append(f"{pair['mcp_server_name']} -> {pair['target']}  {pair['audience']}  ({pair['kind']})")
+        for scope in pair["scopes"]:
+            if scope["granted"]:
+                why = f"granted by {', '.join(scope['granted_by'])}"
+            elif scope["denied_by"]:
+                why = f"DENIED by {', '.join(scope['denied_by'])}"
+            else:
+                why = "not granted: no rule gives it"
+            lines.append(f"  {'+' if scope['granted'] else '-'} {scope['scope']:<16} {why}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from broker.audit import audit
 from broker.oauth.errors import AccessDenied, InvalidClient, InvalidRequest
+from broker.policy.delegation import DelegationPolicy
 from broker.policy.explain import explain, given_identity
 from broker.routes import openapi
 from broker.routes.deps import (
@@ -136,7 +137,8 @@ def router(base: str) -> APIRouter:
                 raise InvalidRequest(f"{exc.public} ({type(exc).__name__})") from None
         else:
             raise InvalidRequest("give user= for a provider that can look users up, or groups=a,b")
-        return JSONResponse(explain(policy, who, resource))
+        delegation = DelegationPolicy(config.delegation.targets, config.delegation.rules)
+        return JSONResponse(explain(policy, who, resource, delegation))
 
     @api.get("/users/{subject}/grants", summary="A user's grants", **openapi.ADMIN_ROUTE)
     async def user_grants(subject: str, _: Admin, store: StoreDep) -> list[GrantView]:

@@ -46,6 +46,10 @@ class DelegationPolicy:
         """Whether any grant rule lets this MCP server obtain this target at all (for anyone)."""
         return any(r.mcp_server == mcp_server and r.target == target and r.effect == "grant" for r, _ in self.rules)
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (MCP server, target) a rule names, in the order first named."""
+        return list(dict.fromkeys((r.mcp_server, r.target) for r, _ in self.rules))
+
     def evaluate(self, mcp_server: str, target: str, identity: Identity) -> DelegationDecision:
         granted: dict[str, list[str]] = {}
         denied: dict[str, list[str]] = {}
