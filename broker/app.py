@@ -44,6 +44,7 @@ from broker.routes import (
 from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.services import Services
+from broker.signals.effects import SignalEffects
 from broker.store.client import RedisClient, create_redis
 from broker.store.keys import Keys
 from broker.store.redis_store import RedisStore
@@ -168,6 +169,7 @@ def create_app(
             flows=BrowserFlow(config, store, clients, policies, upstreams, grants, throttle),
             assertions=assertions,
             exchanges=_exchanges(config, store, keyring, policies, grants, sealer, upstreams),
+            signals=SignalEffects(store, lambda: policies.current, grants.current_identity),
         )
         try:
             await keyring.refresh()

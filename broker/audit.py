@@ -36,6 +36,9 @@ AuditEvent = Literal[
     "assertion_issued",  # an ID-JAG for an external MCP authorization server (token exchange)
     "token_exchanged",  # delegated access: an MCP server got a downstream token as the user (RFC 8693)
     "token_exchange_refused",
+    "signal_received",  # an upstream signal (SCIM, back-channel logout, Shared Signals) arrived valid
+    "signal_applied",  # ...and what it did (revoke_user, revoke_session, reapply_policy, record_only)
+    "signal_refused",  # an upstream signal refused before any effect (bad signature, replay...)
 ]
 
 _log = structlog.get_logger("mcp_broker.audit")

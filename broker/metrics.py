@@ -40,6 +40,17 @@ TOKEN_EXCHANGES = Histogram(
 )
 
 
+SIGNALS = Counter(
+    "mcpb_signals", "Upstream signals (SCIM, back-channel logout, Shared Signals) by source and stage", ["source", "stage"]
+)
+SIGNAL_TO_REVOCATION = Histogram(
+    "mcpb_signal_to_revocation_seconds",
+    "From an upstream signal's arrival to the last revocation it caused being announced",
+    ["source"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+
 def serve(port: int, host: str = "0.0.0.0") -> Any:
     """Start the exporter thread: GET /metrics on ``host:port`` with every worker's samples.
     Needs ``PROMETHEUS_MULTIPROC_DIR`` set (see :func:`broker.metrics_env.prepare`)."""

@@ -18,6 +18,7 @@ from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
+from broker.signals.effects import SignalEffects
 from broker.store.base import Store
 from broker.store.client import RedisClient
 from broker.web.pages import Pages
@@ -42,6 +43,7 @@ class Services:
     flows: BrowserFlow
     assertions: AssertionGrant  # the jwt-bearer grant for ID-JAGs from trusted IdPs
     exchanges: TokenExchange  # RFC 8693 token exchange (ID token -> ID-JAG)
+    signals: SignalEffects  # what upstream signals (SCIM, back-channel logout, SSF) do to grants
 
     @property
     def policy(self) -> Policy:

@@ -47,6 +47,7 @@ class Identity:
     group_names: Mapping[str, str] = field(default_factory=dict)
     private: Mapping[str, Any] = field(default_factory=dict)
     username_is_unique: bool = False
+    upstream_session: str | None = None  # the provider's session id (an OIDC ``sid``), for back-channel logout
 
 
 def qualified_subject(provider_id: str, local: str) -> str:

@@ -82,6 +82,7 @@ def identity_record(identity: Identity, sealer: Sealer) -> StoredIdentity:
         group_names=dict(identity.group_names),
         username_is_unique=identity.username_is_unique,
         private=sealer.seal(dict(identity.private), context=f"identity:{identity.provider_id}:{identity.subject}"),
+        upstream_session=identity.upstream_session,
     )
 
 
@@ -96,6 +97,7 @@ def identity_from(record: StoredIdentity, sealer: Sealer) -> Identity:
         group_names=dict(record.group_names),
         username_is_unique=record.username_is_unique,
         private=sealer.open(record.private, context=f"identity:{record.provider_id}:{record.subject}"),
+        upstream_session=record.upstream_session,
     )
 
 

@@ -6,7 +6,7 @@ Authenticated with the static admin bearer token (``admin.token``); off when it 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
@@ -23,6 +23,7 @@ from broker.routes.deps import (
     PolicyDep,
     ProvidersDep,
     RevocationDep,
+    SignalsDep,
     StoreDep,
     ThrottleDep,
 )
@@ -42,6 +43,20 @@ class GrantView(BaseModel):
     created_at: float
     last_refresh: float
     expires_at: float
+
+
+class SignalView(BaseModel):
+    source: str = Field(description="`backchannel_logout`, `scim` or `ssf`")
+    kind: str = Field(description="What the signal said, in its source's words (`logout`, an event type URI...)")
+    signal_id: str | None = Field(default=None, description="Its own id where it has one (a `jti`)")
+    received_at: float = Field(description="When it arrived, in seconds since the epoch")
+    effect: str = Field(description="`revoke_user`, `revoke_session`, `reapply_policy` or `record_only`")
+    subject: str | None = Field(default=None, description="The user it named, when known")
+    revoked: list[str] = Field(default_factory=list, description="Grants it revoked")
+    unchanged: list[str] = Field(default_factory=list, description="Grants it looked at and left as they were")
+    reason: str | None = None
+    note: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
 
 
 class RevokedView(BaseModel):
@@ -158,6 +173,15 @@ def router(base: str) -> APIRouter:
         if changed:
             audit("grant_revoked", grant_id=grant_id, sub=grant.subject, reason="admin")
         return RevokedView(revoked=[grant_id] if changed else [])
+
+    @api.get("/signals", summary="A provider's recent upstream signals and what they did", **openapi.ADMIN_ROUTE)
+    async def signals(
+        _: Admin, providers: ProvidersDep, effects: SignalsDep, provider: str, limit: int = 50
+    ) -> list[SignalView]:
+        if provider not in providers:
+            raise InvalidRequest(f"no provider {provider!r}")
+        records = await effects.recent(provider, max(1, min(limit, 200)))
+        return [SignalView.model_validate(r) for r in records]
 
     @api.post(
         "/users/{provider}/{username}/unlock",

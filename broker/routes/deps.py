@@ -27,6 +27,7 @@ from broker.policy.holder import PolicyHolder
 from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.services import Services
+from broker.signals.effects import SignalEffects
 from broker.store.base import Store
 from broker.store.client import RedisClient
 from broker.web.pages import Pages
@@ -77,6 +78,7 @@ get_registrations = _service(lambda s: s.registrations)
 get_flows = _service(lambda s: s.flows)
 get_assertions = _service(lambda s: s.assertions)
 get_exchanges = _service(lambda s: s.exchanges)
+get_signals = _service(lambda s: s.signals)
 get_token_endpoint = _service(lambda s: TokenEndpoint(s.clients, s.grants, s.exchanges, s.assertions))
 
 
@@ -97,4 +99,5 @@ RegistrationsDep = Annotated[RateLimit, Depends(get_registrations)]
 FlowsDep = Annotated[BrowserFlow, Depends(get_flows)]
 AssertionsDep = Annotated[AssertionGrant, Depends(get_assertions)]
 ExchangesDep = Annotated[TokenExchange, Depends(get_exchanges)]
+SignalsDep = Annotated[SignalEffects, Depends(get_signals)]
 TokenEndpointDep = Annotated[TokenEndpoint, Depends(get_token_endpoint)]

@@ -160,7 +160,8 @@ class Store(SigningKeyStore, Protocol):
 
     async def create_grant(self, grant: Grant, refresh_hash: str, refresh_ttl: int, grant_ttl: int) -> None:
         """Store a grant with its first refresh token (active) in one atomic step, and index the
-        grant under its user until the user's longest-lived grant expires."""
+        grant under its user until the user's longest-lived grant expires (and likewise under its
+        provider and username, and under its upstream session when the identity names one)."""
 
     async def get_grant(self, grant_id: str) -> Grant | None:
         """A grant, or None once expired."""
@@ -234,6 +235,14 @@ class Store(SigningKeyStore, Protocol):
 
     async def user_grant_ids(self, subject: str) -> list[str]:
         """Ids of a user's grants not yet expired (some may be revoked)."""
+
+    async def username_grant_ids(self, provider_id: str, username: str) -> list[str]:
+        """Ids of the grants not yet expired of a provider's user named ``username`` (compared
+        case-insensitively), as ``create_grant`` indexed them; some may be revoked."""
+
+    async def session_grant_ids(self, provider_id: str, session: str) -> list[str]:
+        """Ids of the grants not yet expired started from one upstream session (an OIDC ``sid``:
+        the identity's ``upstream_session``), as ``create_grant`` indexed them; some may be revoked."""
 
     async def revoked(self) -> list[str]:
         """Ids of revoked grants whose tokens have not all expired yet."""
@@ -338,3 +347,11 @@ class Store(SigningKeyStore, Protocol):
         """Spend an assertion's ``jti`` (RFC 7521 §5.2, RFC 7519 §4.1.7): True for the first claim
         of ``jti`` from ``issuer``, False ever after until ``expires_at`` (epoch seconds), when the
         record ends by itself. Single use across replicas: of concurrent claims exactly one is True."""
+
+    # -- upstream signals (broker.signals) ---------------------------------------------------
+    async def record_signal(self, provider_id: str, record: Mapping[str, Any], *, keep: int) -> None:
+        """Add one signal's record (JSON-serialisable) to the provider's recent signals, keeping the
+        newest ``keep``, in one atomic step."""
+
+    async def recent_signals(self, provider_id: str, limit: int) -> list[dict[str, Any]]:
+        """The provider's recent signal records, newest first, at most ``limit``."""

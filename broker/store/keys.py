@@ -7,6 +7,9 @@ braces), so all of them live in one slot and the script runs unchanged on Cluste
 * ``{prefix}:{u:<subject>}:…``    per-user indexes (grants, consents);
 * ``{prefix}:{r:<hash>}:recheck…`` a user's shared upstream re-check answer and its lookup lock
   (the hash of provider id and subject);
+* ``{prefix}:{un:<hash>}:grants``, ``{prefix}:{us:<hash>}:grants`` grants by provider and
+  username, and by upstream session (an OIDC ``sid``);
+* ``{prefix}:{sig:<provider_id>}:recent`` a provider's recent upstream signals;
 * ``{prefix}:{c:<client_id>}``    a registered client;
 * ``{prefix}:{j:<hash>}:jti``     a redeemed ID-JAG's ``jti`` (the hash of issuer and jti), until its ``exp``;
 * ``{prefix}:{keys}:…``           the signing key ring;
@@ -72,6 +75,20 @@ class Keys:
 
     def client(self, client_id: str) -> str:
         return f"{self.prefix}:{{c:{_tag_safe(client_id)}}}"
+    def username_grants(self, provider_id: str, username: str) -> str:
+        """A provider's user's grants by username (case-folded, hashed: it comes from outside)."""
+        hashed = digest(provider_id + "\n" + username.casefold())[:32]
+        return f"{self.prefix}:{{un:{hashed}}}:grants"
+
+    def session_grants(self, provider_id: str, session: str) -> str:
+        """The grants started from one upstream session (an OIDC ``sid``; hashed)."""
+        hashed = digest(provider_id + "\n" + session)[:32]
+        return f"{self.prefix}:{{us:{hashed}}}:grants"
+
+    def recent_signals(self, provider_id: str) -> str:
+        """A provider's recent upstream signals (a list, newest first, bounded)."""
+        return f"{self.prefix}:{{sig:{_tag_safe(provider_id)}}}:recent"
+
 
     def signing_keys(self) -> str:
         return f"{self.prefix}:{{keys}}:ring"

@@ -88,6 +88,7 @@ class StoredIdentity:
     group_names: Mapping[str, str] = field(default_factory=dict)
     username_is_unique: bool = False
     private: str | None = None
+    upstream_session: str | None = None  # the provider's session id (OIDC ``sid``), not secret
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +101,7 @@ class StoredIdentity:
             "group_names": dict(self.group_names),
             "username_is_unique": self.username_is_unique,
             "private": self.private,
+            **({"upstream_session": self.upstream_session} if self.upstream_session else {}),
         }
 
     @classmethod
@@ -114,6 +116,7 @@ class StoredIdentity:
             group_names=dict(record.get("group_names") or {}),
             username_is_unique=record.get("username_is_unique") is True,
             private=_opt_str(record.get("private")),
+            upstream_session=_opt_str(record.get("upstream_session")),
         )
 
 

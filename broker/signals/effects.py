@@ -1,0 +1,285 @@
+"""What an upstream signal does to the user's grants: the one place every receiver calls.
+
+* :meth:`SignalEffects.revoke_user` - every grant of the user is revoked and the revocations are
+  announced to resource servers (``Store.revoke_grant``: mcp_app refuses the tokens within ~10 ms);
+  the user's shared re-check answer is dropped so the next refresh asks upstream.
+* :meth:`SignalEffects.revoke_session` - the grants started from one upstream session (an OIDC
+  ``sid``, recorded from the ID token at sign-in) are revoked alike.
+* :meth:`SignalEffects.reapply_policy` - the policy is evaluated again for each live grant of the
+  user with the groups the signal carries (or the provider's answer now). A grant that keeps every
+  scope is left alone; a grant that would lose scopes is **revoked** (its access tokens carry the
+  wider scope until they expire, so shrinking the stored scopes alone would not end them; the
+  client signs in again and gets what the policy gives now).
+* :meth:`SignalEffects.record_only` - nothing changes; the signal is kept and audited.
+
+Each returns an :class:`Outcome`. Every signal is audited on arrival (``signal_received``) and
+with its effect (``signal_applied``: kind, provider, subject, effect, grants affected), kept in a
+bounded per-provider list (``Store.record_signal``, read by ``GET /admin/signals``), and a
+signal that revoked something is measured from its arrival to the last revocation announced
+(``mcpb_signal_to_revocation_seconds``).
+
+Subjects: ``subject`` is the broker's subject (``qualified_subject(provider_id, local)``); the
+provider's local id is qualified here when it lacks the ``{provider_id}:`` prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from broker.audit import audit
+from broker.metrics import SIGNAL_TO_REVOCATION, SIGNALS
+from broker.policy import Policy
+from broker.store.base import Store
+from broker.store.records import Grant
+from providers.base import Identity, qualified_subject
+
+Effect = Literal["revoke_user", "revoke_session", "reapply_policy", "record_only"]
+Source = Literal["backchannel_logout", "scim", "ssf", "admin"]
+
+RECENT_SIGNALS = 200  # kept per provider (Store.record_signal)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One signal as it arrived. ``kind`` names what it said, by its source's vocabulary
+    (``logout``, ``user_deactivated``, ``https://schemas.openid.net/secevent/caep/event-type/session-revoked``);
+    ``signal_id`` is its own id where it has one (a ``jti``, a SCIM request's resource id)."""
+
+    source: Source
+    kind: str
+    provider_id: str
+    signal_id: str | None = None
+    received_at: float = field(default_factory=time.time)  # epoch seconds, for the record
+    received_clock: float = field(default_factory=time.perf_counter)  # for the latency metric
+    detail: Mapping[str, Any] = field(default_factory=dict)  # shown in the record (no secrets)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a signal did: its effect, the user it named (broker subject, when known), the grants
+    revoked, and the grants looked at and left unchanged."""
+
+    effect: Effect
+    subject: str | None
+    revoked: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "effect": self.effect,
+            "subject": self.subject,
+            "revoked": list(self.revoked),
+            "unchanged": list(self.unchanged),
+            "note": self.note,
+        }
+
+
+# Looks the user of a grant up upstream now (GrantService.current_identity): reapply_policy's
+# groups when the signal carries none.
+CurrentIdentity = Callable[[Grant], Awaitable[Identity]]
+
+
+class SignalEffects:
+    def __init__(
+        self,
+        store: Store,
+        policy: Callable[[], Policy],
+        current_identity: CurrentIdentity | None = None,
+        *,
+        keep: int = RECENT_SIGNALS,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.current_identity = current_identity
+        self.keep = keep
+
+    # -- effects -------------------------------------------------------------------------------
+    async def revoke_user(
+        self,
+        provider_id: str,
+        *,
+        subject: str | None = None,
+        username: str | None = None,
+        reason: str,
+        signal: Signal,
+    ) -> Outcome:
+        """Revoke every grant of the user named by ``subject`` or, failing that, ``username``
+        (grants are indexed by both at creation: ``Store.username_grant_ids``)."""
+        self._received(signal, subject=subject, username=username)
+        if subject is not None:
+            subject = self.qualify(provider_id, subject)
+            grant_ids = await self.store.user_grant_ids(subject)
+        elif username is not None:
+            grant_ids = await self.store.username_grant_ids(provider_id, username)
+        else:
+            raise ValueError("revoke_user needs a subject or a username")
+        revoked, subjects = await self._revoke(grant_ids, provider_id, reason)
+        if subject is not None:
+            subjects.add(subject)
+        for each in sorted(subjects):
+            await self.store.forget_recheck(provider_id, each)
+        outcome = Outcome("revoke_user", subject or _one(subjects), tuple(revoked))
+        return await self._applied(signal, outcome, reason)
+
+    async def revoke_session(self, provider_id: str, session: str, *, reason: str, signal: Signal) -> Outcome:
+        """Revoke the grants started from one upstream session (``Store.session_grant_ids``)."""
+        self._received(signal, session=session)
+        revoked, subjects = await self._revoke(
+            await self.store.session_grant_ids(provider_id, session), provider_id, reason
+        )
+        for each in sorted(subjects):
+            await self.store.forget_recheck(provider_id, each)
+        return await self._applied(signal, Outcome("revoke_session", _one(subjects), tuple(revoked)), reason)
+
+    async def reapply_policy(
+        self,
+        provider_id: str,
+        subject: str,
+        *,
+        groups: frozenset[str] | None = None,
+        group_names: Mapping[str, str] | None = None,
+        reason: str = "policy_reapplied",
+        signal: Signal,
+    ) -> Outcome:
+        """Evaluate the policy again for each live grant of the user, with ``groups`` when the
+        signal carries them (else the provider's answer now, or the groups kept at sign-in when
+        no lookup is wired). A grant the policy still gives every scope stays; one that would lose
+        any is revoked (see the module docstring)."""
+        self._received(signal, subject=subject)
+        subject = self.qualify(provider_id, subject)
+        await self.store.forget_recheck(provider_id, subject)
+        policy = self.policy()
+        revoked: list[str] = []
+        unchanged: list[str] = []
+        for grant_id in await self.store.user_grant_ids(subject):
+            grant = await self.store.get_grant(grant_id)
+            if grant is None or not grant.active or grant.identity is None:
+                continue
+            identity = await self._identity(grant, groups, group_names)
+            resource = policy.resource_for(grant.resource)
+            kept = policy.evaluate(resource, identity).scopes if resource is not None else frozenset()
+            if identity is not None and set(grant.scope_list) <= kept:
+                unchanged.append(grant_id)
+                continue
+            if await self.store.revoke_grant(grant_id, reason):
+                revoked.append(grant_id)
+        self._observe(signal, revoked)
+        outcome = Outcome("reapply_policy", subject, tuple(revoked), tuple(unchanged))
+        return await self._applied(signal, outcome, reason)
+
+    async def record_only(
+        self, provider_id: str, *, subject: str | None = None, note: str | None = None, signal: Signal
+    ) -> Outcome:
+        """Change nothing; keep and audit the signal."""
+        self._received(signal, subject=subject)
+        qualified = self.qualify(provider_id, subject) if subject is not None else None
+        return await self._applied(signal, Outcome("record_only", qualified, note=note), None)
+
+    def refused(self, signal: Signal, error: str, description: str) -> None:
+        """A signal refused before it had any effect (bad signature, replay...): audited, counted."""
+        SIGNALS.labels(signal.source, "refused").inc()
+        audit(
+            "signal_refused",
+            source=signal.source,
+            kind=signal.kind,
+            provider=signal.provider_id,
+            error=error,
+            reason=description,
+        )
+
+    async def recent(self, provider_id: str, limit: int = RECENT_SIGNALS) -> list[dict[str, Any]]:
+        """The provider's latest signals and what they did, newest first."""
+        return await self.store.recent_signals(provider_id, limit)
+
+    # -- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def qualify(provider_id: str, subject: str) -> str:
+        prefix = qualified_subject(provider_id, "")
+        return subject if subject.startswith(prefix) else qualified_subject(provider_id, subject)
+
+    async def _identity(
+        self, grant: Grant, groups: frozenset[str] | None, group_names: Mapping[str, str] | None
+    ) -> Identity | None:
+        stored = grant.identity
+        assert stored is not None
+        if groups is None and self.current_identity is not None:
+            try:
+                return await self.current_identity(grant)
+            except Exception:  # the user is gone upstream (the grant was revoked) or it cannot answer
+                return None
+        return Identity(
+            provider_id=stored.provider_id,
+            subject=stored.subject,
+            username=stored.username,
+            email=stored.email,
+            display_name=stored.display_name,
+            groups=groups if groups is not None else frozenset(stored.groups),
+            group_names=dict(group_names if group_names is not None else stored.group_names),
+            username_is_unique=stored.username_is_unique,
+        )
+
+    async def _revoke(self, grant_ids: list[str], provider_id: str, reason: str) -> tuple[list[str], set[str]]:
+        revoked: list[str] = []
+        subjects: set[str] = set()
+        for grant_id in grant_ids:
+            grant = await self.store.get_grant(grant_id)
+            if grant is None or (grant.identity.provider_id if grant.identity else grant.provider_id) != provider_id:
+                continue
+            subjects.add(grant.subject)
+            if await self.store.revoke_grant(grant_id, reason):
+                revoked.append(grant_id)
+        return revoked, subjects
+
+    def _received(self, signal: Signal, **named: str | None) -> None:
+        SIGNALS.labels(signal.source, "received").inc()
+        audit(
+            "signal_received",
+            source=signal.source,
+            kind=signal.kind,
+            provider=signal.provider_id,
+            signal_id=signal.signal_id,
+            **{k: v for k, v in named.items() if v is not None},
+        )
+
+    def _observe(self, signal: Signal, revoked: list[str]) -> None:
+        if revoked:
+            SIGNAL_TO_REVOCATION.labels(signal.source).observe(time.perf_counter() - signal.received_clock)
+
+    async def _applied(self, signal: Signal, outcome: Outcome, reason: str | None) -> Outcome:
+        if outcome.effect != "reapply_policy":  # reapply_policy observed before its own bookkeeping
+            self._observe(signal, list(outcome.revoked))
+        SIGNALS.labels(signal.source, "applied").inc()
+        audit(
+            "signal_applied",
+            source=signal.source,
+            kind=signal.kind,
+            provider=signal.provider_id,
+            signal_id=signal.signal_id,
+            sub=outcome.subject,
+            effect=outcome.effect,
+            grants=list(outcome.revoked),
+            grants_unchanged=len(outcome.unchanged),
+            reason=reason,
+        )
+        await self.store.record_signal(
+            signal.provider_id,
+            {
+                "source": signal.source,
+                "kind": signal.kind,
+                "signal_id": signal.signal_id,
+                "received_at": signal.received_at,
+                "detail": dict(signal.detail),
+                "reason": reason,
+                **outcome.to_json(),
+            },
+            keep=self.keep,
+        )
+        return outcome
+
+
+def _one(subjects: set[str]) -> str | None:
+    return next(iter(subjects)) if len(subjects) == 1 else None
