@@ -12,6 +12,8 @@ builds), :class:`BrokerTokenVerifier` and :class:`JwksCache` (RFC 9068 JWTs agai
 broker's keys), :class:`IntrospectionVerifier` (RFC 7662, for a server without Redis),
 :class:`RevocationWatcher` (revoked grants from the broker's Redis), :class:`BearerGuard`
 (401/403 with scopes per tool) and :class:`HostOriginGuard` (DNS-rebinding protection).
+:class:`TokenExchanger` (``delegation``) trades the request's token for a token of a downstream
+API the broker knows as a delegation target (RFC 8693).
 
 The names load on first use: the broker imports a few leaf modules of this package (the
 revocation keys, the Redis client, the scope rule) and so loads neither the MCP server nor
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mcp_broker_verifier.auth import BearerGuard
     from mcp_broker_verifier.cache_metrics import CacheMetrics
+    from mcp_broker_verifier.delegation import TokenExchanger
     from mcp_broker_verifier.guard import HostOriginGuard
     from mcp_broker_verifier.introspection import IntrospectionVerifier
     from mcp_broker_verifier.protection import ProtectedServer, default_jwks_url, protect
@@ -44,6 +47,7 @@ _HOMES = {
     "ProtectedServer": "protection",
     "RevocationWatcher": "revocations",
     "ScopeImplies": "scopes",
+    "TokenExchanger": "delegation",
     "create_redis": "redis_client",
     "default_jwks_url": "protection",
     "effective_scopes": "scopes",
@@ -59,6 +63,7 @@ __all__ = [
     "ProtectedServer",
     "RevocationWatcher",
     "ScopeImplies",
+    "TokenExchanger",
     "create_redis",
     "default_jwks_url",
     "effective_scopes",
