@@ -231,9 +231,8 @@ class DelegatedExchange:
             "issued_token_type": token.issued_token_type,
             "token_type": token.token_type,
             "expires_in": max(0, token.expires_at - now),
+            "scope": " ".join(sorted(token.scopes)),
         }
-        if token.scopes:
-            body["scope"] = " ".join(sorted(token.scopes))
         return body, outcome
 
     def _resource(self, mcp_server_id: str | None) -> ResourceConfig | None:

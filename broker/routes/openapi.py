@@ -26,6 +26,11 @@ class OAuthErrorBody(BaseModel):
 
     error: str = Field(description="The error code, e.g. `invalid_request`, `invalid_client`, `invalid_grant`")
     error_description: str = Field(description="What went wrong, for a developer (never a secret)")
+    interaction_uri: str | None = Field(
+        default=None,
+        description="With `interaction_required` (delegated access): the broker page where the user completes "
+        "an upstream step; the same token exchange works afterwards",
+    )
 
 
 class TokenBody(BaseModel):
@@ -39,7 +44,8 @@ class TokenBody(BaseModel):
     id_token: str | None = Field(default=None, description="OpenID Connect ID token, when the scope held `openid`")
     issued_token_type: str | None = Field(
         default=None,
-        description="Token exchange: `urn:ietf:params:oauth:token-type:id-jag` (then `access_token` is the ID-JAG)",
+        description="Token exchange: `urn:ietf:params:oauth:token-type:id-jag` (then `access_token` is the ID-JAG), "
+        "or `urn:ietf:params:oauth:token-type:access_token` (delegated access: a token for the target)",
     )
 
 
@@ -150,10 +156,23 @@ TOKEN = {
             },
             "refresh_token": {"type": "string"},
             "assertion": {"type": "string", "description": "jwt-bearer (RFC 7523): an ID-JAG from a trusted IdP"},
-            "subject_token": {"type": "string", "description": "token exchange (RFC 8693): an ID token of this broker"},
-            "subject_token_type": {"type": "string", "enum": ["urn:ietf:params:oauth:token-type:id_token"]},
-            "requested_token_type": {"type": "string", "enum": ["urn:ietf:params:oauth:token-type:id-jag"]},
-            "audience": {"type": "string", "description": "token exchange: the issuer the ID-JAG is for"},
+            "subject_token": {
+                "type": "string",
+                "description": "token exchange (RFC 8693): an ID token of this broker, or (an MCP server, for "
+                "delegated access) the user's access token it received",
+            },
+            "subject_token_type": {
+                "type": "string",
+                "enum": ["urn:ietf:params:oauth:token-type:id_token", "urn:ietf:params:oauth:token-type:access_token"],
+            },
+            "requested_token_type": {
+                "type": "string",
+                "enum": ["urn:ietf:params:oauth:token-type:id-jag", "urn:ietf:params:oauth:token-type:access_token"],
+            },
+            "audience": {
+                "type": "string",
+                "description": "token exchange: the issuer the ID-JAG is for, or the delegation target",
+            },
             "scope": {"type": "string", "description": "Space-separated; at refresh, at most the granted scopes"},
             "resource": {"type": "string", "description": "RFC 8707 resource indicator"},
             **_CLIENT_FIELDS,
