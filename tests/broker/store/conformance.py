@@ -530,6 +530,45 @@ async def downstream_tokens(store: Store) -> None:
     assert await store.get_downstream_token(short, "tickets") is None
 
 
+async def grant_indexes(store: Store) -> None:
+    """A grant is found by its provider and username (case-insensitively) and, when its identity
+    names an upstream session, by that session; each index ends with the grant."""
+    user = f"Dana-{new_id()}"
+    session = f"sid-{new_id()}"
+    plain, in_session, short = new_id(), new_id(), new_id()
+    identity = replace(IDENTITY, username=user)
+    await store.create_grant(replace(a_grant(plain), username=user, identity=identity), "r1", 60, 60)
+    await store.create_grant(
+        replace(a_grant(in_session), username=user, identity=replace(identity, upstream_session=session)), "r2", 60, 60
+    )
+    await store.create_grant(
+        replace(a_grant(short, lifetime=1), identity=replace(IDENTITY, upstream_session=session)), "r3", 1, 1
+    )
+    assert sorted(await store.username_grant_ids("ldap", user.upper())) == sorted([plain, in_session])
+    assert await store.username_grant_ids("other-provider", user) == []
+    assert sorted(await store.session_grant_ids("ldap", session)) == sorted([in_session, short])
+    assert await store.session_grant_ids("other-provider", session) == []
+    grant = await store.get_grant(in_session)
+    assert grant is not None and grant.identity is not None and grant.identity.upstream_session == session
+    await asyncio.sleep(1.2)  # the short grant has expired: no index names it any more
+    assert await store.session_grant_ids("ldap", session) == [in_session]
+
+
+async def signal_records(store: Store) -> None:
+    """A provider's recent signals, newest first, bounded, per provider; concurrent records all
+    land and the bound holds."""
+    provider = f"p-{new_id()}"
+    assert await store.recent_signals(provider, 10) == []
+    await asyncio.gather(*(store.record_signal(provider, {"n": n, "kind": "logout"}, keep=5) for n in range(12)))
+    kept = await store.recent_signals(provider, 10)
+    assert len(kept) == 5
+    await store.record_signal(provider, {"n": 99, "detail": {"sid": "s"}}, keep=5)
+    newest = await store.recent_signals(provider, 2)
+    assert [r["n"] for r in newest] == [99, kept[0]["n"]]
+    assert newest[0]["detail"] == {"sid": "s"}
+    assert await store.recent_signals(f"other-{provider}", 10) == []
+
+
 CHECKS: dict[str, Check] = {
     check.__name__: check
     for check in (
@@ -558,5 +597,7 @@ CHECKS: dict[str, Check] = {
         assertion_jtis,
         upstream_vault,
         downstream_tokens,
+        grant_indexes,
+        signal_records,
     )
 }
