@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from broker.app import create_app
 from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd, free_port
-from tests.broker.flows import INTROSPECTOR_SECRET, RESOURCE, Broker, broker_yaml, tokens_for
+from tests.broker.flows import INTROSPECTOR_SECRET, RESOURCE, Broker, broker_yaml, refresh, tokens_for
 from tests.http import running
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -266,3 +266,16 @@ def test_an_expired_subject_token_is_refused(redis_server: RedisServer, slapd: S
         assert fresh.json()["expires_in"] <= 2  # never beyond the subject token's life
         time.sleep(2.5)
         refused(exchange(broker, tokens["access_token"]), "invalid_grant")
+
+
+def test_refresh_token_reuse_ends_the_grant_and_its_delegation(broker: Broker, redis_server: RedisServer) -> None:
+    client, tokens = tokens_for(broker, "alice")
+    grant_id = verified(broker, tokens["access_token"], RESOURCE)["sid"]
+    assert exchange(broker, tokens["access_token"]).status_code == 200
+    assert any(k.endswith(":downstream") for k in grant_keys(broker, redis_server, grant_id))
+    rotated = refresh(broker, client["client_id"], tokens["refresh_token"])
+    assert rotated.status_code == 200, rotated.text
+    time.sleep(2.5)  # past refresh_reuse_grace: the old token again is theft
+    refused(refresh(broker, client["client_id"], tokens["refresh_token"]), "invalid_grant")
+    refused(exchange(broker, rotated.json()["access_token"]), "invalid_grant")
+    assert not [k for k in grant_keys(broker, redis_server, grant_id) if k.endswith((":downstream", ":upstream"))]
