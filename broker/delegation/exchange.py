@@ -30,6 +30,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+
 from broker.audit import audit
 from broker.config.delegation import TargetConfigUnion
 from broker.config.models import BrokerConfig, ResourceConfig
@@ -63,6 +65,7 @@ from broker.oauth.tokens import verify_access_token
 from broker.policy.delegation import DelegationPolicy
 from broker.store.base import Store
 from broker.store.records import Grant
+from providers.base import Identity
 
 
 class InteractionRequiredError(OAuthError):
@@ -182,9 +185,7 @@ class DelegatedExchange:
                 detail=f"no delegation rule lets {mcp_server_id} obtain {target_config.id}",
             )
         # 4. Scopes the policy gives this user there.
-        identity = identity_from(grant.identity, self.sealer) if grant.identity is not None else None
-        if identity is None:
-            raise InvalidGrant("The grant holds no identity.", detail=f"grant {grant.grant_id} has no identity")
+        identity = self._identity(grant)
         decision = self.policy.evaluate(mcp_server_id, target_config.id, identity)
         scopes = self.policy.narrow(decision, request.scopes)
         if not scopes:
@@ -234,6 +235,18 @@ class DelegatedExchange:
             "scope": " ".join(sorted(token.scopes)),
         }
         return body, outcome
+
+    def _identity(self, grant: Grant) -> Identity:
+        """The user as the grant holds them, provider-private part opened (upstream state)."""
+        if grant.identity is None:
+            raise InvalidGrant("The grant holds no identity.", detail=f"grant {grant.grant_id} has no identity")
+        try:
+            return identity_from(grant.identity, self.sealer)
+        except (InvalidTag, ValueError) as exc:  # sealed under another key-encryption key
+            raise InvalidGrant(
+                "The sign-in this token comes from cannot be used for delegation; sign in again.",
+                detail=f"grant {grant.grant_id}: identity does not open ({type(exc).__name__})",
+            ) from None
 
     def _resource(self, mcp_server_id: str | None) -> ResourceConfig | None:
         return next((r for r in self.config.resources if r.id == mcp_server_id), None)

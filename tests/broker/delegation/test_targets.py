@@ -1,5 +1,5 @@
-"""The target interface's errors become the token endpoint's answers, and the internal target's
-lifetime bounds hold (shortest of its ttl, the access-token TTL, the subject token's life)."""
+"""The target interface's errors become the token endpoint's answers; the delegation config checks
+its own references."""
 
 from __future__ import annotations
 
