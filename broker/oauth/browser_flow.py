@@ -22,7 +22,8 @@ from broker.metrics import LOGINS, UPSTREAM_LATENCY
 from broker.oauth.authorize import AuthorizationRequest, may_redirect_errors, redirect_with
 from broker.oauth.clients import Client, ClientRegistry
 from broker.oauth.errors import AccessDenied, OAuthError
-from broker.oauth.grants import GrantService
+from broker.oauth.grants import GrantService, identity_from
+from broker.oauth.vault import Vault
 from broker.policy.holder import PolicyHolder
 from broker.security.compare import same_secret
 from broker.security.password_login import password_login
@@ -153,10 +154,23 @@ class AccountSignedIn:
     identity: Identity
 
 
+@dataclass(frozen=True)
+class SessionRenewed:
+    """A delegation target's ``interaction_uri`` sign-in came back: the new upstream session was
+    kept for ``grants`` of the user's active grants with that provider (docs/delegation.md)."""
+
+    identity: Identity
+    target_id: str
+    grants: int
+
+
+DELEGATION_PURPOSE = "delegation:"  # + the target id: a sign-in that renews the kept upstream session
+
+
 Finished = Expired | Redirect | NoAccess
 Consented = Expired | Redirect | Unavailable
 PasswordOutcome = Finished | Throttled | PasswordRefused | TooManyAttempts
-CallbackOutcome = Finished | UpstreamDeclined | SignInFailed | AccountSignedIn
+CallbackOutcome = Finished | UpstreamDeclined | SignInFailed | AccountSignedIn | SessionRenewed
 
 
 class BrowserFlow:
@@ -269,9 +283,11 @@ class BrowserFlow:
         await self._store.save_upstream_pointer(upstream_state, flow_id, FLOW_TTL)
         return Redirect(url, binding)
 
-    async def account_sign_in(self, provider: RedirectProvider) -> Redirect | Unavailable:
-        """Start an account-page sign-in upstream: a pending flow of purpose ``account``, approved
-        (there is no client to consent to) and bound to this browser by the returned ``binding``."""
+    async def account_sign_in(self, provider: RedirectProvider, *, purpose: str = "account") -> Redirect | Unavailable:
+        """Start an account-page sign-in upstream: a pending flow of purpose ``account`` (or
+        ``delegation:<target id>``, renewing the upstream session kept for delegated access),
+        approved (there is no client to consent to) and bound to this browser by the returned
+        ``binding``."""
         flow_id = secrets.token_urlsafe(24)
         upstream_state = secrets.token_urlsafe(32)
         binding = secrets.token_urlsafe(24)
@@ -283,7 +299,7 @@ class BrowserFlow:
         await self._store.save_flow(
             flow_id,
             PendingFlow(
-                purpose="account",
+                purpose=purpose,
                 approved=True,
                 provider=provider.id,
                 binding_hash=digest(binding),
@@ -356,7 +372,7 @@ class BrowserFlow:
             return Expired()
         if await self._store.take_upstream_pointer(upstream_state) is None:  # single use
             return Expired()
-        if pending.purpose == "account":
+        if pending.purpose == "account" or (pending.purpose or "").startswith(DELEGATION_PURPOSE):
             return await self._account_callback(flow_id, pending, provider_id, query)
         approved = await self.approved(flow_id, binding)
         if approved is None:
@@ -396,7 +412,7 @@ class BrowserFlow:
 
     async def _account_callback(
         self, flow_id: str, flow: PendingFlow, provider_id: str, query: dict[str, str]
-    ) -> Expired | SignInFailed | AccountSignedIn:
+    ) -> Expired | SignInFailed | AccountSignedIn | SessionRenewed:
         provider = self._providers.get(flow.provider or "")
         await self._store.take_flow(flow_id)
         if provider is None or provider_id != flow.provider or not isinstance(provider, RedirectProvider):
@@ -406,7 +422,34 @@ class BrowserFlow:
         except ProviderError as exc:
             return _callback_failed(provider, exc)
         LOGINS.labels(provider.id, "success").inc()
+        target_id = (flow.purpose or "").removeprefix(DELEGATION_PURPOSE)
+        if target_id != flow.purpose:
+            renewed = await self._renew_upstream_sessions(identity)
+            audit(
+                "login_succeeded",
+                provider=provider.id,
+                sub=identity.subject,
+                purpose="delegation",
+                target=target_id,
+                grants_renewed=renewed,
+            )
+            return SessionRenewed(identity, target_id, renewed)
         return AccountSignedIn(identity)
+
+    async def _renew_upstream_sessions(self, identity: Identity) -> int:
+        """Keep the new sign-in's upstream session (its provider-private data) in the vault of each
+        of the user's active grants with that provider; how many took it."""
+        vault = Vault(self._store, self._grants.sealer)
+        renewed = 0
+        for grant_id in await self._store.user_grant_ids(identity.subject):
+            grant = await self._store.get_grant(grant_id)
+            if grant is None or not grant.active or grant.identity is None:
+                continue
+            if grant.identity.provider_id != identity.provider_id:
+                continue
+            held = identity_from(grant.identity, self._grants.sealer)
+            renewed += await vault.keep(grant_id, held, identity.private, grant.expires_at - time.time())
+        return renewed
 
     async def _exchange(
         self, provider: RedirectProvider, flow_id: str, sealed: dict[str, Any] | str | None, query: dict[str, str]

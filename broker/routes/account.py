@@ -17,9 +17,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from broker.audit import audit
+from broker.config.delegation import EntraTargetConfig, OidcTargetConfig
 from broker.config.models import BrokerConfig
 from broker.metrics import LOGINS
-from broker.oauth.browser_flow import Unavailable
+from broker.oauth.browser_flow import DELEGATION_PURPOSE, Unavailable
 from broker.routes.deps import (
     ClientsDep,
     ConfigDep,
@@ -212,6 +213,24 @@ def router(base: str) -> APIRouter:
             pages.set_flow(response, started.binding)
             return response
         return _login_page(pages, providers, error="Choose one of the sign-in options offered.", status=400)
+
+    @api.get("/delegation/{target_id}")
+    async def delegation(
+        request: Request, target_id: str, pages: PagesDep, config: ConfigDep, providers: ProvidersDep, flows: FlowsDep
+    ) -> Response:
+        """A delegation target's ``interaction_uri`` (docs/delegation.md): sign in again at the
+        target's provider; the callback keeps the new upstream session for the user's grants."""
+        target = next((t for t in config.delegation.targets if t.id == target_id), None)
+        provider = providers.get(target.provider) if isinstance(target, EntraTargetConfig | OidcTargetConfig) else None
+        if target is None or not isinstance(provider, RedirectProvider):
+            return pages.error(request, "Not found", "There is no such connection to renew.", status=404)
+        started = await flows.account_sign_in(provider, purpose=DELEGATION_PURPOSE + target.id)
+        if isinstance(started, Unavailable):
+            return pages.error(request, "Sign-in unavailable", started.public, status=503)
+        assert started.binding is not None
+        response = pages.redirect(started.url)
+        pages.set_flow(response, started.binding)
+        return response
 
     @api.post("/revoke")
     async def revoke(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from broker.oauth.browser_flow import AccountSignedIn, SignInFailed, UpstreamDeclined
+from broker.oauth.browser_flow import AccountSignedIn, SessionRenewed, SignInFailed, UpstreamDeclined
 from broker.routes.account import start_session
 from broker.routes.deps import ConfigDep, FlowsDep, PagesDep, StoreDep
 from broker.routes.flow_pages import finished
@@ -22,6 +22,14 @@ def router(base: str) -> APIRouter:
         outcome = await flows.callback(provider_id, dict(request.query_params), request.cookies.get(pages.flow_cookie))
         if isinstance(outcome, AccountSignedIn):
             return await start_session(store, pages, config, outcome.identity)
+        if isinstance(outcome, SessionRenewed):
+            return pages.error(
+                request,
+                "Signed in again",
+                f"{outcome.identity.username}, your applications can use your account again "
+                f"({outcome.grants} connected). Return to your application and try again.",
+                status=200,
+            )
         if isinstance(outcome, UpstreamDeclined):
             return pages.error(
                 request,

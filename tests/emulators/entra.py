@@ -49,7 +49,8 @@ call answers it), ``expire_codes()``, ``next_id_token`` (``"bad-signature"``, ``
 ``"nonce"``, ``"audience"``, ``"expired"``), ``issue_as_tenant`` (the next ID token names another
 tenant), ``id_token_version`` (``"1.0"`` for v1 claims and issuer), ``rotate_keys()``, ``stall``
 (endpoint kind -> ``"hang"`` or ``"drip"``: ``{"token": "drip"}`` turns the token endpoint into a
-tarpit; kinds are ``discovery``, ``jwks``, ``token`` and ``graph``). ``calls``
+tarpit; kinds are ``discovery``, ``jwks``, ``token`` and ``graph``), ``require_interaction``
+(usernames), ``revoke_sessions(username)``, ``App.admin_consent``. ``calls``
 records ``"METHOD /path"`` of every request.
 """
 
@@ -369,6 +370,13 @@ class EntraEmulator:
         """Make every outstanding authorization code older than its lifetime."""
         for code in self._codes.values():
             code.issued_at -= self.code_lifetime + 1
+
+    def revoke_sessions(self, username: str) -> None:
+        """Revoke the user's refresh tokens (the admin center's "Revoke sessions"): each then
+        answers invalid_grant (AADSTS700082), and only a new interactive sign-in helps."""
+        for token, record in list(self._refresh_tokens.items()):
+            if record.user.username == username:
+                del self._refresh_tokens[token]
 
     def rotate_keys(self) -> None:
         """Publish a new signing key and sign with it from now on (the old one stays published)."""

@@ -172,3 +172,35 @@ def test_the_session_is_sealed_at_rest_and_gone_with_the_grant(
         assert refused.status_code == 400, refused.text
     finally:
         direct.close()
+
+
+def test_after_signing_in_again_at_the_interaction_uri_the_exchange_works(broker: Broker, entra: EntraEmulator) -> None:
+    entra.app.admin_consent[f"api://{CLIENT_ID}"] = {"access_as_user"}
+    _, alice = tokens(broker, entra, "alice")
+    _, alice_again = tokens(broker, entra, "alice")  # a second MCP client of hers
+    entra.revoke_sessions("alice")  # an admin revoked her Entra sessions
+    refused = exchange(broker, alice["access_token"], GRAPH_OBO)
+    assert refused.json()["error"] == "interaction_required", refused.text
+    uri = refused.json()["interaction_uri"]
+
+    assert entra.ca_file is not None
+    with httpx.Client(verify=ssl.create_default_context(cafile=entra.ca_file), timeout=10) as http:
+        started = http.get(uri)
+        assert started.status_code == 303, started.text
+        assert started.headers["location"].startswith(f"{entra.base}/")
+        entra.next_user = "alice"
+        back = http.get(started.headers["location"])
+        assert back.status_code == 302, back.text
+        assert back.headers["location"].startswith(f"{broker.base}/callback/entra?")
+        done = http.get(back.headers["location"])
+    assert done.status_code == 200, done.text
+    assert "Signed in again" in done.text
+
+    for body in (alice, alice_again):  # both of her grants have the new session
+        answer = exchange(broker, body["access_token"], GRAPH_OBO)
+        assert answer.status_code == 200, answer.text
+        assert graph_me(entra, answer.json()["access_token"]).json()["userPrincipalName"] == entra.user("alice").upn
+
+
+def test_the_interaction_uri_of_an_unknown_target_is_not_found(broker: Broker) -> None:
+    assert httpx.get(f"{broker.base}/account/delegation/nothing", timeout=10).status_code == 404
