@@ -14,6 +14,7 @@ Sample configuration::
         # resolve_group_names: false       # true: mappings may name groups (needs GroupMember.Read.All)
         # graph_scopes: [User.Read]        # delegated Graph permissions asked at sign-in
         # refresh_check: graph             # re-check the user with app-only Graph at every refresh
+        # delegated_access: false          # true: keep the user's MSAL session for delegation targets
         # allowed_tenants: []              # other tenants of a multi-tenant app
         # authority_host: https://login.microsoftonline.us   # sovereign clouds
         # graph_url: https://graph.microsoft.us
