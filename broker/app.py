@@ -31,6 +31,7 @@ from broker.routes import (
     account,
     admin,
     authorize,
+    backchannel,
     callback,
     consent,
     discovery,
@@ -217,6 +218,7 @@ def create_app(
     app.include_router(callback.router(base))
     app.include_router(admin.router(base))
     app.include_router(account.router(base))
+    app.include_router(backchannel.router(base))
     openapi.install(app)
     app.add_middleware(RequestContextMiddleware)
     return app

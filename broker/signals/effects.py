@@ -161,7 +161,11 @@ class SignalEffects:
                 continue
             identity = await self._identity(grant, groups, group_names)
             resource = policy.resource_for(grant.resource)
-            kept = policy.evaluate(resource, identity).scopes if resource is not None else frozenset()
+            kept = (
+                policy.evaluate(resource, identity).scopes
+                if resource is not None and identity is not None
+                else frozenset()
+            )
             if identity is not None and set(grant.scope_list) <= kept:
                 unchanged.append(grant_id)
                 continue

@@ -64,6 +64,7 @@ from providers.net import deadline, describe
 from providers.oidc.config import OidcProviderConfig
 from providers.oidc.discovery import ProviderMetadata, discovery_url, origin, parse_metadata
 from providers.oidc.id_token import IdTokenVerifier, KeySet
+from providers.oidc.logout_token import LogoutToken, LogoutTokenVerifier
 
 DISCOVERY_MAX_AGE = 3600.0
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - RFC 8693 §2.1
@@ -92,6 +93,7 @@ class OidcProvider(RedirectProvider, Lifecycle, FormOrigins, EmailDomainHints):
         self._metadata_lock = asyncio.Lock()
         self.keys = KeySet(self._fetch_jwks, clock=clock, timeout=config.http_timeout)
         self._verifier = IdTokenVerifier(config.issuer, config.client_id, self.keys)
+        self._logout_verifier = LogoutTokenVerifier(config.issuer, config.client_id, self.keys)
 
     # -- what the broker reads ---------------------------------------------------------------
     @property
@@ -183,6 +185,12 @@ class OidcProvider(RedirectProvider, Lifecycle, FormOrigins, EmailDomainHints):
                 )
             private["refresh_token"] = refresh_token
         return await self._identity(metadata, claims, token, private)
+
+    async def verify_logout_token(self, raw: str) -> LogoutToken:
+        """A back-channel logout token from this OP, verified (Back-Channel Logout 1.0 §2.6),
+        with the algorithms the OP announces for ID tokens; UpstreamRejected otherwise."""
+        metadata = await self.metadata()
+        return await self._logout_verifier.verify(raw, algorithms=metadata.id_token_algorithms)
 
     async def logout_url(self, id_token_hint: str | None, post_logout_redirect_uri: str | None) -> str | None:
         """The OP's RP-initiated logout URL (OIDC RP-Initiated Logout 1.0 §2), or None if it has none."""
@@ -319,6 +327,7 @@ class OidcProvider(RedirectProvider, Lifecycle, FormOrigins, EmailDomainHints):
             groups=frozenset(groups),
             private=private,
             username_is_unique=self.config.unique_usernames if claimed else username == sub,
+            upstream_session=_string(claims.get("sid")),  # for back-channel logout by sid
         )
 
     async def _userinfo(self, metadata: ProviderMetadata, token: Mapping[str, Any], sub: str) -> dict[str, Any]:

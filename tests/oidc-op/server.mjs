@@ -388,6 +388,10 @@ function build() {
           ctx.body = page('Signed out', '<p>You are signed out of the test OP.</p>');
         },
       },
+      // OpenID Connect Back-Channel Logout 1.0: a client registered with backchannel_logout_uri
+      // (and backchannel_logout_session_required, for sid in its ID and logout tokens) gets a
+      // signed logout token POSTed when the user signs out here (issue 15).
+      backchannelLogout: { enabled: true },
       revocation: { enabled: true },
       // RFC 8707: an API's access token (a JWT whose aud is the resource) for a resource named
       // at sign-in, at the code exchange or at a refresh (delegated access, issue 14).
@@ -402,6 +406,12 @@ function build() {
       },
     },
     rotateRefreshToken: () => state.rotateRefreshToken,
+    // The library refuses to connect to special-use addresses (SSRF protection); the relying
+    // parties of the tests (back-channel logout receivers) listen on loopback.
+    fetch: (url, options) => {
+      const { dispatcher: _loopbackAllowed, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
     ttl: {
       AccessToken: 600,
       AuthorizationCode: 60,

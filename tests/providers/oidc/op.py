@@ -52,8 +52,11 @@ class TestOP:
         redirect_uris: list[str],
         client_secret: str | None = None,
         post_logout_redirect_uris: list[str] | None = None,
+        **metadata: Any,
     ) -> None:
-        body: dict[str, Any] = {"redirect_uris": redirect_uris}
+        """Register or replace a client; ``metadata`` adds other client metadata
+        (``backchannel_logout_uri``...)."""
+        body: dict[str, Any] = {"redirect_uris": redirect_uris, **metadata}
         if client_secret is not None:
             body["client_secret"] = client_secret
         if post_logout_redirect_uris:
