@@ -73,8 +73,6 @@ class Keys:
     def user_consents(self, subject: str) -> str:
         return f"{self.prefix}:{{u:{_tag_safe(subject)}}}:consents"
 
-    def client(self, client_id: str) -> str:
-        return f"{self.prefix}:{{c:{_tag_safe(client_id)}}}"
     def username_grants(self, provider_id: str, username: str) -> str:
         """A provider's user's grants by username (case-folded, hashed: it comes from outside)."""
         hashed = digest(provider_id + "\n" + username.casefold())[:32]
@@ -89,6 +87,8 @@ class Keys:
         """A provider's recent upstream signals (a list, newest first, bounded)."""
         return f"{self.prefix}:{{sig:{_tag_safe(provider_id)}}}:recent"
 
+    def client(self, client_id: str) -> str:
+        return f"{self.prefix}:{{c:{_tag_safe(client_id)}}}"
 
     def signing_keys(self) -> str:
         return f"{self.prefix}:{{keys}}:ring"

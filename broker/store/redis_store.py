@@ -334,6 +334,12 @@ class RedisStore:
         await self._index_grant(
             keys=[self.keys.user_grants(grant.subject)], args=[int(grant.expires_at), grant.grant_id]
         )
+        provider_id = grant.identity.provider_id if grant.identity else grant.provider_id
+        by = [self.keys.username_grants(provider_id, grant.username)] if grant.username else []
+        if grant.identity is not None and grant.identity.upstream_session:
+            by.append(self.keys.session_grants(provider_id, grant.identity.upstream_session))
+        for key in by:  # separate slots: one script each
+            await self._index_grant(keys=[key], args=[int(grant.expires_at), grant.grant_id])
 
     async def get_grant(self, grant_id: str) -> Grant | None:
         record = loads(await self.redis.get(self.keys.grant(grant_id)))
@@ -373,12 +379,6 @@ class RedisStore:
         now = time.time() if now is None else now
         word, raw, kept = await self._rotate(
             keys=[
-        provider_id = grant.identity.provider_id if grant.identity else grant.provider_id
-        by = [self.keys.username_grants(provider_id, grant.username)] if grant.username else []
-        if grant.identity is not None and grant.identity.upstream_session:
-            by.append(self.keys.session_grants(provider_id, grant.identity.upstream_session))
-        for key in by:  # separate slots: one script each
-            await self._index_grant(keys=[key], args=[int(grant.expires_at), grant.grant_id])
                 self.keys.grant(grant_id),
                 self.keys.refresh(grant_id, old_hash),
                 self.keys.refresh(grant_id, new_hash),
@@ -461,6 +461,16 @@ class RedisStore:
         await self.redis.zremrangebyscore(key, "-inf", time.time())
         return [_text(g) for g in await self.redis.zrange(key, 0, -1)]
 
+    async def username_grant_ids(self, provider_id: str, username: str) -> list[str]:
+        return await self._indexed(self.keys.username_grants(provider_id, username))
+
+    async def session_grant_ids(self, provider_id: str, session: str) -> list[str]:
+        return await self._indexed(self.keys.session_grants(provider_id, session))
+
+    async def _indexed(self, key: str) -> list[str]:
+        await self.redis.zremrangebyscore(key, "-inf", time.time())
+        return [_text(g) for g in await self.redis.zrange(key, 0, -1)]
+
     async def revoked(self) -> list[str]:
         key = self.keys.revoked()
         await self.redis.zremrangebyscore(key, "-inf", time.time())
@@ -499,16 +509,6 @@ class RedisStore:
     def _user_base(self, provider_id: str, username: str) -> str:
         # The account count keeps the key it had before pairs were counted, so counts carry over.
         return f"{self.keys.prefix}:{{rl:u:{digest(provider_id + ':' + username.lower())[:32]}}}"
-
-    async def username_grant_ids(self, provider_id: str, username: str) -> list[str]:
-        return await self._indexed(self.keys.username_grants(provider_id, username))
-
-    async def session_grant_ids(self, provider_id: str, session: str) -> list[str]:
-        return await self._indexed(self.keys.session_grants(provider_id, session))
-
-    async def _indexed(self, key: str) -> list[str]:
-        await self.redis.zremrangebyscore(key, "-inf", time.time())
-        return [_text(g) for g in await self.redis.zrange(key, 0, -1)]
 
     @staticmethod
     def _source(address: str | None) -> str:
@@ -639,9 +639,6 @@ class RedisStore:
         seconds = max(1, math.ceil(expires_at - time.time()))
         return bool(await self.redis.set(self.keys.assertion_jti(issuer, jti), "1", nx=True, ex=seconds))
 
-
-def _conforms(store: RedisStore) -> Store:
-    return store  # mypy checks here that RedisStore keeps the whole protocol
     # -- upstream signals ----------------------------------------------------------------------
     async def record_signal(self, provider_id: str, record: Mapping[str, Any], *, keep: int) -> None:
         key = self.keys.recent_signals(provider_id)
@@ -654,3 +651,6 @@ def _conforms(store: RedisStore) -> Store:
         raw = await self.redis.lrange(self.keys.recent_signals(provider_id), 0, max(0, limit - 1))
         return [record for record in (loads(r) for r in raw) if isinstance(record, dict)]
 
+
+def _conforms(store: RedisStore) -> Store:
+    return store  # mypy checks here that RedisStore keeps the whole protocol
