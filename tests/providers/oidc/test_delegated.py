@@ -14,14 +14,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httpx
 import jwt
 import pytest
 import redis
 
+from broker.app import create_app
+from broker.config import parse_config
 from broker.config.delegation import OidcTargetConfig
 from broker.delegation.targets import DelegationRequest, InteractionRequired, TargetContext, TargetRefused
 from broker.delegation.upstream import UpstreamTarget
-from broker.devstack import RedisServer
+from broker.devstack import RedisServer, Slapd, free_port
 from broker.oauth.grants import identity_from
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
@@ -32,7 +35,8 @@ from broker.store.redis_store import RedisStore
 from providers.base import Lifecycle
 from providers.registry import open_provider
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import refresh
+from tests.broker.flows import INTROSPECTOR_SECRET, Broker, broker_yaml, refresh
+from tests.http import running
 from tests.providers.oidc.op import TestOP
 from tests.providers.oidc.test_broker_flows import MAPPINGS, PROVIDER, OidcBroker, tokens_for
 
@@ -80,22 +84,25 @@ class Setup:
         return values
 
 
-@contextmanager
-def oidc_delegation_broker(broker_factory: BrokerFactory, op: TestOP) -> Iterator[OidcBroker]:
-    client_id, secret = f"broker-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
-    providers = f"""
+PROVIDERS = f"""
   - id: {PROVIDER}
     type: oidc
     display_name: Test OP
-    issuer: "{op.issuer}"
-    client_id: "{client_id}"
-    client_secret: "{secret}"
+    issuer: "{{issuer}}"
+    client_id: "{{client_id}}"
+    client_secret: "{{secret}}"
     scopes: [openid, profile, email, groups, offline_access, "api:read"]
     groups_claim: groups
     use_upstream_refresh: true
-    authorize_params: {{prompt: consent, resource: "{API}"}}
+    authorize_params: {{{{prompt: consent, resource: "{API}"}}}}
     http_timeout: 5
 """
+
+
+@contextmanager
+def oidc_delegation_broker(broker_factory: BrokerFactory, op: TestOP) -> Iterator[OidcBroker]:
+    client_id, secret = f"broker-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
+    providers = PROVIDERS.format(issuer=op.issuer, client_id=client_id, secret=secret)
     with broker_factory(providers=providers, mappings=MAPPINGS) as broker:
         running = OidcBroker(broker, op, op.issuer)
         op.put_client(client_id, client_secret=secret, redirect_uris=[running.callback])
@@ -197,3 +204,77 @@ async def test_nothing_of_the_upstream_session_is_left_once_the_grant_is_revoked
     assert not setup.direct.exists(Keys(setup.prefix).upstream_tokens(grant_id))
     with pytest.raises(TargetRefused):
         await setup.target.acquire(request)
+
+
+# -- through the broker's token exchange ---------------------------------------------------------
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+DELEGATION = f"""
+delegation:
+  targets:
+    - id: api
+      kind: oidc
+      provider: {PROVIDER}
+      audience: https://api.example.com
+      upstream_resource: "{API}"
+      scopes: ["api:read"]
+  rules:
+    - id: notes-api
+      mcp_server: notes
+      target: api
+      provider: {PROVIDER}
+      groups: [mcp-readers]
+      scopes: ["api:read"]
+"""
+
+
+@contextmanager
+def exchanging_broker(redis_server: RedisServer, slapd: Slapd, op: TestOP) -> Iterator[OidcBroker]:
+    client_id, secret = f"broker-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
+    port = free_port()
+    text = broker_yaml(
+        port,
+        redis_server.url,
+        slapd,
+        prefix=f"t{secrets.token_hex(6)}",
+        providers=PROVIDERS.format(issuer=op.issuer, client_id=client_id, secret=secret),
+        mappings=MAPPINGS,
+        extra=DELEGATION,
+    )
+    text = text.replace(
+        "      introspection_resources: [notes]\n",
+        "      introspection_resources: [notes]\n      mcp_server: notes\n",
+        1,
+    )
+    config = parse_config(text)
+    with running(create_app(config), port):
+        broker = Broker(config.issuer, config)
+        oidc = OidcBroker(broker, op, op.issuer)
+        op.put_client(client_id, client_secret=secret, redirect_uris=[oidc.callback])
+        yield oidc
+
+
+def test_the_mcp_server_exchanges_the_users_token_for_the_apis(
+    redis_server: RedisServer, slapd: Slapd, op: TestOP
+) -> None:
+    op.rotate_refresh_tokens(True)
+    with exchanging_broker(redis_server, slapd, op) as oidc:
+        client_id, alice = tokens_for(oidc, "alice")
+        for _ in range(2):  # the second is served from the broker's cache of downstream tokens
+            answer = httpx.post(
+                f"{oidc.broker.base}/token",
+                data={
+                    "grant_type": TOKEN_EXCHANGE,
+                    "subject_token": alice["access_token"],
+                    "subject_token_type": ACCESS_TOKEN,
+                    "audience": "https://api.example.com",
+                },
+                auth=("notes-server", INTROSPECTOR_SECRET),
+                timeout=20,
+            )
+            assert answer.status_code == 200, answer.text
+            claims = jwt.decode(answer.json()["access_token"], options={"verify_signature": False})
+            assert claims["aud"] == API
+            assert claims["scope"] == "api:read"
+        refreshed = refresh(oidc.broker, client_id, alice["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.text  # the grant's refresh after a rotation
