@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -50,7 +50,7 @@ from providers.base import AccountDisabled, Identity, InvalidCredentials, Provid
 _log = structlog.get_logger("mcp_broker.grants")
 UPSTREAM_LOCK_SECONDS = 10.0
 SUCCESSOR_MARGIN = 30  # seconds a retried refresh's answer outlives the reuse grace window (clock skew)
-_SPENDS_UPSTREAM_TOKEN: dict[type, bool] = {}
+_REFRESHES: dict[type, bool] = {}  # provider class -> implements RefreshProvider
 _ACTIVE = RefreshToken("active")
 
 
@@ -58,16 +58,21 @@ class _Stale(Exception):
     """A rotation started from the memo's grant was refused by the store: start over from it."""
 
 
-def _spends_upstream_token(provider: Provider | None) -> bool:
-    """Whether ``provider``'s re-check spends an upstream refresh token. Asked at every refresh:
-    the RefreshProvider isinstance check walks the protocol's members (~16 µs on Python 3.11) and
-    its answer (like the ClassVar) belongs to the class, so it is kept per class."""
+def _refresher(provider: Provider | None) -> RefreshProvider | None:
+    """``provider`` when it can re-check a user at refresh (``RefreshProvider``), else None. Asked
+    at every refresh: the isinstance check on the runtime protocol walks its members (~16 µs on
+    Python 3.11) and its answer belongs to the provider's class, so it is kept per class."""
     kind = type(provider)
-    spends = _SPENDS_UPSTREAM_TOKEN.get(kind)
-    if spends is None:
-        spends = isinstance(provider, RefreshProvider) and provider.refresh_spends_upstream_token
-        _SPENDS_UPSTREAM_TOKEN[kind] = spends
-    return spends
+    refreshes = _REFRESHES.get(kind)
+    if refreshes is None:
+        refreshes = _REFRESHES[kind] = isinstance(provider, RefreshProvider)
+    return cast(RefreshProvider, provider) if refreshes else None
+
+
+def _spends_upstream_token(provider: Provider | None) -> bool:
+    """Whether ``provider``'s re-check spends an upstream refresh token (a ClassVar: per class)."""
+    refresher = _refresher(provider)
+    return refresher is not None and refresher.refresh_spends_upstream_token
 
 
 def identity_record(identity: Identity, sealer: Sealer) -> StoredIdentity:
@@ -86,7 +91,38 @@ def identity_record(identity: Identity, sealer: Sealer) -> StoredIdentity:
     )
 
 
-def identity_from(record: StoredIdentity, sealer: Sealer) -> Identity:
+class _SealedPrivate(Mapping[str, Any]):
+    """An identity's provider-private data, opened (HKDF and AES-GCM) at its first read: a refresh
+    whose re-check answer is already kept never reads it. A wrong key or a tampered blob raises
+    at that read, as ``Sealer.open`` does."""
+
+    __slots__ = ("_blob", "_context", "_opened", "_sealer")
+
+    def __init__(self, sealer: Sealer, blob: str | None, context: str) -> None:
+        self._sealer, self._blob, self._context = sealer, blob, context
+        self._opened: dict[str, Any] | None = None
+
+    def _data(self) -> dict[str, Any]:
+        if self._opened is None:
+            self._opened = self._sealer.open(self._blob, context=self._context)
+        return self._opened
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+    def __repr__(self) -> str:
+        return "<sealed provider-private data>"
+
+
+def identity_from(record: StoredIdentity, sealer: Sealer, *, lazy: bool = False) -> Identity:
+    """The identity a grant keeps; with ``lazy`` its private part is opened only when read."""
+    context = f"identity:{record.provider_id}:{record.subject}"
     return Identity(
         provider_id=record.provider_id,
         subject=record.subject,
@@ -96,7 +132,11 @@ def identity_from(record: StoredIdentity, sealer: Sealer) -> Identity:
         groups=frozenset(record.groups),
         group_names=dict(record.group_names),
         username_is_unique=record.username_is_unique,
-        private=sealer.open(record.private, context=f"identity:{record.provider_id}:{record.subject}"),
+        private=(
+            _SealedPrivate(sealer, record.private, context)
+            if lazy and record.private
+            else sealer.open(record.private, context=context)
+        ),
         upstream_session=record.upstream_session,
     )
 
@@ -490,21 +530,24 @@ class GrantService:
         and the fresh identity to store (None when the provider cannot refresh)."""
         if grant.identity is None:
             raise InvalidGrant(detail=f"grant {grant.grant_id} has no identity to re-check")
-        identity = identity_from(grant.identity, self.sealer)
+        # The private part is opened only if the re-check below asks upstream (not when it uses
+        # a kept answer, as most refreshes do with an interval).
+        identity = identity_from(grant.identity, self.sealer, lazy=True)
         provider = self.providers.get(identity.provider_id)
         if provider is None:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
-        if isinstance(provider, RefreshProvider) and provider.refresh_spends_upstream_token:
+        refresher = _refresher(provider)
+        if refresher is not None and refresher.refresh_spends_upstream_token:
             # A delegated-access call may have rotated the upstream refresh token since the last
             # rotation wrote this identity: the vault holds the current one (broker.oauth.vault).
             identity = await Vault(self.store, self.sealer).current(grant.grant_id, identity)
         fresh: Identity | None = None
-        if isinstance(provider, RefreshProvider):
+        if refresher is not None:
             try:
                 # Shared: concurrent refreshes of the user wait on one lookup, and its answer is
                 # kept for tokens.upstream_recheck_interval for every worker and replica. Only
                 # this refresh's own lookup is stored in its grant (private data included).
-                checked = await self._rechecks.check(provider, identity, grant.auth_time or 0)
+                checked = await self._rechecks.check(refresher, identity, grant.auth_time or 0)
                 identity = checked.identity
                 fresh = identity if checked.looked_up else None
             except (InvalidCredentials, AccountDisabled) as exc:
