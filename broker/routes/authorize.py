@@ -17,7 +17,7 @@ from broker.oauth.authorize import RedirectableError, UnredirectedError, UnsafeR
 from broker.oauth.browser_flow import SignInProvider, error_redirect
 from broker.redirect_rules import is_loopback_redirect
 from broker.routes import openapi
-from broker.routes.deps import ClientsDep, ConfigDep, FlowsDep, PagesDep, PolicyDep
+from broker.routes.deps import SignInStepsDep
 from providers.base import EmailDomainHints, FormOrigins
 
 _log = structlog.get_logger("mcp_broker.authorize")
@@ -33,12 +33,11 @@ def router(base: str) -> APIRouter:
         responses=openapi.AUTHORIZE_RESPONSES,
         openapi_extra=openapi.AUTHORIZE,
     )
-    async def authorize_endpoint(
-        request: Request, pages: PagesDep, config: ConfigDep, clients: ClientsDep, policy: PolicyDep, flows: FlowsDep
-    ) -> Response:
+    async def authorize_endpoint(request: Request, steps: SignInStepsDep) -> Response:
+        pages, config, flows = steps.pages, steps.config, steps.flows
         params = parse_qs(request.url.query, keep_blank_values=False)
         try:
-            auth, client, resource = await authorize.validate(params, clients, policy)
+            auth, client, resource = await authorize.validate(params, steps.clients, steps.policy)
         except UnredirectedError as exc:
             _log.info(
                 "authorize_error_not_redirected",

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from broker.oauth.browser_flow import Denied, Expired, Redirect, Unavailable
-from broker.routes.deps import FlowsDep, PagesDep
+from broker.routes.deps import SignInStepsDep
 from broker.routes.flow_pages import EXPIRED
 from broker.routes.forms import read_page_form
 
@@ -18,7 +18,8 @@ def router(base: str) -> APIRouter:
     api = APIRouter(tags=["authorization"])
 
     @api.post(f"{base}/consent", summary="Consent decision", include_in_schema=False)
-    async def consent(request: Request, pages: PagesDep, flows: FlowsDep) -> Response:
+    async def consent(request: Request, steps: SignInStepsDep) -> Response:
+        pages, flows = steps.pages, steps.flows
         form = await read_page_form(request, pages)
         if not isinstance(form, dict):
             return form

@@ -47,6 +47,19 @@ class TokenEndpoint:
     assertions: AssertionGrant
 
 
+@dataclass(frozen=True, slots=True)
+class SignInSteps:
+    """What the browser flow's pages (authorize, consent, login) use, as one dependency: a
+    sign-in is five requests, and each dependency cost every one of them its resolution.
+    ``policy`` is the policy in force when the request arrived."""
+
+    pages: Pages
+    flows: BrowserFlow
+    policy: Policy
+    config: BrokerConfig
+    clients: ClientRegistry
+
+
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.broker
     return services
@@ -80,6 +93,7 @@ get_assertions = _service(lambda s: s.assertions)
 get_exchanges = _service(lambda s: s.exchanges)
 get_signals = _service(lambda s: s.signals)
 get_token_endpoint = _service(lambda s: TokenEndpoint(s.clients, s.grants, s.exchanges, s.assertions))
+get_sign_in_steps = _service(lambda s: SignInSteps(s.pages, s.flows, s.policies.current, s.config, s.clients))
 
 
 ConfigDep = Annotated[BrokerConfig, Depends(get_config)]
@@ -101,3 +115,4 @@ AssertionsDep = Annotated[AssertionGrant, Depends(get_assertions)]
 ExchangesDep = Annotated[TokenExchange, Depends(get_exchanges)]
 SignalsDep = Annotated[SignalEffects, Depends(get_signals)]
 TokenEndpointDep = Annotated[TokenEndpoint, Depends(get_token_endpoint)]
+SignInStepsDep = Annotated[SignInSteps, Depends(get_sign_in_steps)]

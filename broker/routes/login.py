@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 from broker.oauth.browser_flow import Approved, PasswordRefused, Throttled, TooManyAttempts
 from broker.policy import Policy
-from broker.routes.deps import FlowsDep, PagesDep, PolicyDep
+from broker.routes.deps import SignInStepsDep
 from broker.routes.flow_pages import EXPIRED, finished
 from broker.routes.forms import read_page_form
 from broker.web.pages import Pages
@@ -19,7 +19,8 @@ def router(base: str) -> APIRouter:
     api = APIRouter(tags=["authorization"])
 
     @api.get(f"{base}/login", summary="Password sign-in form", include_in_schema=False)
-    async def login_form(request: Request, pages: PagesDep, policy: PolicyDep, flows: FlowsDep) -> Response:
+    async def login_form(request: Request, steps: SignInStepsDep) -> Response:
+        pages, policy, flows = steps.pages, steps.policy, steps.flows
         approved = await flows.approved(request.query_params.get("flow"), request.cookies.get(pages.flow_cookie))
         if approved is None:
             return pages.error(request, *EXPIRED)
@@ -31,7 +32,8 @@ def router(base: str) -> APIRouter:
         return response
 
     @api.post(f"{base}/login", summary="Password sign-in", include_in_schema=False)
-    async def login(request: Request, pages: PagesDep, policy: PolicyDep, flows: FlowsDep) -> Response:
+    async def login(request: Request, steps: SignInStepsDep) -> Response:
+        pages, policy, flows = steps.pages, steps.policy, steps.flows
         form = await read_page_form(request, pages)
         if not isinstance(form, dict):
             return form
