@@ -195,16 +195,16 @@ class EntraProvider(RedirectProvider, RefreshProvider, DelegatedAccess, Lifecycl
             )
             if error in _INTERACTION or suberror in _INTERACTION:
                 raise InteractionNeeded(detail, wanted)
+            if error in ("invalid_client", "unauthorized_client"):  # the broker's credential or registration
+                raise UpstreamUnavailable(detail + " (check the client secret or certificate and the app registration)")
             if error in ("temporarily_unavailable", "server_error", "no_token"):
                 raise UpstreamUnavailable(detail)
             raise UpstreamRejected(detail)
         granted = str(result.get("scope", "")).split() or wanted
-        expires_in = result.get("expires_in")
+        expires_in = result.get("expires_in")  # MSAL gives seconds left, for a cached token too
         return UpstreamToken(
             access_token=result["access_token"],
-            expires_in=int(expires_in)
-            if isinstance(expires_in, int | float | str) and str(expires_in).isdigit()
-            else 3600,
+            expires_in=int(expires_in) if isinstance(expires_in, int | float) else 300,
             scopes=frozenset(granted),
             state={**state, MSAL_CACHE: changed} if changed is not None else None,
         )
