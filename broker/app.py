@@ -126,7 +126,7 @@ def create_app(
         )
         documents = MetadataDocuments(config.registration)
         policies = PolicyHolder(config)
-        clients = ClientRegistry(config.registration, store, documents)
+        clients = ClientRegistry(config.registration, store, documents, issuer=config.issuer)
         grants = GrantService(
             config, store, keyring, policies, upstreams, Sealer(kek.get_secret_value() if kek else None)
         )

@@ -236,8 +236,8 @@ def _delegation_problems(config: BrokerConfig) -> list[Problem]:
         where = f"registration.static_clients[{index}].mcp_server"
         if client.mcp_server not in resources:
             problems.append(Problem(where, f"no resource has id {client.mcp_server!r}"))
-        if client.client_secret is None:
-            problems.append(Problem(where, "only a confidential client (with client_secret) may be an MCP server"))
+        if not client.confidential:
+            problems.append(Problem(where, "only a confidential client (client_secret or jwks) may be an MCP server"))
     return problems
 
 

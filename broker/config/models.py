@@ -7,7 +7,7 @@ unknown keys, so a typo is an error rather than a silently ignored setting.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -134,6 +134,33 @@ class StaticClientConfig(_Section):
         description="Resource id of the MCP server this (confidential) client is: it may exchange tokens "
         "audience-bound to that server for delegation targets (RFC 8693).",
     )
+    jwks: dict[str, Any] | None = Field(
+        default=None,
+        description="A JSON Web Key Set of the client's public keys: it then authenticates with private_key_jwt "
+        "(RFC 7523) instead of a secret.",
+    )
+
+    @field_validator("jwks")
+    @classmethod
+    def _public_key_set(cls, jwks: dict[str, Any] | None) -> dict[str, Any] | None:
+        if jwks is None:
+            return None
+        keys = jwks.get("keys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and "kty" in k for k in keys):
+            raise ValueError("must be a JSON Web Key Set: {keys: [{kty: ..., ...}]}")
+        if any(k.get("kty") == "oct" or "d" in k for k in keys):
+            raise ValueError("must hold public keys only (no symmetric or private key)")
+        return jwks
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> StaticClientConfig:
+        if self.jwks is not None and self.client_secret is not None:
+            raise ValueError("give client_secret or jwks, not both")
+        return self
+
+    @property
+    def confidential(self) -> bool:
+        return self.client_secret is not None or self.jwks is not None
 
     @field_validator("client_name")
     @classmethod

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from broker import redirect_rules as redirects
 from broker.config.models import RegistrationConfig
 from broker.display import hidden_character
+from broker.oauth.client_assertion import verify_client_assertion
 from broker.oauth.errors import InvalidClient, InvalidClientMetadata, InvalidRedirectUri
 from broker.store.base import Store
 from broker.store.records import CLIENT_GRANT_TYPES, ClientAuthMethod, ClientRegistration
@@ -133,8 +134,12 @@ def validate_metadata(
 
 
 class ClientRegistry:
-    def __init__(self, config: RegistrationConfig, store: Store, metadata_documents: Any = None) -> None:
+    def __init__(
+        self, config: RegistrationConfig, store: Store, metadata_documents: Any = None, *, issuer: str | None = None
+    ) -> None:
+        """``issuer``: the audience of ``private_key_jwt`` assertions (without it they are refused)."""
         self.config = config
+        self.issuer = issuer
         self.store = store
         self.documents = metadata_documents
         self.static = {
@@ -143,13 +148,16 @@ class ClientRegistry:
                 client_name=c.client_name,
                 redirect_uris=tuple(c.redirect_uris),
                 application_type=c.application_type,
-                token_endpoint_auth_method="client_secret_basic" if c.client_secret else "none",
+                token_endpoint_auth_method=(
+                    "client_secret_basic" if c.client_secret else "private_key_jwt" if c.jwks else "none"
+                ),
                 kind="static",
                 secret_hash=hash_secret(c.client_secret.get_secret_value()) if c.client_secret else None,
             )
             for c in config.static_clients
         }
         self._recent: dict[str, tuple[float, Client]] = {}
+        self.jwks = {c.client_id: c.jwks for c in config.static_clients if c.jwks is not None}
 
     async def get(self, client_id: str | None) -> Client | None:
         if not client_id or len(client_id) > 2000:
@@ -173,6 +181,18 @@ class ClientRegistry:
             self._recent.clear()
         self._recent[client_id] = (time.monotonic(), client)
         return client
+
+    async def authenticate_assertion(self, client: Client, assertion: str, endpoint: str) -> None:
+        """``private_key_jwt`` (RFC 7523 §2.2): raise InvalidClient unless ``assertion`` is a fresh
+        one of ``client``, signed by a key of its configured ``jwks``, addressed to our issuer or
+        to the URL of ``endpoint`` (``token``, ``revoke``, ``introspect``)."""
+        jwks = self.jwks.get(client.client_id)
+        if jwks is None or self.issuer is None or client.token_endpoint_auth_method != "private_key_jwt":  # noqa: S105
+            raise InvalidClient(detail=f"client {client.client_id[:100]!r} has no keys for private_key_jwt")
+        audiences = {self.issuer, f"{self.issuer}/{endpoint}"}
+        await verify_client_assertion(
+            assertion, client_id=client.client_id, jwks=jwks, audiences=audiences, store=self.store
+        )
 
     async def register(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """RFC 7591 §3: validate, store (secret hashed), answer with the secret once."""

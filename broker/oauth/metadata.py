@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker.config.models import BrokerConfig
+from broker.oauth.client_assertion import ALGORITHMS as ASSERTION_ALGORITHMS
 from broker.oauth.clients import AUTH_METHODS
 from broker.oauth.id_jag import ID_JAG_PROFILE, JWT_BEARER
 from broker.oauth.id_token import CLAIMS_SUPPORTED
@@ -36,6 +37,13 @@ def metadata(config: BrokerConfig) -> dict[str, Any]:
     }
     if config.registration.dynamic_registration:
         doc["registration_endpoint"] = f"{issuer}/register"
+    if any(c.jwks is not None for c in config.registration.static_clients):  # RFC 7523 §2.2
+        for endpoint in ("token", "revocation", "introspection"):
+            doc[f"{endpoint}_endpoint_auth_methods_supported"] = [
+                *doc[f"{endpoint}_endpoint_auth_methods_supported"],
+                "private_key_jwt",
+            ]
+        doc["token_endpoint_auth_signing_alg_values_supported"] = list(ASSERTION_ALGORITHMS)
     # OpenID Connect Discovery 1.0 §3: the broker signs MCP clients in (ID tokens with `openid`).
     doc["scopes_supported"] = sorted({*scopes, "openid"})
     doc["id_token_signing_alg_values_supported"] = [config.signing.algorithm]

@@ -129,6 +129,12 @@ def _form(properties: dict[str, dict[str, Any]], required: list[str]) -> dict[st
 _CLIENT_FIELDS: dict[str, dict[str, Any]] = {
     "client_id": {"type": "string", "description": "The client, unless authenticated with HTTP Basic"},
     "client_secret": {"type": "string", "description": "`client_secret_post` authentication"},
+    "client_assertion_type": {
+        "type": "string",
+        "enum": ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"],
+        "description": "`private_key_jwt` authentication (RFC 7523 §2.2), for a client with configured keys",
+    },
+    "client_assertion": {"type": "string", "description": "`private_key_jwt`: the client's signed JWT"},
 }
 _TOKEN_HINT = {"type": "string", "enum": ["access_token", "refresh_token"]}
 # Client authentication (RFC 6749 §2.3): HTTP Basic, or client_id/client_secret in the form

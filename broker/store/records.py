@@ -15,7 +15,7 @@ from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 GrantStatus = Literal["active", "revoked"]
-ClientAuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
+ClientAuthMethod = Literal["none", "client_secret_post", "client_secret_basic", "private_key_jwt"]
 CLIENT_GRANT_TYPES = ("authorization_code", "refresh_token")
 
 

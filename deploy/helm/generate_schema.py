@@ -74,6 +74,8 @@ def _annotation_schema(annotation: Any, info: FieldInfo | None) -> Schema:
             elif isinstance(kind, list):
                 inner = {**inner, "type": [*kind, "null"]}
         return inner
+    if annotation is typing.Any:  # any JSON value (a JSON Web Key Set's members, say)
+        return {}
     if origin is typing.Literal:
         return {"enum": list(args)}
     if origin is list:
