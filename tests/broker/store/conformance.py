@@ -549,7 +549,9 @@ async def grant_indexes(store: Store) -> None:
     assert sorted(await store.session_grant_ids("ldap", session)) == sorted([in_session, short])
     assert await store.session_grant_ids("other-provider", session) == []
     grant = await store.get_grant(in_session)
-    assert grant is not None and grant.identity is not None and grant.identity.upstream_session == session
+    assert grant is not None
+    assert grant.identity is not None
+    assert grant.identity.upstream_session == session
     await asyncio.sleep(1.2)  # the short grant has expired: no index names it any more
     assert await store.session_grant_ids("ldap", session) == [in_session]
 
