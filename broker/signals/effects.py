@@ -213,8 +213,8 @@ class SignalEffects:
         if groups is None and self.current_identity is not None:
             try:
                 return await self.current_identity(grant)
-            except Exception:  # the user is gone upstream (the grant was revoked) or it cannot answer
-                return None
+            except Exception:  # the user is gone upstream, or it cannot answer: fail closed, the
+                return None  # signal said something changed (the grant is revoked below)
         return Identity(
             provider_id=stored.provider_id,
             subject=stored.subject,
