@@ -40,6 +40,7 @@ from broker.routes import (
     login,
     openapi,
     register,
+    scim,
     token,
 )
 from broker.security.rate_limit import RateLimit
@@ -218,6 +219,8 @@ def create_app(
     app.include_router(callback.router(base))
     app.include_router(admin.router(base))
     app.include_router(account.router(base))
+    app.include_router(scim.router(base))
+    scim.install(app)
     app.include_router(backchannel.router(base))
     openapi.install(app)
     app.add_middleware(RequestContextMiddleware)

@@ -110,7 +110,7 @@ def test_the_atomicity_table_covers_every_rule_the_store_states() -> None:
 LAYERS: list[tuple[str, ...]] = [
     ("broker.app", "broker.cli", "broker.asgi", "broker.devstack"),
     ("broker.routes", "broker.services", "broker.middleware"),
-    ("broker.oauth", "broker.delegation", "broker.signals", "broker.security", "broker.web"),
+    ("broker.oauth", "broker.delegation", "broker.signals", "broker.scim", "broker.security", "broker.web"),
     ("broker.policy",),
     ("broker.config", "broker.redirect_rules"),
     ("broker.store",),

@@ -204,6 +204,10 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
             problems.append(Problem(where, "a rule needs at least one of 'groups' or 'users'"))
     problems += _trusted_issuer_problems(config)
     problems += _delegation_problems(config)
+    providers = {p.id for p in config.providers}
+    for index, tenant in enumerate(config.scim.tenants):  # SCIM tenants provision a provider that exists
+        if tenant.provider not in providers:
+            problems.append(Problem(f"scim.tenants[{index}].provider", f"no provider has id {tenant.provider!r}"))
     return problems
 
 

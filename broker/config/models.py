@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from broker.config.delegation import DelegationConfig
+from broker.config.scim import ScimConfig
 from broker.config.types import Duration, check_public_url
 from broker.display import hidden_character
 from providers.registry import ProviderConfigUnion
@@ -385,6 +386,7 @@ class BrokerConfig(_Section):
     login_protection: LoginProtectionConfig = LoginProtectionConfig()
     identity_assertion: IdentityAssertionConfig = IdentityAssertionConfig()
     delegation: DelegationConfig = DelegationConfig()
+    scim: ScimConfig = ScimConfig()
     policy_file: str | None = Field(
         default=None,
         description="A separate YAML file with `resources` and `mappings`, reloaded when it changes.",

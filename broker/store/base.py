@@ -355,3 +355,33 @@ class Store(SigningKeyStore, Protocol):
 
     async def recent_signals(self, provider_id: str, limit: int) -> list[dict[str, Any]]:
         """The provider's recent signal records, newest first, at most ``limit``."""
+
+    # -- SCIM provisioning (RFC 7644), per tenant ------------------------------------------
+    async def save_scim_resource(
+        self,
+        tenant: str,
+        kind: str,
+        resource_id: str,
+        record: Mapping[str, Any],
+        index: Mapping[str, str],
+        *,
+        create: bool,
+    ) -> Literal["ok", "conflict", "missing"]:
+        """Write one SCIM resource and its lookup entries (``index``: attribute -> value, values
+        already normalised by the caller) in one step: ``conflict`` (nothing written) when
+        another resource of the tenant and kind holds one of the values, or ``create`` and the id
+        exists; ``missing`` when not ``create`` and the id does not exist (a replace never
+        recreates a deleted resource). The resource's former entries go in the same step. SCIM
+        data has no expiry: it lives until its provisioning client deletes it."""
+
+    async def get_scim_resource(self, tenant: str, kind: str, resource_id: str) -> dict[str, Any] | None:
+        """One SCIM resource's record, or None."""
+
+    async def find_scim_resource(self, tenant: str, kind: str, attribute: str, value: str) -> str | None:
+        """The id of the resource whose indexed ``attribute`` is ``value`` (normalised), or None."""
+
+    async def list_scim_resources(self, tenant: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every (id, record) of the tenant and kind, in id order."""
+
+    async def delete_scim_resource(self, tenant: str, kind: str, resource_id: str) -> bool:
+        """Delete a resource and its lookup entries in one step; False when it was not there."""

@@ -12,6 +12,8 @@ braces), so all of them live in one slot and the script runs unchanged on Cluste
 * ``{prefix}:{sig:<provider_id>}:recent`` a provider's recent upstream signals;
 * ``{prefix}:{c:<client_id>}``    a registered client;
 * ``{prefix}:{j:<hash>}:jti``     a redeemed ID-JAG's ``jti`` (the hash of issuer and jti), until its ``exp``;
+* ``{prefix}:{scim:<tenant>}:…``  a SCIM tenant's users and groups, their lookup index and each
+  resource's indexed values (one slot per tenant: every SCIM write is one script);
 * ``{prefix}:{keys}:…``           the signing key ring;
 * ``{prefix}:{revoked}``          revoked grant ids (sorted set scored by expiry); announced on
   ``{prefix}:revocations`` (a channel, in no slot). Revoking touches the grant's slot and this
@@ -118,3 +120,15 @@ class Keys:
         """A redeemed identity assertion's ``jti``, per issuer (hashed: both come from outside)."""
         hashed = digest(issuer + "\n" + jti)[:40]
         return f"{self.prefix}:{{j:{hashed}}}:jti"
+
+    def scim_resources(self, tenant: str, kind: str) -> str:
+        """A SCIM tenant's resources of one kind (a hash: id -> record)."""
+        return f"{self.prefix}:{{scim:{_tag_safe(tenant)}}}:{kind}"
+
+    def scim_index(self, tenant: str, kind: str) -> str:
+        """Their lookup index (a hash: attribute NUL value -> id; same slot)."""
+        return f"{self.scim_resources(tenant, kind)}:idx"
+
+    def scim_indexed(self, tenant: str, kind: str) -> str:
+        """Each resource's index entries (a hash: id -> entries, NUL-separated; same slot)."""
+        return f"{self.scim_resources(tenant, kind)}:own"

@@ -21,6 +21,7 @@ Every key carries a TTL, so nothing outlives the lifetime configured for it.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -75,6 +76,42 @@ if grant then
   if g.code_hash == ARGV[1] then return {'replayed', grant} end
 end
 return {'missing', ''}
+"""
+
+# SCIM resources of one tenant and kind. KEYS: the resources, the index, each resource's entries
+# (one slot). ARGV: id, record, '1' to create, the entries as a JSON array. Uniqueness, existence
+# and the swap of the old entries for the new are one step.
+_SCIM_SAVE = """
+local exists = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
+if ARGV[3] == '1' and exists then return 'conflict' end
+if ARGV[3] ~= '1' and not exists then return 'missing' end
+local entries = cjson.decode(ARGV[4])
+for _, entry in ipairs(entries) do
+  local holder = redis.call('HGET', KEYS[2], entry)
+  if holder and holder ~= ARGV[1] then return 'conflict' end
+end
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if old then
+  for _, entry in ipairs(cjson.decode(old)) do
+    if redis.call('HGET', KEYS[2], entry) == ARGV[1] then redis.call('HDEL', KEYS[2], entry) end
+  end
+end
+for _, entry in ipairs(entries) do redis.call('HSET', KEYS[2], entry, ARGV[1]) end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 'ok'
+"""
+
+_SCIM_DELETE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if old then
+  for _, entry in ipairs(cjson.decode(old)) do
+    if redis.call('HGET', KEYS[2], entry) == ARGV[1] then redis.call('HDEL', KEYS[2], entry) end
+  end
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
 """
 
 _ROTATE = """
@@ -277,6 +314,8 @@ class RedisStore:
     async def save_flow(self, flow_id: str, flow: PendingFlow, ttl: int) -> None:
         await self.redis.set(self.keys.flow(flow_id), dumps(flow.to_json()), ex=ttl)
 
+        self._scim_save = redis.register_script(_SCIM_SAVE)
+        self._scim_delete = redis.register_script(_SCIM_DELETE)
     async def get_flow(self, flow_id: str) -> PendingFlow | None:
         record = loads(await self.redis.get(self.keys.flow(flow_id)))
         return PendingFlow.from_json(record) if record is not None else None
@@ -654,3 +693,40 @@ class RedisStore:
 
 def _conforms(store: RedisStore) -> Store:
     return store  # mypy checks here that RedisStore keeps the whole protocol
+    # -- SCIM provisioning ---------------------------------------------------------------------
+    def _scim_keys(self, tenant: str, kind: str) -> list[str]:
+        k = self.keys
+        return [k.scim_resources(tenant, kind), k.scim_index(tenant, kind), k.scim_indexed(tenant, kind)]
+
+    async def save_scim_resource(
+        self,
+        tenant: str,
+        kind: str,
+        resource_id: str,
+        record: Mapping[str, Any],
+        index: Mapping[str, str],
+        *,
+        create: bool,
+    ) -> Literal["ok", "conflict", "missing"]:
+        entries = json.dumps([f"{attribute}\x00{value}" for attribute, value in sorted(index.items())])
+        args = [resource_id, dumps(dict(record)), "1" if create else "0", entries]
+        outcome = _text(await self._scim_save(keys=self._scim_keys(tenant, kind), args=args))
+        if outcome not in ("ok", "conflict", "missing"):
+            raise ValueError(f"unexpected store script reply {outcome!r}")
+        return outcome  # type: ignore[return-value]
+
+    async def get_scim_resource(self, tenant: str, kind: str, resource_id: str) -> dict[str, Any] | None:
+        record = loads(await self.redis.hget(self.keys.scim_resources(tenant, kind), resource_id))
+        return dict(record) if record is not None else None
+
+    async def find_scim_resource(self, tenant: str, kind: str, attribute: str, value: str) -> str | None:
+        found = await self.redis.hget(self.keys.scim_index(tenant, kind), f"{attribute}\x00{value}")
+        return _text(found) if found is not None else None
+
+    async def list_scim_resources(self, tenant: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        raw = await self.redis.hgetall(self.keys.scim_resources(tenant, kind))
+        return sorted((_text(k), dict(loads(v) or {})) for k, v in raw.items())
+
+    async def delete_scim_resource(self, tenant: str, kind: str, resource_id: str) -> bool:
+        return bool(await self._scim_delete(keys=self._scim_keys(tenant, kind), args=[resource_id]))
+

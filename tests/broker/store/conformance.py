@@ -571,6 +571,42 @@ async def signal_records(store: Store) -> None:
     assert await store.recent_signals(f"other-{provider}", 10) == []
 
 
+async def scim_resources(store: Store) -> None:
+    """A SCIM tenant's resources: create once, replace only what exists, an indexed value held by
+    one resource at a time (of concurrent claims exactly one wins), old index entries dropped with
+    a replace or a delete, tenants and kinds apart."""
+    tenant = f"t-{new_id()}"
+    assert await store.save_scim_resource(tenant, "Users", "u1", {"v": 1}, {"username": "alice"}, create=True) == "ok"
+    assert await store.save_scim_resource(tenant, "Users", "u1", {"v": 9}, {}, create=True) == "conflict"
+    assert (
+        await store.save_scim_resource(tenant, "Users", "u2", {"v": 2}, {"username": "alice"}, create=True)
+        == "conflict"
+    )
+    assert await store.get_scim_resource(tenant, "Users", "u2") is None
+    assert await store.save_scim_resource(tenant, "Users", "gone", {}, {}, create=False) == "missing"
+    assert await store.get_scim_resource(tenant, "Users", "u1") == {"v": 1}
+    assert await store.find_scim_resource(tenant, "Users", "username", "alice") == "u1"
+    # A replace moves the index: the old value is free again.
+    assert await store.save_scim_resource(tenant, "Users", "u1", {"v": 3}, {"username": "alicia"}, create=False) == "ok"
+    assert await store.find_scim_resource(tenant, "Users", "username", "alice") is None
+    assert await store.find_scim_resource(tenant, "Users", "username", "alicia") == "u1"
+    outcomes = await asyncio.gather(
+        *(
+            store.save_scim_resource(tenant, "Users", f"c{n}", {"n": n}, {"username": "bob"}, create=True)
+            for n in range(8)
+        )
+    )
+    assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
+    listed = await store.list_scim_resources(tenant, "Users")
+    assert [i for i, _ in listed] == sorted(i for i, _ in listed) and len(listed) == 2
+    assert await store.list_scim_resources(tenant, "Groups") == []
+    assert await store.list_scim_resources(f"other-{tenant}", "Users") == []
+    assert await store.delete_scim_resource(tenant, "Users", "u1")
+    assert not await store.delete_scim_resource(tenant, "Users", "u1")
+    assert await store.find_scim_resource(tenant, "Users", "username", "alicia") is None
+    assert await store.get_scim_resource(tenant, "Users", "u1") is None
+
+
 CHECKS: dict[str, Check] = {
     check.__name__: check
     for check in (
@@ -601,5 +637,6 @@ CHECKS: dict[str, Check] = {
         downstream_tokens,
         grant_indexes,
         signal_records,
+        scim_resources,
     )
 }
