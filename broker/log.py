@@ -8,9 +8,11 @@ are ordinary events with ``audit=True`` and an ``event`` name from :mod:`broker.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -95,6 +97,43 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+_LEVELS = {"warn": "warning", "exception": "error"}  # structlog's map_method_name
+_stamped: list[tuple[int, str]] = [(-1, "")]  # the last whole second stamped, and its text
+
+
+def _stamp(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog's ``add_log_level``, ``add_logger_name`` and ``TimeStamper(fmt="iso", utc=True)``
+    in one step, for our own events (not stdlib records): the same keys in the same order with the
+    same text (``2026-01-02T03:04:05.123456Z``), the date and time of day formatted once a second."""
+    event["level"] = _LEVELS.get(method, method)
+    event["logger"] = logger.name
+    now = time.time()
+    second = int(now)
+    stamped, text = _stamped[0]  # one tuple: a thread never pairs one second with another's text
+    if second != stamped:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamped[0] = (second, text)
+    micro = int((now - second) * 1_000_000)
+    event["timestamp"] = f"{text}.{micro:06d}Z" if micro else f"{text}Z"
+    return event
+
+
+def _fallback(value: Any) -> Any:
+    """structlog's JSON fallback: ``__structlog__()`` where a value has it, else ``repr``."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+# One encoder, built once: ``json.dumps(event, default=...)`` builds one per line.
+_encode = json.JSONEncoder(default=_fallback).encode
+
+
+def _dumps(event: Any, **_: Any) -> str:
+    return _encode(event)
+
+
 class _NamedWriteLogger(structlog.WriteLogger):
     """structlog's line writer to stdout, with a ``name`` for ``add_logger_name``."""
 
@@ -118,13 +157,15 @@ def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = T
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
         if use_console
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
+    # Our own events: the three stamping processors as one (a refresh writes two lines).
+    direct = [*shared[:3], _stamp]
     # Our own events take structlog's direct path (no stdlib logging on the hot path: a filtered
     # level costs nothing, a kept one is rendered once and written); other libraries' stdlib
     # records are rendered by the same processors through ProcessorFormatter below.
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*direct, renderer],
         logger_factory=_NamedWriteLogger,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=cache,
