@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -14,6 +18,23 @@ from broker.routes.deps import ClientsDep, IntrospectionDep, RevocationDep, Toke
 from broker.routes.errors import NO_STORE
 from broker.routes.forms import read_form
 
+# Starlette's JSONResponse renders with json.dumps(..., separators=(",", ":")), which builds an
+# encoder per answer, and merges header dicts: the same bytes from one encoder, headers made once.
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_JSON_NO_STORE = ((b"content-type", b"application/json"), *((k.encode(), v.encode()) for k, v in NO_STORE.items()))
+
+
+class NoStoreJSON(Response):
+    """A JSON answer with ``Cache-Control: no-store`` (RFC 6749 §5.1), as JSONResponse renders it."""
+
+    media_type = "application/json"
+
+    def render(self, content: Mapping[str, Any]) -> bytes:
+        return _encode(content).encode()
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        self.raw_headers = [(b"content-length", str(len(self.body)).encode()), *_JSON_NO_STORE]
+
 
 def router(base: str) -> APIRouter:
     api = APIRouter(tags=["token"])
@@ -24,7 +45,7 @@ def router(base: str) -> APIRouter:
         responses={200: {"model": openapi.TokenBody}, **openapi.TOKEN_ENDPOINT_ERRORS},
         openapi_extra=openapi.TOKEN,
     )
-    async def token(request: Request, endpoint: TokenEndpointDep) -> JSONResponse:
+    async def token(request: Request, endpoint: TokenEndpointDep) -> Response:
         form = await read_form(request)
         client = await authenticate_client(endpoint.clients, request, form)
         grant_type = form.get("grant_type")
@@ -40,7 +61,7 @@ def router(base: str) -> APIRouter:
             raise InvalidRequest("grant_type is required")
         else:
             raise UnsupportedGrantType(detail=f"grant_type {grant_type[:60]!r}")
-        return JSONResponse(body, headers=NO_STORE)
+        return NoStoreJSON(body)
 
     @api.post(
         f"{base}/revoke",
