@@ -176,7 +176,7 @@ class DelegatedExchange:
         if target_config is None:
             raise InvalidTarget(
                 "The audience or resource is not a delegation target of this server.",
-                detail=f"no target {request.audience!r} / {request.resource!r}",
+                detail=f"no target {str(request.audience)[:200]!r} / {str(request.resource)[:200]!r}",
             )
         target = self.targets.get(target_config.id)
         if target is None or not self.policy.allows_any(mcp_server_id, target_config.id):
