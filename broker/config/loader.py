@@ -226,6 +226,17 @@ def _delegation_problems(config: BrokerConfig) -> list[Problem]:
         provider = getattr(target, "provider", None)
         if provider is not None and provider not in providers:
             problems.append(Problem(f"{where}.provider", f"no provider has id {provider!r}"))
+        elif provider is not None:
+            upstream = next(p for p in config.providers if p.id == provider)
+            needed = {"entra": "delegated_access", "oidc": "use_upstream_refresh"}[target.kind]
+            if upstream.type != target.kind or upstream.upstream_refresh_setting != needed:
+                problems.append(
+                    Problem(
+                        f"{where}.provider",
+                        f"a target of kind {target.kind} needs a provider of type {target.kind} with "
+                        f"{needed}: true; {provider!r} is not one",
+                    )
+                )
     for index, rule in enumerate(config.delegation.rules):
         where = f"delegation.rules[{index}]"
         if rule.provider not in providers:
