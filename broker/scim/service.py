@@ -59,6 +59,7 @@ POLICY = ScimPolicy(
     remove_value_as_filter=ScimPolicy.RemoveValue.apply,
     unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create,
 )
+ATTEMPTS = 5  # read-modify-write rounds of one PATCH or PUT before it gives up (503)
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 IGNORED_SCHEMAS = {"http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"}
 
@@ -69,6 +70,10 @@ class ScimError(SCIMException):
     def __init__(self, error: Error) -> None:
         super().__init__(detail=error.detail)
         self._error = error
+
+
+def _busy() -> ScimError:
+    return ScimError(Error(status=503, detail="the resource kept changing under this request: retry"))
 
 
 def _invalid(exc: ValidationError) -> ScimError:
@@ -117,10 +122,14 @@ class ScimTenant:
 
     # -- reading ------------------------------------------------------------------------------
     async def _load(self, endpoint: Endpoint, resource_id: str) -> AnyResource:
+        return (await self._read(endpoint, resource_id))[0]
+
+    async def _read(self, endpoint: Endpoint, resource_id: str) -> tuple[AnyResource, dict[str, Any]]:
+        """The resource, and its record as stored (what a change of it is checked against)."""
         record = await self.store.get_scim_resource(self.provider, endpoint, resource_id)
         if record is None:
             raise NotFoundException(detail=f"{KINDS[endpoint]} {resource_id} not found")
-        return self._from_record(endpoint, record)
+        return self._from_record(endpoint, record), record
 
     def _from_record(self, endpoint: Endpoint, record: Mapping[str, Any]) -> AnyResource:
         model = RESOURCE_MODELS[endpoint]
@@ -195,17 +204,21 @@ class ScimTenant:
         except ValidationError as exc:
             raise _invalid(exc) from None
 
-    async def _save(self, endpoint: Endpoint, resource: AnyResource, *, create: bool) -> None:
+    async def _save(
+        self, endpoint: Endpoint, resource: AnyResource, *, create: bool, expected: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Store the resource; False when ``expected`` is no longer what is stored (read again)."""
         assert resource.id is not None
         record = {"resource": resource.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE)}
         outcome = await self.store.save_scim_resource(
-            self.provider, endpoint, resource.id, record, _index(endpoint, resource), create=create
+            self.provider, endpoint, resource.id, record, _index(endpoint, resource), create=create, expected=expected
         )
         if outcome == "conflict":
             what = "displayName" if endpoint == "Groups" else "userName or externalId"
             raise UniquenessException(detail=f"another {KINDS[endpoint]} has this {what}")
         if outcome == "missing":
             raise NotFoundException(detail=f"{KINDS[endpoint]} {resource.id} not found")
+        return outcome == "ok"
 
     def _stamp(self, endpoint: Endpoint, resource: AnyResource, created: datetime | None) -> None:
         now = datetime.now(UTC)
@@ -229,17 +242,19 @@ class ScimTenant:
         return self._render(resource, Context.RESOURCE_CREATION_RESPONSE)
 
     async def replace(self, endpoint: Endpoint, resource_id: str, body: Any) -> dict[str, Any]:
-        original = await self._load(endpoint, resource_id)
-        resource = self._parse(endpoint, body, Context.RESOURCE_REPLACEMENT_REQUEST)
-        resource.replace(original)  # type: ignore[arg-type]  # immutable attributes checked, read-only kept
-        resource.id = resource_id
-        self._stamp(endpoint, resource, original.meta.created if original.meta else None)
-        await self._save(endpoint, resource, create=False)
-        await self._effects(endpoint, original, resource)
-        return self._render(resource, Context.RESOURCE_REPLACEMENT_RESPONSE)
+        replacement = self._parse(endpoint, body, Context.RESOURCE_REPLACEMENT_REQUEST)
+        for _ in range(ATTEMPTS):  # a concurrent change of the resource in between: start over from it
+            original, record = await self._read(endpoint, resource_id)
+            resource = replacement.model_copy(deep=True)
+            resource.replace(original)  # type: ignore[arg-type]  # immutable attributes checked, read-only kept
+            resource.id = resource_id
+            self._stamp(endpoint, resource, original.meta.created if original.meta else None)
+            if await self._save(endpoint, resource, create=False, expected=record):
+                await self._effects(endpoint, original, resource)
+                return self._render(resource, Context.RESOURCE_REPLACEMENT_RESPONSE)
+        raise _busy()
 
     async def patch(self, endpoint: Endpoint, resource_id: str, body: Any) -> dict[str, Any]:
-        original = await self._load(endpoint, resource_id)
         if not isinstance(body, dict):
             raise InvalidSyntaxException(detail="the body is not a JSON object")
         if PATCH_OP not in (body.get("schemas") or ()):
@@ -250,12 +265,16 @@ class ScimTenant:
             operation = PatchOp[model].model_validate(body, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY)  # type: ignore[valid-type]
         except ValidationError as exc:
             raise _invalid(exc) from None
-        resource = original.model_copy(deep=True)
-        if operation.patch(resource, POLICY):
-            self._stamp(endpoint, resource, original.meta.created if original.meta else None)
-            await self._save(endpoint, resource, create=False)
-        await self._effects(endpoint, original, resource)
-        return self._render(resource, Context.RESOURCE_PATCH_RESPONSE)
+        for _ in range(ATTEMPTS):  # a concurrent change of the resource in between: start over from it
+            original, record = await self._read(endpoint, resource_id)
+            resource = original.model_copy(deep=True)
+            if operation.patch(resource, POLICY):
+                self._stamp(endpoint, resource, original.meta.created if original.meta else None)
+                if not await self._save(endpoint, resource, create=False, expected=record):
+                    continue
+            await self._effects(endpoint, original, resource)
+            return self._render(resource, Context.RESOURCE_PATCH_RESPONSE)
+        raise _busy()
 
     async def delete(self, endpoint: Endpoint, resource_id: str) -> None:
         original = await self._load(endpoint, resource_id)

@@ -366,13 +366,16 @@ class Store(SigningKeyStore, Protocol):
         index: Mapping[str, str],
         *,
         create: bool,
-    ) -> Literal["ok", "conflict", "missing"]:
+        expected: Mapping[str, Any] | None = None,
+    ) -> Literal["ok", "conflict", "missing", "stale"]:
         """Write one SCIM resource and its lookup entries (``index``: attribute -> value, values
         already normalised by the caller) in one step: ``conflict`` (nothing written) when
         another resource of the tenant and kind holds one of the values, or ``create`` and the id
         exists; ``missing`` when not ``create`` and the id does not exist (a replace never
-        recreates a deleted resource). The resource's former entries go in the same step. SCIM
-        data has no expiry: it lives until its provisioning client deletes it."""
+        recreates a deleted resource); ``stale`` when ``expected`` (the record the change was
+        made from) is no longer the stored one, so of concurrent read-modify-writes of one
+        resource exactly one wins. The resource's former entries go in the same step. SCIM data
+        has no expiry: it lives until its provisioning client deletes it."""
 
     async def get_scim_resource(self, tenant: str, kind: str, resource_id: str) -> dict[str, Any] | None:
         """One SCIM resource's record, or None."""

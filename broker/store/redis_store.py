@@ -79,12 +79,14 @@ return {'missing', ''}
 """
 
 # SCIM resources of one tenant and kind. KEYS: the resources, the index, each resource's entries
-# (one slot). ARGV: id, record, '1' to create, the entries as a JSON array. Uniqueness, existence
-# and the swap of the old entries for the new are one step.
+# (one slot). ARGV: id, record, '1' to create, the entries as a JSON array, the record the change
+# was made from ('' for none). Uniqueness, existence, staleness and the swap of the old entries for
+# the new are one step.
 _SCIM_SAVE = """
 local exists = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
 if ARGV[3] == '1' and exists then return 'conflict' end
 if ARGV[3] ~= '1' and not exists then return 'missing' end
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[5] then return 'stale' end
 local entries = cjson.decode(ARGV[4])
 for _, entry in ipairs(entries) do
   local holder = redis.call('HGET', KEYS[2], entry)
@@ -690,9 +692,6 @@ class RedisStore:
         raw = await self.redis.lrange(self.keys.recent_signals(provider_id), 0, max(0, limit - 1))
         return [record for record in (loads(r) for r in raw) if isinstance(record, dict)]
 
-
-def _conforms(store: RedisStore) -> Store:
-    return store  # mypy checks here that RedisStore keeps the whole protocol
     # -- SCIM provisioning ---------------------------------------------------------------------
     def _scim_keys(self, tenant: str, kind: str) -> list[str]:
         k = self.keys
@@ -707,13 +706,13 @@ def _conforms(store: RedisStore) -> Store:
         index: Mapping[str, str],
         *,
         create: bool,
-    ) -> Literal["ok", "conflict", "missing"]:
+        expected: Mapping[str, Any] | None = None,
+    ) -> Literal["ok", "conflict", "missing", "stale"]:
         entries = json.dumps([f"{attribute}\x00{value}" for attribute, value in sorted(index.items())])
-        args = [resource_id, dumps(dict(record)), "1" if create else "0", entries]
-        outcome = _text(await self._scim_save(keys=self._scim_keys(tenant, kind), args=args))
-        if outcome not in ("ok", "conflict", "missing"):
-            raise ValueError(f"unexpected store script reply {outcome!r}")
-        return outcome  # type: ignore[return-value]
+        before = dumps(dict(expected)) if expected is not None else ""  # as stored: same dumps, same order
+        args = [resource_id, dumps(dict(record)), "1" if create else "0", entries, before]
+        reply = await self._scim_save(keys=self._scim_keys(tenant, kind), args=args)
+        return _outcome(reply, ("ok", "conflict", "missing", "stale"))
 
     async def get_scim_resource(self, tenant: str, kind: str, resource_id: str) -> dict[str, Any] | None:
         record = loads(await self.redis.hget(self.keys.scim_resources(tenant, kind), resource_id))
@@ -730,3 +729,6 @@ def _conforms(store: RedisStore) -> Store:
     async def delete_scim_resource(self, tenant: str, kind: str, resource_id: str) -> bool:
         return bool(await self._scim_delete(keys=self._scim_keys(tenant, kind), args=[resource_id]))
 
+
+def _conforms(store: RedisStore) -> Store:
+    return store  # mypy checks here that RedisStore keeps the whole protocol

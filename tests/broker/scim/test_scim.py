@@ -150,6 +150,28 @@ def test_entra_group_requests(scim_broker: Broker) -> None:
         assert scim.delete(f"/Groups/{group}").status_code == 204
 
 
+async def test_concurrent_member_changes_all_land(scim_broker: Broker) -> None:
+    """Each PATCH is a read-modify-write of the group: concurrent ones are retried, none is lost."""
+    async with httpx.AsyncClient(
+        base_url=f"{scim_broker.base}/scim/v2/demo-ldap", headers={"authorization": f"Bearer {SCIM_TOKEN}"}
+    ) as scim:
+        group = (
+            await scim.post("/Groups", json={"schemas": [GROUP], "displayName": f"g-{secrets.token_hex(4)}"})
+        ).json()
+        members = [f"m{n}" for n in range(8)]
+        answers = await asyncio.gather(
+            *(
+                scim.patch(
+                    f"/Groups/{group['id']}", json=patch({"op": "add", "path": "members", "value": [{"value": m}]})
+                )
+                for m in members
+            )
+        )
+        assert [a.status_code for a in answers] == [200] * len(members)
+        stored = (await scim.get(f"/Groups/{group['id']}")).json()
+        assert sorted(m["value"] for m in stored["members"]) == members
+
+
 def test_okta_shapes(scim_broker: Broker) -> None:
     """Okta: PATCH ``replace`` without a path (``{"active": false}``), PUT of the whole user,
     group members removed through a filtered path."""

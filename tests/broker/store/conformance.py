@@ -573,8 +573,9 @@ async def signal_records(store: Store) -> None:
 
 async def scim_resources(store: Store) -> None:
     """A SCIM tenant's resources: create once, replace only what exists, an indexed value held by
-    one resource at a time (of concurrent claims exactly one wins), old index entries dropped with
-    a replace or a delete, tenants and kinds apart."""
+    one resource at a time (of concurrent claims exactly one wins), a change made from a record no
+    longer stored refused (stale), old index entries dropped with a replace or a delete, tenants
+    and kinds apart."""
     tenant = f"t-{new_id()}"
     assert await store.save_scim_resource(tenant, "Users", "u1", {"v": 1}, {"username": "alice"}, create=True) == "ok"
     assert await store.save_scim_resource(tenant, "Users", "u1", {"v": 9}, {}, create=True) == "conflict"
@@ -598,9 +599,23 @@ async def scim_resources(store: Store) -> None:
     )
     assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
     listed = await store.list_scim_resources(tenant, "Users")
-    assert [i for i, _ in listed] == sorted(i for i, _ in listed) and len(listed) == 2
+    assert [i for i, _ in listed] == sorted(i for i, _ in listed)
+    assert len(listed) == 2
     assert await store.list_scim_resources(tenant, "Groups") == []
     assert await store.list_scim_resources(f"other-{tenant}", "Users") == []
+    # Read-modify-write: of concurrent writes made from one record exactly one wins.
+    read = await store.get_scim_resource(tenant, "Users", "u1")
+    assert read is not None
+    writes = await asyncio.gather(
+        *(
+            store.save_scim_resource(
+                tenant, "Users", "u1", {"v": n}, {"username": "alicia"}, create=False, expected=read
+            )
+            for n in range(6)
+        )
+    )
+    assert sorted(writes) == ["ok"] + ["stale"] * 5
+    assert await store.save_scim_resource(tenant, "Users", "u1", {"v": 0}, {}, create=False, expected=read) == "stale"
     assert await store.delete_scim_resource(tenant, "Users", "u1")
     assert not await store.delete_scim_resource(tenant, "Users", "u1")
     assert await store.find_scim_resource(tenant, "Users", "username", "alicia") is None
