@@ -294,6 +294,8 @@ class RedisStore:
         self._unlock = redis.register_script(_UNLOCK)
         self._index_grant = redis.register_script(_INDEX_GRANT)
         self._count_attempt = redis.register_script(_COUNT_ATTEMPT)
+        self._scim_save = redis.register_script(_SCIM_SAVE)
+        self._scim_delete = redis.register_script(_SCIM_DELETE)
         self._start_address = redis.register_script(throttle_scripts.START)
         self._finish_address = redis.register_script(throttle_scripts.FINISH)
         self._start_user = redis.register_script(throttle_scripts.START_USER)
@@ -316,8 +318,6 @@ class RedisStore:
     async def save_flow(self, flow_id: str, flow: PendingFlow, ttl: int) -> None:
         await self.redis.set(self.keys.flow(flow_id), dumps(flow.to_json()), ex=ttl)
 
-        self._scim_save = redis.register_script(_SCIM_SAVE)
-        self._scim_delete = redis.register_script(_SCIM_DELETE)
     async def get_flow(self, flow_id: str) -> PendingFlow | None:
         record = loads(await self.redis.get(self.keys.flow(flow_id)))
         return PendingFlow.from_json(record) if record is not None else None
