@@ -28,20 +28,40 @@ class Decision:
 
 
 def _matches(rule: MappingRule, identity: Identity) -> bool:
-    if rule.provider != identity.provider_id:
-        return False
-    users = {u.lower() for u in rule.users}
-    if identity.subject.lower() in users:
-        return True
-    # A username is only as good as the provider's word that nobody else can present it: a
-    # grant needs that; a deny matches regardless (naming yourself into a deny gains nothing).
-    if identity.username.lower() in users and (identity.username_is_unique or rule.effect == "deny"):
-        return True
-    if not rule.groups:
-        return False
-    wanted = {g.lower() for g in rule.groups}
-    held = {g.lower() for g in identity.groups} | {n.lower() for n in identity.group_names.values()}
-    return not wanted.isdisjoint(held)
+    return _Matcher(identity).matches(rule, _lowered(rule.users), _lowered(rule.groups))
+
+
+def _lowered(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(n.lower() for n in names)
+
+
+class _Matcher:
+    """Whether rules name one identity; its names lowered once for all the rules of an evaluation."""
+
+    __slots__ = ("_held", "identity", "subject", "username")
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.subject = identity.subject.lower()
+        self.username = identity.username.lower()
+        self._held: set[str] | None = None
+
+    def matches(self, rule: MappingRule, users: frozenset[str], groups: frozenset[str]) -> bool:
+        """``users`` and ``groups``: the rule's, lowered."""
+        identity = self.identity
+        if rule.provider != identity.provider_id:
+            return False
+        if self.subject in users:
+            return True
+        # A username is only as good as the provider's word that nobody else can present it: a
+        # grant needs that; a deny matches regardless (naming yourself into a deny gains nothing).
+        if self.username in users and (identity.username_is_unique or rule.effect == "deny"):
+            return True
+        if not groups:
+            return False
+        if self._held is None:
+            self._held = {g.lower() for g in identity.groups} | {n.lower() for n in identity.group_names.values()}
+        return not groups.isdisjoint(self._held)
 
 
 class Policy:
@@ -67,6 +87,8 @@ class Policy:
         payload = json.dumps(dumped, sort_keys=True)
         self.version = hashlib.sha256(payload.encode()).hexdigest()[:12]
         self._implies = {r.id: {s.name: list(s.implies) for s in r.scopes} for r in self.resources.values()}
+        # Each rule's users and groups lowered once (evaluate runs at every refresh).
+        self._named = [(rule, _lowered(rule.users), _lowered(rule.groups)) for rule in rules]
 
     def resource_for(self, uri: str) -> ResourceConfig | None:
         return self.by_uri.get(uri)
@@ -78,8 +100,9 @@ class Policy:
         implies = self._implies[resource.id]
         granted: dict[str, list[str]] = {}
         denied: dict[str, list[str]] = {}
-        for rule in self.rules:
-            if rule.resource != resource.id or not _matches(rule, identity):
+        matcher = _Matcher(identity)
+        for rule, users, groups in self._named:
+            if rule.resource != resource.id or not matcher.matches(rule, users, groups):
                 continue
             if rule.effect == "deny":  # the scope itself; what implies it is removed below
                 for scope in rule.scopes:
