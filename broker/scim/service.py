@@ -20,6 +20,8 @@ at sign-in (``Store.username_grant_ids``), which is how Entra (``userPrincipalNa
 
 from __future__ import annotations
 
+import asyncio
+import random
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -59,7 +61,7 @@ POLICY = ScimPolicy(
     remove_value_as_filter=ScimPolicy.RemoveValue.apply,
     unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create,
 )
-ATTEMPTS = 5  # read-modify-write rounds of one PATCH or PUT before it gives up (503)
+ATTEMPTS = 20  # read-modify-write rounds of one PATCH or PUT before it gives up (503)
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 IGNORED_SCHEMAS = {"http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"}
 
@@ -70,6 +72,12 @@ class ScimError(SCIMException):
     def __init__(self, error: Error) -> None:
         super().__init__(detail=error.detail)
         self._error = error
+
+
+async def _backoff(attempt: int) -> None:
+    """Nothing before the first round; then a short random pause, so racing writers spread out."""
+    if attempt:
+        await asyncio.sleep(random.uniform(0, 0.005 * min(attempt, 10)))  # noqa: S311 (jitter, not a secret)
 
 
 def _busy() -> ScimError:
@@ -243,7 +251,8 @@ class ScimTenant:
 
     async def replace(self, endpoint: Endpoint, resource_id: str, body: Any) -> dict[str, Any]:
         replacement = self._parse(endpoint, body, Context.RESOURCE_REPLACEMENT_REQUEST)
-        for _ in range(ATTEMPTS):  # a concurrent change of the resource in between: start over from it
+        for attempt in range(ATTEMPTS):  # a concurrent change of the resource in between: start over
+            await _backoff(attempt)
             original, record = await self._read(endpoint, resource_id)
             resource = replacement.model_copy(deep=True)
             resource.replace(original)  # type: ignore[arg-type]  # immutable attributes checked, read-only kept
@@ -265,7 +274,8 @@ class ScimTenant:
             operation = PatchOp[model].model_validate(body, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY)  # type: ignore[valid-type]
         except ValidationError as exc:
             raise _invalid(exc) from None
-        for _ in range(ATTEMPTS):  # a concurrent change of the resource in between: start over from it
+        for attempt in range(ATTEMPTS):  # a concurrent change of the resource in between: start over
+            await _backoff(attempt)
             original, record = await self._read(endpoint, resource_id)
             resource = original.model_copy(deep=True)
             if operation.patch(resource, POLICY):
