@@ -6,6 +6,8 @@ verifier refuses their access token), a group membership removed re-applies the 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,8 +23,9 @@ from broker.devstack.slapd import ssha
 from mcp_broker_verifier.redis_client import create_redis
 from mcp_broker_verifier.revocations import RevocationWatcher
 from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
+from tests.broker.conftest import BrokerFactory
 from tests.broker.flows import RESOURCE, Broker, refresh, tokens_for
-from tests.broker.scim.conftest import SCIM_TOKEN, scim_client
+from tests.broker.scim.conftest import SCIM_CONFIG, SCIM_TOKEN, scim_client
 
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -302,6 +305,33 @@ async def refused_within(verifier: BrokerTokenVerifier, token: str, bound: float
         assert time.perf_counter() - started < bound, "the verifier still accepts the token"
         await asyncio.sleep(0.005)
     return time.perf_counter() - started
+
+
+def access_subject(access_token: str) -> str:
+    payload = access_token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims["sub"])
+
+
+async def test_a_subject_template_matches_by_external_id(
+    broker_factory: BrokerFactory, slapd: Slapd, redis_server: RedisServer
+) -> None:
+    """With ``subject: "{externalId}"`` the user is found by the provider's own id, whatever the
+    SCIM userName says (here one the directory never heard of)."""
+    extra = SCIM_CONFIG + '      subject: "{externalId}"\n'
+    with broker_factory(extra=extra) as broker, directory_user(slapd, ("mcp-readers",)) as uid:
+        _, tokens = await asyncio.to_thread(tokens_for, broker, uid, password=f"pw-{uid}")
+        local = access_subject(tokens["access_token"]).removeprefix("demo-ldap:")
+        async with verifier_for(broker, redis_server) as verifier:
+            async with httpx.AsyncClient(
+                base_url=f"{broker.base}/scim/v2/demo-ldap", headers={"authorization": f"Bearer {SCIM_TOKEN}"}
+            ) as scim:
+                user = (await scim.post("/Users", json=entra_user("renamed@example.com", local))).json()
+                answer = await scim.patch(
+                    f"/Users/{user['id']}", json=patch({"op": "replace", "value": {"active": False}})
+                )
+                assert answer.status_code == 200, answer.text
+            await refused_within(verifier, tokens["access_token"], bound=5.0)
 
 
 @pytest.mark.parametrize("how", ["patch_active_string", "put_inactive", "delete"])
