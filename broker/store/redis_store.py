@@ -141,6 +141,26 @@ local want = tonumber(ARGV[1]) + 60 - tonumber(redis.call('TIME')[1])
 if redis.call('TTL', KEYS[1]) < want then redis.call('EXPIRE', KEYS[1], want) end
 """
 
+# A new grant on one node (standalone or Sentinel), one round trip instead of three. KEYS: the
+# grant, its first refresh token, then the indexes (user, username, upstream session). ARGV:
+# the grant, its ttl, the token's record, its ttl, the grant's expiry, its id.
+_CREATE_GRANT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+local now = tonumber(redis.call('TIME')[1])
+for i = 3, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[5], ARGV[6])
+  local want = tonumber(ARGV[5]) + 60 - now
+  if redis.call('TTL', KEYS[i]) < want then redis.call('EXPIRE', KEYS[i], want) end
+end
+"""
+
+# KEYS: a user's consents. ARGV: the field, the consent, the hash's ttl. One round trip.
+_REMEMBER_CONSENT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
+
 # Revocation. ARGV: now, reason (not stored: nothing read it), grant id, revocation channel[, expiry of
 # the grant's tokens].
 # KEYS[1] the grant: marks it revoked; ``changed`` is 1 if it was not yet, ``expires`` when its
@@ -293,6 +313,8 @@ class RedisStore:
         self._put_downstream = redis.register_script(_PUT_DOWNSTREAM)
         self._unlock = redis.register_script(_UNLOCK)
         self._index_grant = redis.register_script(_INDEX_GRANT)
+        self._create_grant = redis.register_script(_CREATE_GRANT)
+        self._remember_consent = redis.register_script(_REMEMBER_CONSENT)
         self._count_attempt = redis.register_script(_COUNT_ATTEMPT)
         self._scim_save = redis.register_script(_SCIM_SAVE)
         self._scim_delete = redis.register_script(_SCIM_DELETE)
@@ -366,19 +388,26 @@ class RedisStore:
         return TakeResult("ok", AuthorizationCode.from_json(record))
 
     async def create_grant(self, grant: Grant, refresh_hash: str, refresh_ttl: int, grant_ttl: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.grant(grant.grant_id), dumps(grant.to_json()), ex=grant_ttl)
-            pipe.set(self.keys.refresh(grant.grant_id, refresh_hash), RefreshToken.ACTIVE_JSON, ex=refresh_ttl)
-            await pipe.execute()
         # The user's index lives as long as their longest grant: a newer, shorter grant (after a
         # lifetime was lowered) must not cut it short and hide older grants from revocation.
-        await self._index_grant(
-            keys=[self.keys.user_grants(grant.subject)], args=[int(grant.expires_at), grant.grant_id]
-        )
         provider_id = grant.identity.provider_id if grant.identity else grant.provider_id
-        by = [self.keys.username_grants(provider_id, grant.username)] if grant.username else []
+        by = [self.keys.user_grants(grant.subject)]
+        if grant.username:
+            by.append(self.keys.username_grants(provider_id, grant.username))
         if grant.identity is not None and grant.identity.upstream_session:
             by.append(self.keys.session_grants(provider_id, grant.identity.upstream_session))
+        record, grant_key = dumps(grant.to_json()), self.keys.grant(grant.grant_id)
+        refresh_key = self.keys.refresh(grant.grant_id, refresh_hash)
+        if not isinstance(self.redis, RedisCluster):  # one node: all of it in one script
+            await self._create_grant(
+                keys=[grant_key, refresh_key, *by],
+                args=[record, grant_ttl, RefreshToken.ACTIVE_JSON, refresh_ttl, int(grant.expires_at), grant.grant_id],
+            )
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(grant_key, record, ex=grant_ttl)
+            pipe.set(refresh_key, RefreshToken.ACTIVE_JSON, ex=refresh_ttl)
+            await pipe.execute()
         for key in by:  # separate slots: one script each
             await self._index_grant(keys=[key], args=[int(grant.expires_at), grant.grant_id])
 
@@ -535,8 +564,7 @@ class RedisStore:
     async def remember_consent(self, subject: str, client_id: str, resource: str, scopes: list[str]) -> None:
         key = self.keys.user_consents(subject)
         consent = Consent(client_id, resource, tuple(scopes), time.time())
-        await self.redis.hset(key, consent.hash_field, dumps(consent.to_json()))
-        await self.redis.expire(key, 400 * 86400)
+        await self._remember_consent(keys=[key], args=[consent.hash_field, dumps(consent.to_json()), 400 * 86400])
 
     async def consents(self, subject: str) -> list[Consent]:
         raw = await self.redis.hgetall(self.keys.user_consents(subject))
