@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,14 +17,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from broker.middleware import RequestContextMiddleware
+from mcp_app.downstream import DownstreamCaller, demo_api
 from mcp_app.notes import NotesStore
 from mcp_app.settings import McpAppSettings
 from mcp_app.tools import SCOPES, TOOL_SCOPES, register_tools
 from mcp_broker_verifier.cache_metrics import CacheMetrics
+from mcp_broker_verifier.delegation import TokenExchanger
 from mcp_broker_verifier.guard import HostOriginGuard
 from mcp_broker_verifier.introspection import IntrospectionVerifier
 from mcp_broker_verifier.protection import ProtectedServer
 from mcp_broker_verifier.redis_client import RedisClient, create_redis
+from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 
 _log = structlog.get_logger("mcp_app")
 
@@ -63,7 +67,22 @@ def create_app(settings: McpAppSettings) -> Starlette:
         )  # the broker answers for revocations: no watcher
     server = MCPServer(name="mcp-broker demo notes", instructions="A team notes server protected by mcp-broker.")
     notes = NotesStore(redis, f"{settings.redis_key_prefix}:notes") if redis is not None else None
-    register_tools(server, notes, settings.scope_implies)
+    downstream_http: httpx.AsyncClient | None = None
+    downstream: DownstreamCaller | None = None
+    if settings.downstreams:
+        assert settings.delegation_client_id
+        assert settings.delegation_client_secret
+        downstream_http = httpx.AsyncClient(
+            follow_redirects=False, timeout=15.0, verify=_tls(settings.downstream_ca_file)
+        )
+        exchanger = TokenExchanger(
+            token_endpoint=f"{settings.issuer}/token",
+            client_id=settings.delegation_client_id,
+            client_secret=settings.delegation_client_secret.get_secret_value(),
+            http=http,
+        )
+        downstream = DownstreamCaller(exchanger, dict(settings.downstreams), downstream_http)
+    register_tools(server, notes, settings.scope_implies, downstream)
     protected = ProtectedServer(
         server,
         issuer=settings.issuer,
@@ -84,6 +103,16 @@ def create_app(settings: McpAppSettings) -> Starlette:
         resource_name="mcp-broker demo notes",
     )
     jwks, watcher = protected.jwks, protected.watcher
+    extra_routes: list[Route] = []
+    if settings.demo_api_audience:  # the internal demo API: broker-minted tokens for its audience
+        demo_verifier = BrokerTokenVerifier(
+            issuer=settings.issuer,
+            resource=settings.demo_api_audience,
+            jwks=jwks or JwksCache(settings.effective_jwks_url, http),
+            revocations=watcher,
+            fail_closed=settings.fail_closed,
+        )
+        extra_routes.append(Route("/demo-api/whoami", demo_api(demo_verifier), methods=["GET"]))
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"}, headers={"cache-control": "no-store"})
@@ -119,6 +148,8 @@ def create_app(settings: McpAppSettings) -> Starlette:
                 yield
         finally:
             await http.aclose()
+            if downstream_http is not None:
+                await downstream_http.aclose()
             if redis is not None:
                 await redis.aclose()
 
@@ -126,6 +157,7 @@ def create_app(settings: McpAppSettings) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *extra_routes,
             *protected.routes,
         ],
         lifespan=lifespan,
@@ -135,3 +167,7 @@ def create_app(settings: McpAppSettings) -> Starlette:
     app.state.verifier = protected.verifier
     app.state.watcher = watcher
     return app
+
+
+def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Downstream(BaseModel):
+    """The API the ``call_downstream`` tool calls for the users of one provider."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field(description="The broker's delegation target: its audience (or id).")
+    url: str = Field(description="GET with the exchanged token: Graph /v1.0/me, the OP's userinfo, the demo API.")
+    scope: str | None = Field(
+        default=None, description="Scopes to ask for (space-separated); unset: all the rules give."
+    )
 
 
 class McpAppSettings(BaseSettings):
@@ -37,6 +49,17 @@ class McpAppSettings(BaseSettings):
         default_factory=lambda: {"notes:write": ["notes:read"]},
         description="The scope hierarchy, as JSON: each scope maps to the scopes it implies.",
     )
+    delegation_client_id: str | None = Field(
+        default=None, description="This server's client id at the broker for token exchange (mcp_server set)."
+    )
+    delegation_client_secret: SecretStr | None = None
+    downstreams: dict[str, Downstream] = Field(
+        default_factory=dict, description="Provider id -> the downstream API call_downstream calls, as JSON."
+    )
+    downstream_ca_file: str | None = Field(default=None, description="CA bundle for the downstream APIs.")
+    demo_api_audience: str | None = Field(
+        default=None, description="Serve the internal demo API at /demo-api/whoami for tokens with this audience."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=1, le=65535)
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header values accepted.")
@@ -51,6 +74,12 @@ class McpAppSettings(BaseSettings):
             self.introspection_client_id and self.introspection_client_secret
         ):
             raise ValueError("verification=introspection needs introspection_client_id and introspection_client_secret")
+        return self
+
+    @model_validator(mode="after")
+    def _delegation_credentials(self) -> McpAppSettings:
+        if self.downstreams and not (self.delegation_client_id and self.delegation_client_secret):
+            raise ValueError("downstreams needs delegation_client_id and delegation_client_secret")
         return self
 
     @property

@@ -6,15 +6,23 @@ from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import InputRequiredResult
 
+from mcp_app.downstream import DownstreamCaller
 from mcp_app.notes import NoteError, NotesStore
 from mcp_broker_verifier.scopes import ScopeImplies, effective_scopes
 
 READ, WRITE = "notes:read", "notes:write"
 SCOPES = [READ, WRITE]
-TOOL_SCOPES = {"list_notes": READ, "read_note": READ, "create_note": WRITE, "delete_note": WRITE}
+TOOL_SCOPES = {
+    "list_notes": READ,
+    "read_note": READ,
+    "create_note": WRITE,
+    "delete_note": WRITE,
+    "call_downstream": READ,
+}
 
 
 def _require(scope: str, implies: ScopeImplies) -> AccessToken:
@@ -30,7 +38,12 @@ def _author(token: AccessToken) -> str:
     return str((token.claims or {}).get("sub") or token.subject or "unknown")
 
 
-def register_tools(server: MCPServer, notes: NotesStore | None, scope_implies: ScopeImplies) -> None:
+def register_tools(
+    server: MCPServer,
+    notes: NotesStore | None,
+    scope_implies: ScopeImplies,
+    downstream: DownstreamCaller | None = None,
+) -> None:
     @server.tool(description="Who the server thinks you are: subject, client, scopes and token expiry.")
     async def whoami() -> dict[str, Any]:
         token = get_access_token()
@@ -73,3 +86,15 @@ def register_tools(server: MCPServer, notes: NotesStore | None, scope_implies: S
     async def delete_note(note_id: str) -> dict[str, Any]:
         _require(WRITE, scope_implies)
         return {"deleted": await store().delete(note_id)}
+
+    if downstream is None:  # delegated access not configured (no downstreams): no such tool
+        return
+
+    @server.tool(
+        description="Call a downstream API as you (delegated access through the broker): Microsoft Graph /me "
+        "for Entra users, the identity provider's userinfo for OIDC users, the internal demo API for LDAP "
+        "users (needs notes:read)."
+    )
+    async def call_downstream(ctx: Context) -> dict[str, Any] | InputRequiredResult:
+        _require(READ, scope_implies)
+        return await downstream.call(ctx)
