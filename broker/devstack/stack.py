@@ -157,6 +157,9 @@ async def _serve(servers: list[tuple[uvicorn.Server, socket.socket]], on_started
             raise error
 
 
+DEMO_API = "https://demo-api.example.com"  # the audience of dev-config.yaml's demo-api target
+
+
 def run_dev(opts: DevOptions) -> int:
     from mcp_app.app import create_app as create_mcp_app
     from mcp_app.settings import McpAppSettings
@@ -184,6 +187,7 @@ def run_dev(opts: DevOptions) -> int:
             "MCPB_DEV_REDIS_URL": redis_server.url,
             "MCPB_DEV_KEK": _state_secret(opts.state_dir, "key-encryption-key"),
             "MCPB_DEV_ADMIN_TOKEN": _state_secret(opts.state_dir, "admin-token"),
+            "MCPB_DEV_NOTES_SERVER_SECRET": _state_secret(opts.state_dir, "notes-server-secret"),
             "MCPB_DEV_LDAP_URL": slapd.url,
             "MCPB_DEV_LDAP_BIND_DN": slapd.service_dn,
             "MCPB_DEV_LDAP_BIND_PASSWORD": slapd.service_password,
@@ -197,6 +201,10 @@ def run_dev(opts: DevOptions) -> int:
             issuer=config.issuer,
             redis_url=redis_server.url,
             port=opts.mcp_port,
+            delegation_client_id="notes-server",  # the demo's call_downstream tool (delegated access)
+            delegation_client_secret=env["MCPB_DEV_NOTES_SERVER_SECRET"],
+            downstreams={"demo-ldap": {"target": DEMO_API, "url": f"http://127.0.0.1:{opts.mcp_port}/demo-api/whoami"}},
+            demo_api_audience=DEMO_API,
         )
         mcp_asgi = create_mcp_app(mcp_settings)
         servers: list[tuple[uvicorn.Server, socket.socket]] = [

@@ -209,6 +209,7 @@ def test_the_dev_template_is_valid() -> None:
         "MCPB_DEV_REDIS_URL": "redis://127.0.0.1:6379/0",
         "MCPB_DEV_KEK": "k" * 43,
         "MCPB_DEV_ADMIN_TOKEN": "t" * 43,
+        "MCPB_DEV_NOTES_SERVER_SECRET": "n" * 43,
         "MCPB_DEV_LDAP_URL": "ldap://127.0.0.1:389",
         "MCPB_DEV_LDAP_BIND_DN": "cn=x",
         "MCPB_DEV_LDAP_BIND_PASSWORD": "pw",
