@@ -41,12 +41,14 @@ from broker.routes import (
     openapi,
     register,
     scim,
+    ssf,
     token,
 )
 from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.services import Services
 from broker.signals.effects import SignalEffects
+from broker.signals.ssf import SsfReceiver
 from broker.store.client import RedisClient, create_redis
 from broker.store.keys import Keys
 from broker.store.redis_store import RedisStore
@@ -173,6 +175,8 @@ def create_app(
             exchanges=_exchanges(config, store, keyring, policies, grants, sealer, upstreams),
             signals=SignalEffects(store, lambda: policies.current, grants.current_identity),
         )
+        app.state.ssf = SsfReceiver(config.shared_signals, config.issuer, store, app.state.broker.signals)
+        await app.state.ssf.start()  # the poll streams' pollers
         try:
             await keyring.refresh()
         except Exception as exc:  # readiness reports it; the process stays up to say so
@@ -188,6 +192,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await app.state.ssf.aclose()
             await documents.aclose()
             await assertions.aclose()
             for provider in upstreams.values():
@@ -222,6 +227,7 @@ def create_app(
     app.include_router(scim.router(base))
     scim.install(app)
     app.include_router(backchannel.router(base))
+    app.include_router(ssf.router(base))
     openapi.install(app)
     app.add_middleware(RequestContextMiddleware)
     return app

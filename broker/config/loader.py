@@ -208,6 +208,11 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
     for index, tenant in enumerate(config.scim.tenants):  # SCIM tenants provision a provider that exists
         if tenant.provider not in providers:
             problems.append(Problem(f"scim.tenants[{index}].provider", f"no provider has id {tenant.provider!r}"))
+    for index, stream in enumerate(config.shared_signals.streams):  # SSF streams name a provider's users
+        if stream.provider not in providers:
+            problems.append(
+                Problem(f"shared_signals.streams[{index}].provider", f"no provider has id {stream.provider!r}")
+            )
     return problems
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from broker.config.delegation import DelegationConfig
 from broker.config.scim import ScimConfig
+from broker.config.shared_signals import SharedSignalsConfig
 from broker.config.types import Duration, check_public_url
 from broker.display import hidden_character
 from providers.registry import ProviderConfigUnion
@@ -387,6 +388,7 @@ class BrokerConfig(_Section):
     identity_assertion: IdentityAssertionConfig = IdentityAssertionConfig()
     delegation: DelegationConfig = DelegationConfig()
     scim: ScimConfig = ScimConfig()
+    shared_signals: SharedSignalsConfig = SharedSignalsConfig()
     policy_file: str | None = Field(
         default=None,
         description="A separate YAML file with `resources` and `mappings`, reloaded when it changes.",
