@@ -203,14 +203,19 @@ class Elicited:
 
 
 @asynccontextmanager
-async def session(url: str, token: str, elicitation: ElicitationFnT | None = None) -> AsyncIterator[Client]:
+async def session(
+    url: str, token: str, elicitation: ElicitationFnT | None = None, mode: str = "auto"
+) -> AsyncIterator[Client]:
     http = create_mcp_http_client(headers={"authorization": f"Bearer {token}"})
-    async with http, Client(streamable_http_client(url, http_client=http), elicitation_callback=elicitation) as c:
+    transport = streamable_http_client(url, http_client=http)
+    async with http, Client(transport, elicitation_callback=elicitation, mode=mode) as c:
         yield c
 
 
-async def call_downstream(demo: Demo, token: str, elicitation: ElicitationFnT | None = None) -> CallToolResult:
-    async with session(demo.mcp_url, token, elicitation) as client:
+async def call_downstream(
+    demo: Demo, token: str, elicitation: ElicitationFnT | None = None, mode: str = "auto"
+) -> CallToolResult:
+    async with session(demo.mcp_url, token, elicitation, mode) as client:
         return await client.call_tool("call_downstream", {})
 
 
@@ -327,6 +332,12 @@ async def test_a_client_without_url_elicitation_gets_the_url_in_the_tool_error(d
     assert refused.is_error
     url = f"{demo.broker.base}/account/delegation/graph"
     assert url in text_of(refused)
+    # A client of the handshake-era protocol: mcp_app is stateless, it cannot ask mid-call.
+    legacy = Elicited()
+    refused = await call_downstream(demo, alice["access_token"], legacy, mode="legacy")
+    assert refused.is_error
+    assert url in text_of(refused)
+    assert legacy.urls == []
     await asyncio.to_thread(sign_in_at_entra, demo, "alice", url)
     body = answer(await call_downstream(demo, alice["access_token"]))
     assert body["answer"]["userPrincipalName"] == demo.entra.user("alice").upn
