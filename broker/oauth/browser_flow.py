@@ -33,6 +33,7 @@ from broker.store.keys import digest
 from broker.store.records import PendingFlow, UpstreamLeg
 from broker.upstream_log import log_upstream_failure
 from providers.base import (
+    FormOrigins,
     Identity,
     PasswordProvider,
     Provider,
@@ -192,9 +193,26 @@ class BrowserFlow:
         self._providers = providers
         self._grants = grants
         self._throttle = throttle
+        # Capabilities found once: isinstance against a runtime-checkable protocol takes 15-30 µs
+        # (Python 3.11), and every step of every sign-in asked again.
+        self._sign_in: dict[str, SignInProvider] = {
+            key: p for key, p in providers.items() if isinstance(p, PasswordProvider | RedirectProvider)
+        }
+        self._passwords: dict[str, PasswordProvider] = {
+            key: p for key, p in self._sign_in.items() if isinstance(p, PasswordProvider)
+        }
+        self.form_origins: tuple[str, ...] = tuple(
+            o for p in self._sign_in.values() if isinstance(p, FormOrigins) for o in p.origins
+        )
+        """Where the sign-in providers' own forms post (the consent page's CSP form-action)."""
 
     def sign_in_providers(self) -> list[SignInProvider]:
-        return [p for p in self._providers.values() if isinstance(p, PasswordProvider | RedirectProvider)]
+        return list(self._sign_in.values())
+
+    def password_provider(self, provider: Provider) -> PasswordProvider | None:
+        """``provider`` if it takes a password (one of this flow's providers), else None."""
+        found = self._passwords.get(provider.id)
+        return found if found is provider else None
 
     async def start(self, auth: AuthorizationRequest) -> tuple[str, str]:
         """Store a validated request awaiting consent; its flow id and the consent form's CSRF token."""
@@ -248,8 +266,7 @@ class BrowserFlow:
         return Denied(None, resource.name if resource else None)
 
     def sign_in_provider(self, provider_id: str) -> SignInProvider | None:
-        provider = self._providers.get(provider_id)
-        return provider if isinstance(provider, PasswordProvider | RedirectProvider) else None
+        return self._sign_in.get(provider_id)
 
     async def consent(self, loaded: Loaded, provider: SignInProvider) -> Consented:
         """The user approved and chose ``provider``: on to the password form or upstream."""
@@ -264,7 +281,7 @@ class BrowserFlow:
             provider=provider.id,
             stage="before_login",
         )
-        if isinstance(provider, PasswordProvider):
+        if self.password_provider(provider) is not None or not isinstance(provider, RedirectProvider):
             if not await self._store.update_flow(flow_id, flow):
                 return Expired()
             return Redirect(f"{self._issuer}/login?flow={flow_id}", binding)

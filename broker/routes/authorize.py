@@ -18,7 +18,7 @@ from broker.oauth.browser_flow import SignInProvider, error_redirect
 from broker.redirect_rules import is_loopback_redirect
 from broker.routes import openapi
 from broker.routes.deps import SignInStepsDep
-from providers.base import EmailDomainHints, FormOrigins
+from providers.base import EmailDomainHints
 
 _log = structlog.get_logger("mcp_broker.authorize")
 
@@ -60,7 +60,7 @@ def router(base: str) -> APIRouter:
             return pages.error(request, "Sign-in unavailable", "No identity provider is configured.", status=503)
         response = pages.render(
             "consent.html",
-            form_targets=[auth.redirect_uri, *_provider_origins(providers)],
+            form_targets=[auth.redirect_uri, *flows.form_origins],
             flow_id=flow_id,
             csrf=csrf,
             client_name=client.client_name,
@@ -87,7 +87,3 @@ def _provider_for_hint(providers: list[SignInProvider], login_hint: str) -> str:
         if domain and isinstance(provider, EmailDomainHints) and domain in {d.lower() for d in provider.email_domains}:
             return provider.id
     return providers[0].id
-
-
-def _provider_origins(providers: list[SignInProvider]) -> list[str]:
-    return [o for p in providers if isinstance(p, FormOrigins) for o in p.origins]

@@ -12,7 +12,6 @@ from broker.routes.deps import SignInStepsDep
 from broker.routes.flow_pages import EXPIRED, finished
 from broker.routes.forms import read_page_form
 from broker.web.pages import Pages
-from providers.base import PasswordProvider
 
 
 def router(base: str) -> APIRouter:
@@ -42,8 +41,8 @@ def router(base: str) -> APIRouter:
             return pages.error(request, *EXPIRED)
         if not pages.csrf_ok(request, form.get("csrf"), approved.flow.csrf_hash):
             return pages.csrf_refused(request)
-        provider = approved.provider
-        if not isinstance(provider, PasswordProvider):
+        provider = flows.password_provider(approved.provider)
+        if provider is None:
             return pages.error(request, "Invalid request", "This sign-in option does not take a password.")
         username = form.get("username", "").strip()
         client_ip = request.client.host if request.client else None
