@@ -486,8 +486,10 @@ async def upstream_vault(store: Store) -> None:
     await asyncio.gather(store.revoke_grant(grant_id, "test"), store.put_upstream_tokens(grant_id, "late", 600))
     assert await store.get_upstream_tokens(grant_id) is None
     grant = await store.get_grant(grant_id)
-    assert grant is not None and grant.identity is not None
-    assert grant.identity.private is None and grant.identity.username == "alice"
+    assert grant is not None
+    assert grant.identity is not None
+    assert grant.identity.private is None
+    assert grant.identity.username == "alice"
     assert not await store.put_upstream_tokens(grant_id, "sealed-3", 600)
     # Gone at its own ttl, and never past the grant's expiry.
     await store.put_upstream_tokens(other, "sealed-4", 0.2)
