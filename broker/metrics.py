@@ -41,7 +41,9 @@ TOKEN_EXCHANGES = Histogram(
 
 
 SIGNALS = Counter(
-    "mcpb_signals", "Upstream signals (SCIM, back-channel logout, Shared Signals) by source and stage", ["source", "stage"]
+    "mcpb_signals",
+    "Upstream signals (SCIM, back-channel logout, Shared Signals) by source and stage",
+    ["source", "stage"],
 )
 SIGNAL_TO_REVOCATION = Histogram(
     "mcpb_signal_to_revocation_seconds",
