@@ -202,7 +202,7 @@ class Stream:
             raise SetRefused("invalid_request", "the SET header has a non-string kid")
         try:
             keys = await self.keys.candidates(kid, alg)
-        except UpstreamUnavailable:
+        except (UpstreamUnavailable, UpstreamRejected):
             raise SetRefused("invalid_key", "the transmitter's keys could not be fetched") from None
         if not keys:
             raise SetRefused("invalid_key", "no key of the transmitter's JWKS matches the SET")

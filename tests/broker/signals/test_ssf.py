@@ -18,13 +18,18 @@ from typing import Any
 import httpx
 import pytest
 from jose import jwt
+from pydantic import ValidationError
 
-from broker.devstack import RedisServer
+from broker.config import parse_config
+from broker.config.loader import ConfigError
+from broker.config.shared_signals import SharedSignalsConfig
+from broker.devstack import RedisServer, Slapd
+from broker.signals.ssf import Subject, subject_of
 from mcp_broker_verifier.redis_client import create_redis
 from mcp_broker_verifier.revocations import RevocationWatcher
 from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import RESOURCE, Broker, tokens_for
+from tests.broker.flows import RESOURCE, Broker, broker_yaml, tokens_for
 from tests.emulators.ssf import CAEP, POLL_TOKEN, RISC, SsfTransmitter, new_key
 
 ADMIN_TOKEN = "admin-" + "s" * 40
@@ -400,3 +405,62 @@ async def test_the_poller_backs_off_and_recovers(broker_factory: BrokerFactory, 
         transmitter.poll_status = 200
         async with verifier_for(setup.broker, redis_server) as verifier:
             await refused_within(verifier, alice["access_token"], bound=5.0)
+
+
+def test_stream_configuration_is_checked() -> None:
+    base = {"id": "okta", "provider": "demo-ldap", "issuer": "https://corp.okta.com"}
+    push = {**base, "delivery": "push", "push": {"authorization": PUSH_TOKEN}}
+    assert SharedSignalsConfig.model_validate({"streams": [push]}).streams[0].audience is None
+    for wrong in (
+        {**base, "delivery": "push"},  # no token
+        {**base, "delivery": "poll"},  # no poll endpoint
+        {**push, "push": {"authorization": "short"}},
+        {**push, "algorithms": ["HS256"]},
+        {**push, "algorithms": ["none"]},
+        {**push, "issuer": "http://corp.okta.com"},  # plain http off loopback
+        {**push, "id": "a/b"},
+    ):
+        with pytest.raises(ValidationError):
+            SharedSignalsConfig.model_validate({"streams": [wrong]})
+    with pytest.raises(ValidationError):
+        SharedSignalsConfig.model_validate({"streams": [push, push]})
+
+
+def test_a_stream_names_a_configured_provider(redis_server: RedisServer, slapd: Slapd) -> None:
+    transmitter = SsfTransmitter(audience="")
+    text = broker_yaml(
+        1,
+        redis_server.url,
+        slapd,
+        prefix="x",
+        extra=streams_yaml(transmitter).replace(
+            f"provider: {PROVIDER}\n      issuer: {transmitter.issuer}\n      delivery: poll",
+            f"provider: nobody\n      issuer: {transmitter.issuer}\n      delivery: poll",
+        ),
+    )
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text)
+    found = [(p.path, p.message) for p in refused.value.problems]
+    assert found == [("shared_signals.streams[1].provider", "no provider has id 'nobody'")]
+
+
+def test_subject_identifiers() -> None:
+    assert subject_of({"format": "email", "email": "a@x.com"}) == Subject(username="a@x.com")
+    assert subject_of({"format": "account", "uri": "acct:a@x.com"}) == Subject(username="a@x.com")
+    assert subject_of({"format": "iss_sub", "iss": "i", "sub": "s"}) == Subject(subject="s")
+    assert subject_of({"format": "opaque", "id": "o"}) == Subject(subject="o")
+    assert subject_of(
+        {"format": "complex", "user": {"format": "opaque", "id": "o"}, "session": {"format": "opaque", "id": "sid"}}
+    ) == Subject(subject="o", session="sid")
+    for unusable in (
+        None,
+        "a",
+        {},
+        {"format": "email"},
+        {"format": "phone_number", "phone_number": "+1"},
+        {"format": "account", "uri": "mailto:a"},
+        {"format": "complex"},
+        {"format": "opaque", "id": 5},
+        {"format": "opaque", "id": "x" * 600},
+    ):
+        assert subject_of(unusable) is None
