@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from broker.config import BrokerConfig
-from broker.devstack import Slapd
+from broker.devstack import Slapd, free_port
 from broker.oauth.pkce import s256
 
 RESOURCE_PORT = 8001
@@ -102,6 +102,12 @@ mappings:
 {mappings}
 {extra}
 """
+
+
+def fresh_broker_yaml(redis_url: str, slapd: Slapd, **options: str) -> tuple[int, str]:
+    """A free port and ``broker_yaml`` for it under a fresh key prefix; ``options`` as there."""
+    port = free_port()
+    return port, broker_yaml(port, redis_url, slapd, prefix=f"t{secrets.token_hex(6)}", **options)
 
 
 @dataclass

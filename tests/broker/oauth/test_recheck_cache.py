@@ -37,7 +37,7 @@ from broker.store.redis_store import RedisStore
 from providers.base import Identity, InvalidCredentials
 from providers.ldap.config import LdapProviderConfig
 from providers.ldap.provider import LdapProvider
-from tests.broker.flows import Broker, broker_yaml, refresh, tokens_for
+from tests.broker.flows import Broker, broker_yaml, fresh_broker_yaml, refresh, tokens_for
 from tests.broker.oauth.test_refresh_paths import as_admin, directory_user
 from tests.http import running
 
@@ -71,12 +71,9 @@ def brokers(
 ) -> Iterator[tuple[list[Broker], list[str]]]:
     """``count`` broker instances on one Redis key space (replicas), each with its own counting
     provider: the instances and the tally of directory lookups they made."""
-    port = free_port()
-    text = broker_yaml(
-        port,
+    port, text = fresh_broker_yaml(
         redis_server.url,
         slapd,
-        prefix=f"t{secrets.token_hex(6)}",
         tokens=f"  upstream_recheck_interval: {interval}",
         extra=f"admin:\n  token: {ADMIN_TOKEN}",
     )

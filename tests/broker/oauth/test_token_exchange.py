@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +20,8 @@ from structlog.testing import capture_logs
 
 from broker.app import create_app
 from broker.config import parse_config
-from broker.devstack import RedisServer, Slapd, free_port
-from tests.broker.flows import Broker, broker_yaml, exchange, login, register
+from broker.devstack import RedisServer, Slapd
+from tests.broker.flows import Broker, exchange, fresh_broker_yaml, login, register
 from tests.broker.oauth.test_refresh_paths import as_admin, directory_user, leave_group
 from tests.http import running
 
@@ -77,12 +76,9 @@ STATIC_AGENT = f"""  static_clients:
 @contextmanager
 def idp_broker(redis_server: RedisServer, slapd: Slapd, tokens: str = "") -> Iterator[Broker]:
     """A broker that issues ID-JAGs for the external server ``AS``; ``AGENT`` is a public client."""
-    port = free_port()
-    text = broker_yaml(
-        port,
+    port, text = fresh_broker_yaml(
         redis_server.url,
         slapd,
-        prefix=f"t{secrets.token_hex(6)}",
         mappings=MAPPINGS,
         extra=EXTERNAL,
         tokens=tokens,

@@ -6,7 +6,6 @@ URL; the vault is sealed at rest and gone with the grant."""
 
 from __future__ import annotations
 
-import secrets
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +16,9 @@ import redis
 
 from broker.app import create_app
 from broker.config import parse_config
-from broker.devstack import RedisServer, Slapd, free_port
+from broker.devstack import RedisServer, Slapd
 from broker.store.keys import Keys
-from tests.broker.flows import INTROSPECTOR_SECRET, Broker, broker_yaml
+from tests.broker.flows import INTROSPECTOR_SECRET, Broker, fresh_broker_yaml
 from tests.emulators.entra import CLIENT_ID, READERS, EntraEmulator
 from tests.http import running
 from tests.providers.entra.test_broker_flows import MAPPINGS, provider_yaml, tokens
@@ -65,12 +64,9 @@ delegation:
 
 @contextmanager
 def delegating_entra_broker(redis_server: RedisServer, slapd: Slapd, entra: EntraEmulator) -> Iterator[Broker]:
-    port = free_port()
-    text = broker_yaml(
-        port,
+    port, text = fresh_broker_yaml(
         redis_server.url,
         slapd,
-        prefix=f"t{secrets.token_hex(6)}",
         providers=provider_yaml(entra, "    delegated_access: true\n"),
         mappings=MAPPINGS,
         extra=delegation(entra),

@@ -24,7 +24,7 @@ from broker.config import parse_config
 from broker.config.delegation import OidcTargetConfig
 from broker.delegation.targets import DelegationRequest, InteractionRequired, TargetContext, TargetRefused
 from broker.delegation.upstream import UpstreamTarget
-from broker.devstack import RedisServer, Slapd, free_port
+from broker.devstack import RedisServer, Slapd
 from broker.oauth.grants import identity_from
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
@@ -35,7 +35,7 @@ from broker.store.redis_store import RedisStore
 from providers.base import Lifecycle
 from providers.registry import open_provider
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import INTROSPECTOR_SECRET, Broker, broker_yaml, refresh
+from tests.broker.flows import INTROSPECTOR_SECRET, Broker, fresh_broker_yaml, refresh
 from tests.http import running
 from tests.providers.oidc.op import TestOP
 from tests.providers.oidc.test_broker_flows import MAPPINGS, PROVIDER, OidcBroker, tokens_for
@@ -231,12 +231,9 @@ delegation:
 @contextmanager
 def exchanging_broker(redis_server: RedisServer, slapd: Slapd, op: TestOP) -> Iterator[OidcBroker]:
     client_id, secret = f"broker-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
-    port = free_port()
-    text = broker_yaml(
-        port,
+    port, text = fresh_broker_yaml(
         redis_server.url,
         slapd,
-        prefix=f"t{secrets.token_hex(6)}",
         providers=PROVIDERS.format(issuer=op.issuer, client_id=client_id, secret=secret),
         mappings=MAPPINGS,
         extra=DELEGATION,
