@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from broker.metrics_env import prepare
 
 # Before prometheus_client is first imported: the multiprocess storage served workers use.
@@ -138,8 +136,6 @@ class Recorder(AsgiConnection):
 
 
 async def run(args: argparse.Namespace, work: Path, redis: RedisServer, slapd: Slapd) -> None:
-    import uvicorn
-
     from broker.app import create_app
     from broker.config.loader import load_config
 
@@ -147,21 +143,7 @@ async def run(args: argparse.Namespace, work: Path, redis: RedisServer, slapd: S
     path = work / "broker.yaml"
     path.write_text(served.broker_config(port, 1, redis, slapd, "info", args.recheck_interval))
     app = create_app(load_config(path))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    serving = asyncio.create_task(server.serve())  # for the lifespan; the flows bypass HTTP
-    while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to await)
-        await asyncio.sleep(0.05)
-    async with httpx.AsyncClient() as client:
-        registered = await client.post(
-            f"http://127.0.0.1:{port}/register",
-            json={
-                "redirect_uris": [served.REDIRECT],
-                "token_endpoint_auth_method": "none",
-                "grant_types": ["authorization_code", "refresh_token"],
-                "application_type": "native",
-            },
-        )
-    client_id = registered.json()["client_id"]
+    server, serving, client_id = await served.serve_in_loop(app, port)  # for the lifespan; the flows bypass HTTP
 
     async def browser(n: int, count: int) -> None:
         conn = AsgiConnection(app, port)

@@ -153,6 +153,19 @@ def register_client(base: str) -> str:
     return str(response.json()["client_id"])
 
 
+async def serve_in_loop(app: Any, port: int) -> tuple[Any, asyncio.Task[None], str]:
+    """``app`` served by uvicorn on ``port`` in this event loop (for its lifespan and sign-ins),
+    and a public client registered there: the server (set ``should_exit`` and await the task to
+    stop it), its task and the client id. For the in-process benchmarks (flow_cpu, refresh_cpu)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to await)
+        await asyncio.sleep(0.05)
+    return server, serving, await asyncio.to_thread(register_client, f"http://127.0.0.1:{port}")
+
+
 # -- a small HTTP/1.1 client: a few microseconds of Python per request, unlike httpx -----------------
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 from starlette.types import Receive, Scope, Send
 
 from broker.metrics_env import prepare
@@ -179,8 +178,6 @@ async def asgi_post(
 
 
 async def whole(args: argparse.Namespace, work: Path, redis: RedisServer, slapd: Slapd) -> None:
-    import uvicorn
-
     from broker.app import create_app
     from broker.config.loader import load_config
 
@@ -189,21 +186,7 @@ async def whole(args: argparse.Namespace, work: Path, redis: RedisServer, slapd:
     path.write_text(served.broker_config(port, 1, redis, slapd, "info", 60))
     config = load_config(path)
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    serving = asyncio.create_task(server.serve())  # for the sign-ins; refreshes bypass it
-    while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to await)
-        await asyncio.sleep(0.05)
-    async with httpx.AsyncClient() as client:
-        registered = await client.post(
-            f"http://127.0.0.1:{port}/register",
-            json={
-                "redirect_uris": [served.REDIRECT],
-                "token_endpoint_auth_method": "none",
-                "grant_types": ["authorization_code", "refresh_token"],
-                "application_type": "native",
-            },
-        )
-    client_id = registered.json()["client_id"]
+    server, serving, client_id = await served.serve_in_loop(app, port)  # for the sign-ins; refreshes bypass it
     conn = served.Connection(port)
     tokens = [await served.sign_in(conn, client_id, served.USERS[n % 2]) for n in range(args.chains)]
     conn.close()
