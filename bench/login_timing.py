@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from _common import demo_ldap_config
 
 from broker.devstack import RedisServer, Slapd
 from broker.security.password_login import LoginOutcome, password_login
@@ -35,10 +36,7 @@ from broker.security.throttle import LoginThrottle
 from broker.store.keys import Keys
 from broker.store.redis_store import RedisStore
 from providers.base import ProviderError
-from providers.ldap.config import LdapProviderConfig
 from providers.ldap.provider import LdapProvider
-
-BASE = "dc=demo,dc=local"
 
 
 def report(times: dict[str, list[float]]) -> None:
@@ -98,17 +96,7 @@ async def main() -> None:
         slapd = Slapd(Path(work)).start()
         redis_server = RedisServer(Path(work), persist=False).start()
         redis = aioredis.Redis.from_url(redis_server.url)
-        provider = LdapProvider(
-            LdapProviderConfig(
-                id="demo-ldap",
-                display_name="Demo directory",
-                urls=[slapd.url],
-                bind_dn=slapd.service_dn,
-                bind_password=slapd.service_password,
-                user_base_dn=f"ou=people,{BASE}",
-                group_base_dn=f"ou=groups,{BASE}",
-            )
-        )
+        provider = LdapProvider(demo_ldap_config(slapd))
         try:
             print(f"phase 1, the LDAP provider alone ({slapd.url}); {args.attempts} attempts per kind, interleaved")
             report(

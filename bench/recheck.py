@@ -27,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from _common import demo_ldap_config
+
 from broker.devstack import RedisServer, Slapd
 from broker.oauth import recheck
 from broker.oauth.grants import identity_from, identity_record
@@ -37,10 +39,8 @@ from broker.store.client import create_redis
 from broker.store.keys import Keys
 from broker.store.redis_store import RedisStore
 from providers.base import Identity
-from providers.ldap.config import LdapProviderConfig
 from providers.ldap.provider import LdapProvider
 
-BASE = "dc=demo,dc=local"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -97,15 +97,7 @@ async def main(args: argparse.Namespace) -> None:
         client = create_redis(redis_server.url)
         providers: list[CountingLdap] = []
         try:
-            config = LdapProviderConfig(
-                id="demo-ldap",
-                display_name="Demo directory",
-                urls=[slapd.url],
-                bind_dn=slapd.service_dn,
-                bind_password=slapd.service_password,
-                user_base_dn=f"ou=people,{BASE}",
-                group_base_dn=f"ou=groups,{BASE}",
-            )
+            config = demo_ldap_config(slapd)
             providers = [CountingLdap(config) for _ in range(max(2, args.processes))]
             provider = providers[0]
             alice = await provider.lookup("alice")
