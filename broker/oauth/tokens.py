@@ -19,7 +19,7 @@ from jose import jwt
 
 from broker.oauth.sealing import Envelope
 from broker.oauth.signing import KeyRing
-from mcp_broker_verifier.jws import is_canonical_jws
+from mcp_broker_verifier.jws import unverified_header
 
 Kind = Literal["ac", "rt"]
 _HANDLE = re.compile(r"^(ac|rt)\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
@@ -103,13 +103,8 @@ def verify_access_token(keyring: KeyRing, token: str, *, issuer: str) -> dict[st
     """Claims of one of our own access tokens (signature, ``typ``, ``iss``, ``exp``), else None."""
     from jose.exceptions import JOSEError
 
-    if not is_canonical_jws(token):
-        return None
-    try:
-        header = jwt.get_unverified_header(token)
-    except JOSEError:
-        return None
-    if header.get("typ") != "at+jwt" or header.get("alg") not in ("ES256", "RS256"):
+    header = unverified_header(token)
+    if header is None or header.get("typ") != "at+jwt" or header.get("alg") not in ("ES256", "RS256"):
         return None
     key = next((k for k in keyring.jwks()["keys"] if k.get("kid") == header.get("kid")), None)
     if key is None or key.get("alg") != header["alg"]:

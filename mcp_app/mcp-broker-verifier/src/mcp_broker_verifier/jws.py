@@ -9,6 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from typing import Any
+
+from jose import jwt
+from jose.exceptions import JOSEError
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -17,6 +21,18 @@ def is_canonical_jws(token: str) -> bool:
     """Three non-empty base64url segments, each in its one canonical spelling."""
     segments = token.split(".")
     return len(segments) == 3 and all(_canonical_segment(s) for s in segments)
+
+
+def unverified_header(token: str) -> dict[str, Any] | None:
+    """The JOSE header of ``token`` when it is a canonical compact JWS whose header parses, else
+    None. Nothing is verified: the caller checks ``alg``, ``kid`` and ``typ``, then the signature."""
+    if not is_canonical_jws(token):
+        return None
+    try:
+        header: dict[str, Any] = jwt.get_unverified_header(token)
+    except JOSEError:
+        return None
+    return header
 
 
 def _canonical_segment(segment: str) -> bool:

@@ -25,7 +25,7 @@ from mcp.server.auth.provider import AccessToken
 
 from mcp_broker_verifier import jwks
 from mcp_broker_verifier.cache_metrics import CacheMetrics
-from mcp_broker_verifier.jws import is_canonical_jws
+from mcp_broker_verifier.jws import unverified_header
 
 ALLOWED_ALGORITHMS = ("ES256", "RS256")
 
@@ -142,11 +142,8 @@ class BrokerTokenVerifier:
         return None if self._revoked(access) else access
 
     async def _verify(self, token: str) -> dict[str, Any] | None:
-        if not is_canonical_jws(token):
-            return None
-        try:
-            header = jwt.get_unverified_header(token)
-        except JOSEError:
+        header = unverified_header(token)
+        if header is None:
             return None
         alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
         if (
