@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from joserfc import jwk, jwt
@@ -105,6 +105,30 @@ def at_hash(access_token: str, alg: str) -> str:
     return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode("ascii")
 
 
+async def signed_claims(
+    raw: str, keys: KeySet, *, algorithms: Sequence[str], accepted_typ: Collection[str], what: str = "ID token"
+) -> tuple[dict[str, Any], str]:
+    """The claims and ``alg`` of ``raw``, a JWT from the OP (``what``: an ID or a logout token),
+    before any claim check: its header's ``alg`` one of ``algorithms`` (the header is never trusted
+    alone), ``typ`` absent or in ``accepted_typ``, ``kid`` absent or a string, and its signature by
+    a key of ``keys`` for that ``kid`` and ``alg``."""
+    header = unverified_header(raw)
+    alg = header["alg"]
+    if alg not in algorithms:
+        raise UpstreamRejected(f"{what} signed with {alg[:20]!r}; accepted: {', '.join(algorithms)}")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in accepted_typ):
+        article = "an" if what[0] in "AEIOU" else "a"
+        raise UpstreamRejected(f"token of type {str(typ)[:40]!r} is not {article} {what}")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise UpstreamRejected(f"the {what} header has a non-string kid")
+    candidates = await keys.candidates(kid, alg)
+    if not candidates:
+        raise UpstreamRejected(f"no key of the OP's JWKS matches the {what} (kid {str(kid)[:80]!r}, {alg})")
+    return IdTokenVerifier._signed_claims(raw, candidates, alg, what), alg
+
+
 class IdTokenVerifier:
     """Verifies ID tokens issued by ``issuer`` to ``client_id``."""
 
@@ -132,20 +156,7 @@ class IdTokenVerifier:
         access_token: str | None = None,
     ) -> dict[str, Any]:
         """The verified claims; ``nonce`` None skips the nonce check (a refreshed ID token)."""
-        header = unverified_header(raw)
-        alg = header["alg"]
-        if alg not in algorithms:
-            raise UpstreamRejected(f"ID token signed with {alg[:20]!r}; accepted: {', '.join(algorithms)}")
-        typ = header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
-            raise UpstreamRejected(f"token of type {str(typ)[:40]!r} is not an ID token")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise UpstreamRejected("the ID token header has a non-string kid")
-        keys = await self.keys.candidates(kid, alg)
-        if not keys:
-            raise UpstreamRejected(f"no key of the OP's JWKS matches the ID token (kid {str(kid)[:80]!r}, {alg})")
-        claims = self._signed_claims(raw, keys, alg)
+        claims, alg = await signed_claims(raw, self.keys, algorithms=algorithms, accepted_typ=_ACCEPTED_TYP)
         self._check(claims, nonce)
         if access_token is not None and "at_hash" in claims:
             expected = at_hash(access_token, alg)
@@ -154,15 +165,15 @@ class IdTokenVerifier:
         return claims
 
     @staticmethod
-    def _signed_claims(raw: str, keys: Sequence[jwk.Key], alg: str) -> dict[str, Any]:
+    def _signed_claims(raw: str, keys: Sequence[jwk.Key], alg: str, what: str = "ID token") -> dict[str, Any]:
         for key in keys:
             try:
                 return dict(jwt.decode(raw, key, algorithms=[alg]).claims)
             except BadSignatureError:
                 continue
             except (JoseError, ValueError) as exc:
-                raise UpstreamRejected(f"ID token rejected: {type(exc).__name__}") from None
-        raise UpstreamRejected("the ID token signature does not verify")
+                raise UpstreamRejected(f"{what} rejected: {type(exc).__name__}") from None
+        raise UpstreamRejected(f"the {what} signature does not verify")
 
     def _check(self, claims: dict[str, Any], nonce: str | None) -> None:
         registry = jwt.JWTClaimsRegistry(
