@@ -110,6 +110,16 @@ def fresh_broker_yaml(redis_url: str, slapd: Slapd, **options: str) -> tuple[int
     return port, broker_yaml(port, redis_url, slapd, prefix=f"t{secrets.token_hex(6)}", **options)
 
 
+def notes_server_delegates(text: str) -> str:
+    """``text`` (from ``broker_yaml``) with its introspecting client ``notes-server`` also the MCP
+    server ``notes`` that delegation rules name."""
+    return text.replace(
+        "      introspection_resources: [notes]\n",
+        "      introspection_resources: [notes]\n      mcp_server: notes\n",
+        1,
+    )
+
+
 @dataclass
 class Broker:
     base: str

@@ -43,6 +43,7 @@ from tests.broker.flows import (
     broker_yaml,
     exchange,
     hidden_inputs,
+    notes_server_delegates,
     pkce_pair,
     register,
 )
@@ -153,11 +154,7 @@ def demo(
             mappings=ENTRA_MAPPINGS + OIDC_MAPPINGS,
             extra=delegation(entra),
         )
-        text = text.replace(
-            "      introspection_resources: [notes]\n",
-            "      introspection_resources: [notes]\n      mcp_server: notes\n",
-            1,
-        )
+        text = notes_server_delegates(text)
         config = parse_config(text)
         broker = Broker(config.issuer, config)
         stack.enter_context(running(create_broker(config), broker_port))

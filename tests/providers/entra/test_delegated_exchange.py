@@ -18,7 +18,7 @@ from broker.app import create_app
 from broker.config import parse_config
 from broker.devstack import RedisServer, Slapd
 from broker.store.keys import Keys
-from tests.broker.flows import INTROSPECTOR_SECRET, Broker, fresh_broker_yaml
+from tests.broker.flows import INTROSPECTOR_SECRET, Broker, fresh_broker_yaml, notes_server_delegates
 from tests.emulators.entra import CLIENT_ID, READERS, EntraEmulator
 from tests.http import running
 from tests.providers.entra.test_broker_flows import MAPPINGS, provider_yaml, tokens
@@ -71,11 +71,7 @@ def delegating_entra_broker(redis_server: RedisServer, slapd: Slapd, entra: Entr
         mappings=MAPPINGS,
         extra=delegation(entra),
     )
-    text = text.replace(
-        "      introspection_resources: [notes]\n",
-        "      introspection_resources: [notes]\n      mcp_server: notes\n",
-        1,
-    )
+    text = notes_server_delegates(text)
     config = parse_config(text)
     with running(create_app(config), port):
         entra.allow_redirect(f"{config.issuer}/callback/entra")

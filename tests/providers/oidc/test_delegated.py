@@ -35,7 +35,7 @@ from broker.store.redis_store import RedisStore
 from providers.base import Lifecycle
 from providers.registry import open_provider
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import INTROSPECTOR_SECRET, Broker, fresh_broker_yaml, refresh
+from tests.broker.flows import INTROSPECTOR_SECRET, Broker, fresh_broker_yaml, notes_server_delegates, refresh
 from tests.http import running
 from tests.providers.oidc.op import TestOP
 from tests.providers.oidc.test_broker_flows import MAPPINGS, PROVIDER, OidcBroker, tokens_for
@@ -238,11 +238,7 @@ def exchanging_broker(redis_server: RedisServer, slapd: Slapd, op: TestOP) -> It
         mappings=MAPPINGS,
         extra=DELEGATION,
     )
-    text = text.replace(
-        "      introspection_resources: [notes]\n",
-        "      introspection_resources: [notes]\n      mcp_server: notes\n",
-        1,
-    )
+    text = notes_server_delegates(text)
     config = parse_config(text)
     with running(create_app(config), port):
         broker = Broker(config.issuer, config)
