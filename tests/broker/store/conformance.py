@@ -14,30 +14,20 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+from broker.store import records
 from broker.store.base import RecheckClaim, Store
-from broker.store.records import (
-    AuthorizationCode,
-    BrowserSession,
-    ClientRegistration,
-    Consent,
-    Grant,
-    PendingFlow,
-    RefreshToken,
-    StoredIdentity,
-    UpstreamLeg,
-)
 
 Check = Callable[[Store], Awaitable[None]]
-IDENTITY = StoredIdentity(provider_id="ldap", subject="alice-sub", username="alice", groups=("readers",))
+IDENTITY = records.StoredIdentity(provider_id="ldap", subject="alice-sub", username="alice", groups=("readers",))
 
 
 def new_id() -> str:
     return secrets.token_hex(8)
 
 
-def a_grant(grant_id: str, subject: str = "alice-sub", lifetime: float = 600, **fields: object) -> Grant:
+def a_grant(grant_id: str, subject: str = "alice-sub", lifetime: float = 600, **fields: object) -> records.Grant:
     now = time.time()
-    return Grant(
+    return records.Grant(
         grant_id=grant_id,
         subject=subject,
         expires_at=now + lifetime,
@@ -53,8 +43,8 @@ def a_grant(grant_id: str, subject: str = "alice-sub", lifetime: float = 600, **
     )
 
 
-def a_code(code_hash: str, client_id: str = "client-1") -> AuthorizationCode:
-    return AuthorizationCode(
+def a_code(code_hash: str, client_id: str = "client-1") -> records.AuthorizationCode:
+    return records.AuthorizationCode(
         code_hash=code_hash,
         client_id=client_id,
         redirect_uri="http://127.0.0.1:9000/cb",
@@ -85,7 +75,7 @@ async def rotate(
 
 # -- clients -------------------------------------------------------------------------------------
 async def clients(store: Store) -> None:
-    client = ClientRegistration(
+    client = records.ClientRegistration(
         client_id="c1",
         client_name="One",
         redirect_uris=("http://127.0.0.1/cb",),
@@ -103,7 +93,7 @@ async def clients(store: Store) -> None:
 
 # -- flows ---------------------------------------------------------------------------------------
 async def flows(store: Store) -> None:
-    flow = PendingFlow(request={"client_id": "c1", "scopes": ["a"]}, csrf_hash="h", created_at=time.time())
+    flow = records.PendingFlow(request={"client_id": "c1", "scopes": ["a"]}, csrf_hash="h", created_at=time.time())
     await store.save_flow("f", flow, 600)
     assert await store.get_flow("f") == flow
     approved = flow.approve(provider="ldap", binding_hash="b", client_id="c1")
@@ -117,13 +107,13 @@ async def flows(store: Store) -> None:
 
 
 async def flows_are_taken_once(store: Store) -> None:
-    await store.save_flow("f", PendingFlow(approved=True, provider="ldap"), 600)
+    await store.save_flow("f", records.PendingFlow(approved=True, provider="ldap"), 600)
     taken = await asyncio.gather(*(store.take_flow("f") for _ in range(10)))
-    assert [t for t in taken if t is not None] == [PendingFlow(approved=True, provider="ldap")]
+    assert [t for t in taken if t is not None] == [records.PendingFlow(approved=True, provider="ldap")]
 
 
 async def flow_attempts(store: Store) -> None:
-    await store.save_flow("f", PendingFlow(), 600)
+    await store.save_flow("f", records.PendingFlow(), 600)
     counts = await asyncio.gather(*(store.count_flow_attempt("f") for _ in range(12)))
     assert sorted(counts) == list(range(1, 13))
     await store.take_flow("f")
@@ -133,7 +123,9 @@ async def flow_attempts(store: Store) -> None:
 
 async def upstream_pointers(store: Store) -> None:
     state = secrets.token_urlsafe(32)
-    await store.save_flow("f", PendingFlow(upstream=UpstreamLeg(data={"nonce": "n"}, state_hash="x")), 600)
+    await store.save_flow(
+        "f", records.PendingFlow(upstream=records.UpstreamLeg(data={"nonce": "n"}, state_hash="x")), 600
+    )
     await store.save_upstream_pointer(state, "f", 600)
     assert await store.get_upstream_pointer(state) == "f"
     assert await store.get_upstream_pointer(state) == "f"  # looking does not spend it
@@ -141,7 +133,9 @@ async def upstream_pointers(store: Store) -> None:
     taken = await asyncio.gather(*(store.take_upstream_pointer(state) for _ in range(10)))
     assert [t for t in taken if t is not None] == ["f"]  # single use
     assert await store.get_upstream_pointer(state) is None
-    assert (await store.get_flow("f") or PendingFlow()).upstream == UpstreamLeg(data={"nonce": "n"}, state_hash="x")
+    assert (await store.get_flow("f") or records.PendingFlow()).upstream == records.UpstreamLeg(
+        data={"nonce": "n"}, state_hash="x"
+    )
 
 
 # -- codes ---------------------------------------------------------------------------------------
@@ -181,9 +175,9 @@ async def grants(store: Store) -> None:
     assert await store.get_grant(grant_id) is None
     await store.create_grant(grant, "r1", 600, 600)
     assert await store.get_grant(grant_id) == grant
-    assert await store.get_refresh(grant_id, "r1") == RefreshToken("active")
+    assert await store.get_refresh(grant_id, "r1") == records.RefreshToken("active")
     assert await store.get_refresh(grant_id, "nope") is None
-    assert await store.get_grant_and_refresh(grant_id, "r1") == (grant, RefreshToken("active"))
+    assert await store.get_grant_and_refresh(grant_id, "r1") == (grant, records.RefreshToken("active"))
     assert await store.get_grant_and_refresh(new_id(), "r1") == (None, None)
     other = new_id()
     await store.create_grant(a_grant(other, subject=f"user-{grant_id}", lifetime=60), "r2", 60, 60)
@@ -203,12 +197,12 @@ async def rotation(store: Store) -> None:
     assert marker is not None
     assert marker.rotated
     assert marker.rotated_at > 0
-    assert await store.get_refresh(grant_id, "r2") == RefreshToken("active")
+    assert await store.get_refresh(grant_id, "r2") == records.RefreshToken("active")
     assert await store.get_successor(grant_id, "r1") == "sealed-2"
     assert await rotate(store, grant_id, "r1", "r3") == ("rotated", "sealed-2")  # a retry: the same answer
     assert await rotate(store, grant_id, "unknown", "r4") == ("unknown", "")
     assert await rotate(store, new_id(), "r1", "r4") == ("nogrant", "")
-    fresh = StoredIdentity(provider_id="ldap", subject="alice-sub", username="alice", groups=("writers",))
+    fresh = records.StoredIdentity(provider_id="ldap", subject="alice-sub", username="alice", groups=("writers",))
     result = await store.rotate_refresh(
         grant_id, "r2", "r5", successor="s5", new_ttl=600, rotated_ttl=600, scopes="notes:read", identity=fresh
     )
@@ -304,7 +298,7 @@ async def lock_ownership(store: Store) -> None:
 # -- sessions and consents -----------------------------------------------------------------------
 async def sessions(store: Store) -> None:
     token = secrets.token_urlsafe(32)
-    session = BrowserSession(subject="alice-sub", username="alice", provider="ldap", created_at=time.time())
+    session = records.BrowserSession(subject="alice-sub", username="alice", provider="ldap", created_at=time.time())
     assert await store.get_session(token) is None
     await store.save_session(token, session, 600)
     assert await store.get_session(token) == session
@@ -324,7 +318,7 @@ async def consents(store: Store) -> None:
         ("c1", "https://a.example", ("notes:read", "notes:write")),
         ("c2", "https://b.example", ("x",)),
     ]
-    assert all(isinstance(c, Consent) and c.at > 0 for c in found)
+    assert all(isinstance(c, records.Consent) and c.at > 0 for c in found)
     assert await store.forget_consent(subject, "c1", "https://a.example")
     assert not await store.forget_consent(subject, "c1", "https://a.example")
     assert [c.client_id for c in await store.consents(subject)] == ["c2"]

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import json
 
-from broker.store.records import (
-    AuthorizationCode,
-    BrowserSession,
-    ClientRegistration,
-    Consent,
-    Grant,
-    PendingFlow,
-    RefreshToken,
-)
+from broker.store import records
 
 IDENTITY = {
     "provider_id": "corp",
@@ -67,16 +59,18 @@ def stored(record: dict[str, object]) -> dict[str, object]:
 
 
 def test_a_code_reads_and_writes_the_old_json() -> None:
-    code = AuthorizationCode.from_json(stored(OLD_CODE))
+    code = records.AuthorizationCode.from_json(stored(OLD_CODE))
     assert code.redirect_uri_given is False
     assert code.scopes == ("notes:read", "notes:write")
     assert code.identity.username_is_unique
     assert code.to_json() == {k: v for k, v in OLD_CODE.items() if k not in NOT_READ}
-    assert AuthorizationCode.from_json({**OLD_CODE, "redirect_uri_given": None}).redirect_uri_given  # absent: given
+    assert records.AuthorizationCode.from_json(
+        {**OLD_CODE, "redirect_uri_given": None}
+    ).redirect_uri_given  # absent: given
 
 
 def test_a_grant_reads_and_writes_the_old_json_revoked_too() -> None:
-    grant = Grant.from_json(stored(OLD_GRANT))
+    grant = records.Grant.from_json(stored(OLD_GRANT))
     assert (grant.scope_list, grant.active, grant.identity and grant.identity.groups) == (
         ["notes:read", "notes:write"],
         True,
@@ -84,16 +78,18 @@ def test_a_grant_reads_and_writes_the_old_json_revoked_too() -> None:
     )
     assert grant.to_json() == {k: v for k, v in OLD_GRANT.items() if k not in NOT_READ}
     revoked = {**OLD_GRANT, "status": "revoked", "revoked_at": 1760000200.0, "revoked_reason": "admin"}
-    grant = Grant.from_json(stored(revoked))
+    grant = records.Grant.from_json(stored(revoked))
     assert (grant.status, grant.revoked_at) == ("revoked", 1760000200.0)
     assert grant.to_json() == {k: v for k, v in revoked.items() if k not in NOT_READ}
 
 
 def test_refresh_markers_old_and_new() -> None:
-    assert RefreshToken.from_json(json.loads(RefreshToken.ACTIVE_JSON)) == RefreshToken("active")
-    rotated = RefreshToken.from_json({"state": "rotated", "at": 1760000000.5})
+    assert records.RefreshToken.from_json(json.loads(records.RefreshToken.ACTIVE_JSON)) == records.RefreshToken(
+        "active"
+    )
+    rotated = records.RefreshToken.from_json({"state": "rotated", "at": 1760000000.5})
     assert (rotated.rotated, rotated.rotated_at, rotated.successor) == (True, 1760000000.5, None)
-    older = RefreshToken.from_json({"state": "rotated", "at": 1.0, "successor": "sealed"})  # before :next keys
+    older = records.RefreshToken.from_json({"state": "rotated", "at": 1.0, "successor": "sealed"})  # before :next keys
     assert older.successor == "sealed"
     assert older.to_json() == {"state": "rotated", "at": 1.0, "successor": "sealed"}
 
@@ -112,15 +108,15 @@ def test_flows_in_each_stage_round_trip() -> None:
         "upstream": {"data": None},
     }
     for record in (started, approved, upstream, unsealed, account, {"approved": True}):
-        assert PendingFlow.from_json(stored(record)).to_json() == record
-    flow = PendingFlow.from_json(started).approve(provider="corp", binding_hash="b", client_id="c1")
+        assert records.PendingFlow.from_json(stored(record)).to_json() == record
+    flow = records.PendingFlow.from_json(started).approve(provider="corp", binding_hash="b", client_id="c1")
     assert flow.to_json() == approved
 
 
 def test_sessions_consents_and_clients_round_trip() -> None:
     session = {"subject": "corp:123", "username": "alice", "provider": "corp", "created_at": 1760000000.5}
-    assert BrowserSession.from_json(stored(session)).to_json() == session
-    consent = Consent.from_json("c1 https://mcp.example.com", {"scopes": ["a", "b"], "at": 1760000000.5})
+    assert records.BrowserSession.from_json(stored(session)).to_json() == session
+    consent = records.Consent.from_json("c1 https://mcp.example.com", {"scopes": ["a", "b"], "at": 1760000000.5})
     assert (consent.client_id, consent.resource, consent.hash_field) == (
         "c1",
         "https://mcp.example.com",
@@ -139,4 +135,4 @@ def test_sessions_consents_and_clients_round_trip() -> None:
         "client_uri": None,
         "created_at": 1760000000,
     }
-    assert stored(ClientRegistration.from_json(stored(client)).to_json()) == client
+    assert stored(records.ClientRegistration.from_json(stored(client)).to_json()) == client
