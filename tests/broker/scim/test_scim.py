@@ -9,9 +9,8 @@ import asyncio
 import base64
 import json
 import secrets
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -20,11 +19,9 @@ import pytest
 
 from broker.devstack import RedisServer, Slapd
 from broker.devstack.slapd import ssha
-from mcp_broker_verifier.redis_client import create_redis
-from mcp_broker_verifier.revocations import RevocationWatcher
-from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import RESOURCE, Broker, refresh, tokens_for
+from tests.broker.flows import Broker, refresh, tokens_for
+from tests.broker.revocations import refused_within, verifier_for
 from tests.broker.scim.conftest import SCIM_CONFIG, SCIM_TOKEN, scim_client
 
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -284,27 +281,6 @@ def directory_user(slapd: Slapd, groups: tuple[str, ...]) -> Iterator[str]:
     finally:
         connection.delete(dn)  # memberof-refint drops the memberships
         connection.unbind()
-
-
-@asynccontextmanager
-async def verifier_for(broker: Broker, redis_server: RedisServer) -> AsyncIterator[BrokerTokenVerifier]:
-    """What mcp_app runs: the broker's JWKS and its revocation announcements on Redis."""
-    redis = create_redis(redis_server.url)
-    watcher = RevocationWatcher(redis, key_prefix=broker.config.redis.key_prefix)
-    await watcher.start()
-    async with httpx.AsyncClient() as http:
-        jwks = JwksCache(f"{broker.base}/jwks.json", http)
-        yield BrokerTokenVerifier(issuer=broker.base, resource=RESOURCE, jwks=jwks, revocations=watcher)
-    await watcher.stop()
-    await redis.aclose()
-
-
-async def refused_within(verifier: BrokerTokenVerifier, token: str, bound: float) -> float:
-    started = time.perf_counter()
-    while await verifier.verify_token(token) is not None:
-        assert time.perf_counter() - started < bound, "the verifier still accepts the token"
-        await asyncio.sleep(0.005)
-    return time.perf_counter() - started
 
 
 def access_subject(access_token: str) -> str:

@@ -5,13 +5,12 @@ Tokens the OP did not sign, or that are malformed, get 400 and change nothing.""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from html import unescape
 from typing import Any
 
@@ -19,12 +18,10 @@ import httpx
 from jose import jwt
 
 from broker.devstack import RedisServer
-from mcp_broker_verifier.redis_client import create_redis
-from mcp_broker_verifier.revocations import RevocationWatcher
-from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 from providers.oidc.config import OidcProviderConfig
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import REDIRECT, RESOURCE, Authorization, exchange, refresh
+from tests.broker.flows import REDIRECT, Authorization, exchange, refresh
+from tests.broker.revocations import refused_within, verifier_for
 from tests.providers.oidc.op import TestOP, query_of, sign_in
 from tests.providers.oidc.test_broker_flows import PROVIDER, OidcBroker, oidc_broker, start
 
@@ -87,27 +84,6 @@ def log_out_at_op(browser: httpx.Client, op: TestOP) -> None:
     assert done.status_code in (200, 302, 303), done.text
 
 
-@asynccontextmanager
-async def verifier_for(setup: OidcBroker, redis_server: RedisServer) -> AsyncIterator[BrokerTokenVerifier]:
-    """What mcp_app runs: the broker's JWKS and its revocation announcements on Redis."""
-    redis = create_redis(redis_server.url)
-    watcher = RevocationWatcher(redis, key_prefix=setup.broker.config.redis.key_prefix)
-    await watcher.start()
-    async with httpx.AsyncClient() as http:
-        jwks = JwksCache(f"{setup.broker.base}/jwks.json", http)
-        yield BrokerTokenVerifier(issuer=setup.broker.base, resource=RESOURCE, jwks=jwks, revocations=watcher)
-    await watcher.stop()
-    await redis.aclose()
-
-
-async def refused_within(verifier: BrokerTokenVerifier, token: str, bound: float) -> float:
-    started = time.perf_counter()
-    while await verifier.verify_token(token) is not None:
-        assert time.perf_counter() - started < bound, "the verifier still accepts the token"
-        await asyncio.sleep(0.005)
-    return time.perf_counter() - started
-
-
 def signals(setup: OidcBroker) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{setup.broker.base}/admin/signals",
@@ -126,7 +102,7 @@ async def test_logging_out_at_the_op_ends_the_mcp_session(
         tokens = signed_in(setup, browser, "alice")
         with setup.broker.client() as other_browser:  # bob, in a session of his own at the OP
             bob = signed_in(setup, other_browser, "bob")
-        async with verifier_for(setup, redis_server) as verifier:
+        async with verifier_for(setup.broker, redis_server) as verifier:
             assert await verifier.verify_token(tokens["access_token"]) is not None
             assert await verifier.verify_token(bob["access_token"]) is not None
             log_out_at_op(browser, op)  # the OP posts its logout token before it answers
@@ -150,7 +126,7 @@ async def test_a_logout_token_without_sid_ends_every_session_of_the_user(
         first = signed_in(setup, browser, "alice")
         with setup.broker.client() as elsewhere:  # alice again, in another OP session
             second = signed_in(setup, elsewhere, "alice")
-        async with verifier_for(setup, redis_server) as verifier:
+        async with verifier_for(setup.broker, redis_server) as verifier:
             log_out_at_op(browser, op)
             await refused_within(verifier, first["access_token"], REFUSAL_BOUND)
             await refused_within(verifier, second["access_token"], REFUSAL_BOUND)
