@@ -28,6 +28,7 @@ from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.services import Services
 from broker.signals.effects import SignalEffects
+from broker.signals.ssf import SsfReceiver
 from broker.store.base import Store
 from broker.store.client import RedisClient
 from broker.web.pages import Pages
@@ -63,6 +64,12 @@ class SignInSteps:
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.broker
     return services
+
+
+async def get_ssf(request: Request) -> SsfReceiver:
+    """The Shared Signals receiver; started (poll streams) and stopped in the app's lifespan."""
+    receiver: SsfReceiver = request.app.state.ssf
+    return receiver
 
 
 def _service(read: Callable[[Services], T]) -> Callable[[Request], Coroutine[Any, Any, T]]:
@@ -116,3 +123,4 @@ ExchangesDep = Annotated[TokenExchange, Depends(get_exchanges)]
 SignalsDep = Annotated[SignalEffects, Depends(get_signals)]
 TokenEndpointDep = Annotated[TokenEndpoint, Depends(get_token_endpoint)]
 SignInStepsDep = Annotated[SignInSteps, Depends(get_sign_in_steps)]
+SsfDep = Annotated[SsfReceiver, Depends(get_ssf)]

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from broker.routes import openapi
-from broker.signals.ssf import SetRefused, SsfReceiver
+from broker.routes.deps import SsfDep
+from broker.signals.ssf import SetRefused
 
 _BODY = {
     "requestBody": {
@@ -61,8 +62,7 @@ def router(base: str) -> APIRouter:
         status_code=202,
         openapi_extra=_BODY,
     )
-    async def ssf_push(stream_id: str, request: Request) -> Response:
-        receiver: SsfReceiver = request.app.state.ssf
+    async def ssf_push(stream_id: str, request: Request, receiver: SsfDep) -> Response:
         body = await request.body()
         try:
             await receiver.push(
