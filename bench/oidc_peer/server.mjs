@@ -17,6 +17,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
+import { memoryAdapter } from '../../tests/oidc-op/memory_adapter.mjs';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const moduleDir = process.env.OIDC_PROVIDER_DIR
   ?? path.resolve(here, '../../tests/oidc-op/node_modules/oidc-provider');
@@ -32,79 +34,7 @@ const HOST = '127.0.0.1';
 const issuer = `http://${HOST}:${port}`;
 const USERS = new Map([['alice', 'demo-alice'], ['bob', 'demo-bob']]);
 
-const store = new Map();
-const grantMembers = new Map();
-
-class MemoryAdapter {
-  constructor(model) {
-    this.model = model;
-  }
-
-  key(id) {
-    return `${this.model}:${id}`;
-  }
-
-  static read(key) {
-    const entry = store.get(key);
-    if (!entry) {
-      return undefined;
-    }
-    if (entry.expiresAt <= Date.now()) {
-      store.delete(key);
-      return undefined;
-    }
-    return entry.value;
-  }
-
-  static write(key, value, expiresIn) {
-    store.set(key, { value, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Infinity });
-  }
-
-  async upsert(id, payload, expiresIn) {
-    const key = this.key(id);
-    MemoryAdapter.write(key, payload, expiresIn);
-    if (payload.grantId) {
-      if (!grantMembers.has(payload.grantId)) {
-        grantMembers.set(payload.grantId, new Set());
-      }
-      grantMembers.get(payload.grantId).add(key);
-    }
-    if (payload.uid) {
-      MemoryAdapter.write(`sessionUid:${payload.uid}`, id, expiresIn);
-    }
-  }
-
-  async find(id) {
-    return MemoryAdapter.read(this.key(id));
-  }
-
-  async findByUid(uid) {
-    const id = MemoryAdapter.read(`sessionUid:${uid}`);
-    return id ? this.find(id) : undefined;
-  }
-
-  async findByUserCode() {
-    return undefined;
-  }
-
-  async consume(id) {
-    const payload = MemoryAdapter.read(this.key(id));
-    if (payload) {
-      payload.consumed = Math.floor(Date.now() / 1000);
-    }
-  }
-
-  async destroy(id) {
-    store.delete(this.key(id));
-  }
-
-  async revokeByGrantId(grantId) {
-    for (const key of grantMembers.get(grantId) ?? []) {
-      store.delete(key);
-    }
-    grantMembers.delete(grantId);
-  }
-}
+const MemoryAdapter = memoryAdapter();
 
 function signingKey(type, options, alg) {
   const { privateKey } = crypto.generateKeyPairSync(type, options);

@@ -28,6 +28,8 @@ import * as http from 'node:http';
 
 import { Provider } from 'oidc-provider';
 
+import { memoryAdapter } from './memory_adapter.mjs';
+
 const [configPath, readyPath] = process.argv.slice(2);
 if (!configPath || !readyPath) {
   console.error('usage: node server.mjs CONFIG.json READY.json');
@@ -56,85 +58,7 @@ const state = {
 // Storage shared by every Provider instance this program builds (they are rebuilt to rotate
 // keys), so sessions, grants, tokens and clients registered at run time survive a rotation.
 // The adapter interface is oidc-provider's documented one.
-const store = new Map();
-const grantMembers = new Map();
-const TOLERANCE = 15;
-
-class SharedAdapter {
-  constructor(model) {
-    this.model = model;
-  }
-
-  key(id) {
-    return `${this.model}:${id}`;
-  }
-
-  static read(key) {
-    const entry = store.get(key);
-    if (!entry) {
-      return undefined;
-    }
-    if (entry.expiresAt <= Date.now()) {
-      store.delete(key);
-      return undefined;
-    }
-    return entry.value;
-  }
-
-  static write(key, value, expiresIn) {
-    const expiresAt = expiresIn ? Date.now() + (expiresIn + TOLERANCE) * 1000 : Infinity;
-    store.set(key, { value, expiresAt });
-  }
-
-  async upsert(id, payload, expiresIn) {
-    const key = this.key(id);
-    SharedAdapter.write(key, payload, expiresIn);
-    if (payload.grantId) {
-      if (!grantMembers.has(payload.grantId)) {
-        grantMembers.set(payload.grantId, new Set());
-      }
-      grantMembers.get(payload.grantId).add(key);
-    }
-    if (payload.uid) {
-      SharedAdapter.write(`sessionUid:${payload.uid}`, id, expiresIn);
-    }
-    if (payload.userCode) {
-      SharedAdapter.write(`userCode:${payload.userCode}`, id, expiresIn);
-    }
-  }
-
-  async find(id) {
-    return SharedAdapter.read(this.key(id));
-  }
-
-  async findByUid(uid) {
-    const id = SharedAdapter.read(`sessionUid:${uid}`);
-    return id ? this.find(id) : undefined;
-  }
-
-  async findByUserCode(userCode) {
-    const id = SharedAdapter.read(`userCode:${userCode}`);
-    return id ? this.find(id) : undefined;
-  }
-
-  async consume(id) {
-    const payload = SharedAdapter.read(this.key(id));
-    if (payload) {
-      payload.consumed = Math.floor(Date.now() / 1000);
-    }
-  }
-
-  async destroy(id) {
-    store.delete(this.key(id));
-  }
-
-  async revokeByGrantId(grantId) {
-    for (const key of grantMembers.get(grantId) ?? []) {
-      store.delete(key);
-    }
-    grantMembers.delete(grantId);
-  }
-}
+const SharedAdapter = memoryAdapter({ tolerance: 15 });
 
 function withClientDefaults(client) {
   return {
