@@ -8,7 +8,7 @@ scim:
                                     # its base URL is {issuer}/scim/v2/corp-entra
       token: ${SCIM_ENTRA_TOKEN}    # the bearer token the provisioning service sends (>= 32 chars)
       subject: "{externalId}"       # optional: how a SCIM user maps onto the provider's subject
-      groups_source: false          # take this provider's groups from SCIM data (not yet supported)
+      groups_source: false          # true: this provider's groups come from the SCIM data
 ```
 
 A SCIM user is matched to the broker's grants through the provider's subject,
@@ -46,7 +46,7 @@ class ScimTenantConfig(_Section):
     )
     groups_source: bool = Field(
         default=False,
-        description="Take this provider's groups from SCIM data instead of the directory (not yet supported: must be false).",
+        description="Take this provider's groups from the SCIM data (group ids and displayNames) at sign-in and refresh instead of from the provider; a user inactive there cannot sign in.",
     )
 
     @field_validator("token")
@@ -64,13 +64,6 @@ class ScimTenantConfig(_Section):
             if not names or not names <= _FIELDS:
                 raise ValueError("the subject template names only {userName}, {externalId} or {id}, at least one")
         return template
-
-    @field_validator("groups_source")
-    @classmethod
-    def _not_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("groups_source: true is not supported yet (groups come from the provider)")
-        return value
 
     def token_digest(self) -> bytes:
         """What the broker keeps of the token: its SHA-256 (compared in constant time)."""

@@ -51,6 +51,7 @@ from broker.oauth.signing import KeyRing
 from broker.oauth.tokens import mint_access_token, new_grant_id
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
+from broker.scim.groups import GroupSource
 from broker.store.base import Store
 from broker.store.records import Grant
 from broker.upstream_log import log_upstream_failure
@@ -78,6 +79,7 @@ class AssertionGrant:
     verifier: IdJagVerifier
 
     def __post_init__(self) -> None:
+        self._groups = GroupSource(self.store, self.config.scim.tenants)
         for trusted in self.config.identity_assertion.trusted_issuers:
             provider = self.providers.get(trusted.provider)
             if trusted.groups_claim is None and not isinstance(provider, LookupProvider):
@@ -137,7 +139,10 @@ class AssertionGrant:
                 "assertion_replayed", client_id=client.client_id, issuer=jag.issuer, sub=jag.subject, jti=jag.jti[:200]
             )
             raise Refused("replayed", "The assertion was already used.", detail=f"jti {jag.jti[:200]!r} replayed")
-        identity = await self._identity(jag)
+        try:  # groups from SCIM where the provider takes them from there (scim.tenants[].groups_source)
+            identity = await self._groups.apply(await self._identity(jag))
+        except AccountDisabled:
+            raise Refused("disabled", "The assertion's user may not sign in.", detail="inactive in SCIM") from None
         decision = policy.evaluate(resource, identity)
         scopes = policy.narrow(resource, decision, jag.scopes)
         if requested is not None and requested.strip():

@@ -26,13 +26,14 @@ from broker.oauth.grants import GrantService, identity_from
 from broker.oauth.vault import Vault
 from broker.policy.holder import PolicyHolder
 from broker.security.compare import same_secret
-from broker.security.password_login import password_login
+from broker.security.password_login import LoginOutcome, password_login
 from broker.security.throttle import LoginThrottle
 from broker.store.base import Store
 from broker.store.keys import digest
 from broker.store.records import PendingFlow, UpstreamLeg
 from broker.upstream_log import log_upstream_failure
 from providers.base import (
+    AccountDisabled,
     FormOrigins,
     Identity,
     PasswordProvider,
@@ -339,6 +340,11 @@ class BrowserFlow:
     ) -> PasswordOutcome:
         client = approved.client
         outcome = await password_login(self._throttle, provider, username, password, client_ip)
+        if outcome.identity is not None:  # groups from SCIM where the provider takes them from there
+            try:
+                outcome = LoginOutcome(identity=await self._grants.groups.apply(outcome.identity))
+            except AccountDisabled as inactive:  # inactive in SCIM: refused as a disabled account
+                outcome = LoginOutcome(error=inactive)
         if outcome.retry_after:
             audit(
                 "login_failed",
@@ -473,9 +479,10 @@ class BrowserFlow:
     ) -> Identity:
         """The one exchange of an upstream callback for an identity (authorization and account flows)."""
         with UPSTREAM_LATENCY.labels(provider.id, "callback").time():
-            return await provider.handle_callback(
+            identity = await provider.handle_callback(
                 self.callback_url(provider), query, self._grants.open_flow_data(flow_id, sealed)
             )
+        return await self._grants.groups.apply(identity)  # SCIM's groups, or AccountDisabled if inactive there
 
     async def finish(self, loaded: Loaded, identity: Identity) -> Finished:
         """Signed in as ``identity``: spend the flow, apply the policy, issue a code or refuse."""

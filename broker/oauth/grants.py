@@ -41,6 +41,7 @@ from broker.oauth.tokens import mint_access_token, new_grant_id, new_handle, ope
 from broker.oauth.vault import Vault
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
+from broker.scim.groups import GroupSource
 from broker.store.base import Store
 from broker.store.keys import digest
 from broker.store.records import AuthorizationCode, Grant, RefreshToken, StoredIdentity
@@ -151,8 +152,12 @@ class GrantService:
     sealer: Sealer
     _rechecks: Rechecks = field(init=False)  # the upstream re-check, shared (broker.oauth.recheck)
     _memo: GrantMemo = field(default_factory=GrantMemo)  # grants this process just rotated
+    # Groups from SCIM for the providers that take them from there (scim.tenants[].groups_source):
+    # applied to every identity signing in (BrowserFlow) or looked at again (re-check, current_identity).
+    groups: GroupSource = field(init=False)
 
     def __post_init__(self) -> None:
+        self.groups = GroupSource(self.store, self.config.scim.tenants)
         self._rechecks = Rechecks(
             self.store,
             lambda: self.config.tokens.upstream_recheck_interval,
@@ -324,10 +329,10 @@ class GrantService:
         provider = self.providers.get(identity.provider_id)
         if provider is None:
             raise InvalidGrant(detail=f"provider {identity.provider_id} is no longer configured")
-        if not isinstance(provider, RefreshProvider):
-            return identity
         try:
-            return (await self._rechecks.check(provider, identity, grant.auth_time or 0)).identity
+            if isinstance(provider, RefreshProvider):
+                identity = (await self._rechecks.check(provider, identity, grant.auth_time or 0)).identity
+            return await self.groups.apply(identity)
         except (InvalidCredentials, AccountDisabled) as exc:
             await self.store.revoke_grant(grant.grant_id, "user_no_longer_valid")
             raise InvalidGrant(
@@ -542,20 +547,23 @@ class GrantService:
             # rotation wrote this identity: the vault holds the current one (broker.oauth.vault).
             identity = await Vault(self.store, self.sealer).current(grant.grant_id, identity)
         fresh: Identity | None = None
-        if refresher is not None:
-            try:
+        try:
+            if refresher is not None:
                 # Shared: concurrent refreshes of the user wait on one lookup, and its answer is
                 # kept for tokens.upstream_recheck_interval for every worker and replica. Only
                 # this refresh's own lookup is stored in its grant (private data included).
                 checked = await self._rechecks.check(refresher, identity, grant.auth_time or 0)
                 identity = checked.identity
                 fresh = identity if checked.looked_up else None
-            except (InvalidCredentials, AccountDisabled) as exc:
-                await self.store.revoke_grant(grant.grant_id, "user_no_longer_valid")
-                raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None
-            except ProviderError as exc:
-                log_upstream_failure(identity.provider_id, "refresh", exc)
-                raise TemporarilyUnavailable(detail=f"upstream re-check failed: {exc}") from None
+            if self.groups.applies(identity.provider_id):  # read after the shared answer, every refresh
+                identity = await self.groups.apply(identity)
+                fresh = identity if fresh is not None else None
+        except (InvalidCredentials, AccountDisabled) as exc:
+            await self.store.revoke_grant(grant.grant_id, "user_no_longer_valid")
+            raise InvalidGrant(detail=f"user {identity.username} no longer valid upstream: {exc}") from None
+        except ProviderError as exc:
+            log_upstream_failure(identity.provider_id, "refresh", exc)
+            raise TemporarilyUnavailable(detail=f"upstream re-check failed: {exc}") from None
         resource = self.policy.resource_for(grant.resource)
         if resource is None:
             raise InvalidGrant(detail=f"resource {grant.resource} is no longer configured")

@@ -19,6 +19,7 @@ from broker.policy.explain import explain, given_identity
 from broker.routes import openapi
 from broker.routes.deps import (
     ConfigDep,
+    GrantsDep,
     PoliciesDep,
     PolicyDep,
     ProvidersDep,
@@ -132,6 +133,7 @@ def router(base: str) -> APIRouter:
         config: ConfigDep,
         providers: ProvidersDep,
         policy: PolicyDep,
+        grants: GrantsDep,
         provider: str,
         user: str | None = None,
         groups: str | None = None,
@@ -146,7 +148,7 @@ def router(base: str) -> APIRouter:
             who = given_identity(settings, user, names)
         elif user and isinstance(upstream, LookupProvider):
             try:
-                who = await upstream.lookup(user)
+                who = await grants.groups.apply(await upstream.lookup(user))  # SCIM's groups with groups_source
             except ProviderError as exc:
                 log_upstream_failure(provider, "lookup", exc)
                 raise InvalidRequest(f"{exc.public} ({type(exc).__name__})") from None
