@@ -636,7 +636,22 @@ def python_phase(
     )
 
 
-WRK_SCRIPT = r"""
+# A refresh chain's request() in wrk: the next live token of the pool, POSTed to the URL's path
+# (/token); when the pool is empty, a token the target refuses, counted in ``empty``. wrk_chains.py's
+# script has it too.
+WRK_REQUEST = r"""function request()
+  local token = table.remove(pool)
+  if token == nil then
+    empty = empty + 1
+    token = "rt.pool-empty"
+  end
+  return wrk.format("POST", nil, headers, prefix .. token)
+end
+"""
+
+
+WRK_SCRIPT = (
+    r"""
 -- Refresh chains for wrk: each response's rotated refresh token feeds the next request.
 local threads, counter = {}, 0
 function setup(thread)
@@ -651,15 +666,9 @@ function init(args)
   for line in io.lines(args[1] .. "." .. id) do table.insert(pool, line) end
   headers = {["Content-Type"] = "application/x-www-form-urlencoded"}
 end
-function request()
-  local token = table.remove(pool)
-  if token == nil then
-    empty = empty + 1
-    token = "rt.pool-empty"
-  end
-  return wrk.format("POST", "/token", headers, prefix .. token)
-end
-function response(status, headers, body)
+"""
+    + WRK_REQUEST
+    + r"""function response(status, headers, body)
   local token = status == 200 and body:match('"refresh_token":"([^"]+)"')
   if token then
     ok = ok + 1
@@ -685,6 +694,7 @@ function done(summary, latency, requests)
   io.write("WRKSAMPLE " .. first:gsub("\n", " ") .. "\n")
 end
 """
+)
 
 
 WRK_SPARE = 4  # tokens per wrk thread beyond one per connection: wrk calls request() once more per thread

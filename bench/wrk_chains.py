@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from refresh import CpuWindow, snapshot
+from refresh import WRK_REQUEST, CpuWindow, snapshot
 
 from broker.devstack.process import ChildProcess
 
@@ -32,7 +32,8 @@ WRK_SPARE = 4  # tokens beyond one per connection: wrk calls request() once more
 # refresh.py's chain script, with refused rotations (400 invalid_grant) counted apart from other
 # failures: the pool of live tokens is per wrk thread, each response's successor goes back into it,
 # so a family has one request in flight and always continues with the token it was just given.
-WRK_SCRIPT = r"""
+WRK_SCRIPT = (
+    r"""
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 local pool = {}
@@ -42,15 +43,9 @@ function init(args)
   for line in io.lines(args[1]) do table.insert(pool, line) end
   headers = {["Content-Type"] = "application/x-www-form-urlencoded"}
 end
-function request()
-  local token = table.remove(pool)
-  if token == nil then
-    empty = empty + 1
-    token = "rt.pool-empty"
-  end
-  return wrk.format("POST", nil, headers, prefix .. token)
-end
-function response(status, headers, body)
+"""
+    + WRK_REQUEST
+    + r"""function response(status, headers, body)
   local token = status == 200 and body:match('"refresh_token":"([^"]+)"')
   if token then
     ok = ok + 1
@@ -77,6 +72,7 @@ function done(summary, latency, requests)
   io.write("WRKSAMPLE " .. first:gsub("\n", " ") .. "\n")
 end
 """
+)
 
 
 # -- measuring one target ---------------------------------------------------------------------------
