@@ -129,8 +129,9 @@ async def signed_claims(
     return IdTokenVerifier._signed_claims(raw, candidates, alg, what), alg
 
 
-class IdTokenVerifier:
-    """Verifies ID tokens issued by ``issuer`` to ``client_id``."""
+class OpJwtVerifier:
+    """What the checks of a JWT the OP issued to ``client_id`` start from (ID tokens, logout
+    tokens): the issuer, our client id, the OP's key set, and the clock with its leeway."""
 
     def __init__(
         self,
@@ -146,6 +147,10 @@ class IdTokenVerifier:
         self.keys = keys
         self.leeway = leeway
         self._clock = clock
+
+
+class IdTokenVerifier(OpJwtVerifier):
+    """Verifies ID tokens issued by ``issuer`` to ``client_id``."""
 
     async def verify(
         self,

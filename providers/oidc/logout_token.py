@@ -12,16 +12,14 @@ token is refused even without ``exp``: §2.4 lets the RP bound its age); ``exp``
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from providers.base import UpstreamRejected
-from providers.oidc.id_token import KeySet, signed_claims
+from providers.oidc.id_token import OpJwtVerifier, signed_claims
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
-LEEWAY = 60
 MAX_AGE = 300  # seconds: an iat older than this is refused (a logout token is sent at once)
 _ACCEPTED_TYP = {"logout+jwt", "application/logout+jwt", "jwt", "application/jwt"}
 
@@ -37,23 +35,10 @@ class LogoutToken:
     expires_at: float
 
 
-class LogoutTokenVerifier:
-    def __init__(
-        self,
-        issuer: str,
-        client_id: str,
-        keys: KeySet,
-        *,
-        leeway: int = LEEWAY,
-        max_age: int = MAX_AGE,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.issuer = issuer
-        self.client_id = client_id
-        self.keys = keys
-        self.leeway = leeway
-        self.max_age = max_age
-        self._clock = clock
+class LogoutTokenVerifier(OpJwtVerifier):
+    """Verifies logout tokens issued by ``issuer`` to ``client_id``."""
+
+    max_age = MAX_AGE
 
     async def verify(self, raw: str, *, algorithms: Sequence[str]) -> LogoutToken:
         claims, _ = await signed_claims(
