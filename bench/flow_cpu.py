@@ -39,6 +39,7 @@ from broker.metrics_env import prepare
 atexit.register(shutil.rmtree, prepare(), ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).parent))
 import refresh as served  # noqa: E402  (bench/refresh.py: its config and sign_in)
+from _common import run_with_services  # noqa: E402
 
 from broker.devstack import RedisServer, Slapd, free_port  # noqa: E402
 
@@ -218,16 +219,7 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout = log  # the broker's JSON lines go to a file, as when served
         configure_logging("info", "json")
         try:
-            redis, slapd = RedisServer(work, persist=False), Slapd(work)
-            redis.start()
-            slapd.start()
-            try:
-                import uvloop
-
-                uvloop.run(run(args, work, redis, slapd))
-            finally:
-                slapd.stop()
-                redis.stop()
+            run_with_services(work, lambda redis, slapd: run(args, work, redis, slapd))
         finally:
             sys.stdout = sys.__stdout__
             log.close()

@@ -40,6 +40,7 @@ from broker.metrics_env import prepare
 atexit.register(shutil.rmtree, prepare(), ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).parent))
 import refresh as served  # noqa: E402  (bench/refresh.py: its config, sign-in and HTTP client)
+from _common import run_with_services  # noqa: E402
 
 from broker.devstack import RedisServer, Slapd, free_port  # noqa: E402
 
@@ -248,16 +249,7 @@ def main(args: argparse.Namespace) -> int:
                 parts(args.rounds)
             if args.parts_only:
                 return 0
-            redis, slapd = RedisServer(work, persist=False), Slapd(work)
-            redis.start()
-            slapd.start()
-            try:
-                import uvloop
-
-                uvloop.run(whole(args, work, redis, slapd))
-            finally:
-                slapd.stop()
-                redis.stop()
+            run_with_services(work, lambda redis, slapd: whole(args, work, redis, slapd))
         finally:
             sys.stdout = sys.__stdout__
             log.close()
