@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +25,9 @@ from broker.config.loader import ConfigError
 from broker.config.shared_signals import SharedSignalsConfig
 from broker.devstack import RedisServer, Slapd
 from broker.signals.ssf import Subject, subject_of
-from mcp_broker_verifier.redis_client import create_redis
-from mcp_broker_verifier.revocations import RevocationWatcher
-from mcp_broker_verifier.verifier import BrokerTokenVerifier, JwksCache
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import RESOURCE, Broker, broker_yaml, tokens_for
+from tests.broker.flows import Broker, broker_yaml, tokens_for
+from tests.broker.revocations import refused_within, verifier_for
 from tests.emulators.ssf import CAEP, POLL_TOKEN, RISC, SsfTransmitter, new_key
 
 ADMIN_TOKEN = "admin-" + "s" * 40
@@ -89,26 +87,6 @@ def local_subject(access_token: str) -> str:
     return sub.removeprefix(PROVIDER + ":")
 
 
-@asynccontextmanager
-async def verifier_for(broker: Broker, redis_server: RedisServer) -> AsyncIterator[BrokerTokenVerifier]:
-    redis = create_redis(redis_server.url)
-    watcher = RevocationWatcher(redis, key_prefix=broker.config.redis.key_prefix)
-    await watcher.start()
-    async with httpx.AsyncClient() as http:
-        jwks = JwksCache(f"{broker.base}/jwks.json", http)
-        yield BrokerTokenVerifier(issuer=broker.base, resource=RESOURCE, jwks=jwks, revocations=watcher)
-    await watcher.stop()
-    await redis.aclose()
-
-
-async def refused_within(verifier: BrokerTokenVerifier, token: str, bound: float = BOUND) -> float:
-    started = time.perf_counter()
-    while await verifier.verify_token(token) is not None:
-        assert time.perf_counter() - started < bound, "the verifier still accepts the token"
-        await asyncio.sleep(0.005)
-    return time.perf_counter() - started
-
-
 def signals(broker: Broker) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{broker.base}/admin/signals",
@@ -145,7 +123,7 @@ async def test_each_revoking_event_ends_the_users_access_at_once(
             assert await verifier.verify_token(alice["access_token"]) is not None
             answer = setup.push(setup.transmitter.sign(event_type, event, sub_id=sub_id))
             assert answer.status_code == 202, answer.text
-            took = await refused_within(verifier, alice["access_token"])
+            took = await refused_within(verifier, alice["access_token"], BOUND)
             assert await verifier.verify_token(bob["access_token"]) is not None
         print(f"{event_type.rsplit('/', 1)[-1]}: refused {took * 1000:.1f} ms after the push returned")
         [record] = signals(setup.broker)
@@ -175,7 +153,7 @@ async def test_subject_formats(
         async with verifier_for(setup.broker, redis_server) as verifier:
             answer = setup.push(setup.transmitter.sign(RISC + "account-disabled", sub_id=named))
             assert answer.status_code == 202, answer.text
-            await refused_within(verifier, alice["access_token"])
+            await refused_within(verifier, alice["access_token"], BOUND)
 
 
 async def test_token_claims_change_reapplies_the_policy_with_the_new_groups(
@@ -195,7 +173,7 @@ async def test_token_claims_change_reapplies_the_policy_with_the_new_groups(
                 setup.transmitter.sign(CAEP + "token-claims-change", {"claims": {"groups": []}}, sub_id=sub_id)
             )
             assert answer.status_code == 202, answer.text
-            await refused_within(verifier, alice["access_token"])
+            await refused_within(verifier, alice["access_token"], BOUND)
         record, kept = signals(setup.broker)
         assert record["effect"] == kept["effect"] == "reapply_policy"
         assert len(record["revoked"]) == 1
@@ -342,7 +320,7 @@ async def test_bad_sets_get_the_rfc_8935_error_and_change_nothing(
             replayed = setup.push(good)
             assert replayed.status_code == 400
             assert replayed.json() == {"err": "invalid_request", "description": "the SET was already received (jti)"}
-            await refused_within(verifier, alice["access_token"])
+            await refused_within(verifier, alice["access_token"], BOUND)
         assert len(signals(setup.broker)) == 1
 
 
@@ -369,7 +347,7 @@ async def test_poll_delivery_handles_and_acknowledges(broker_factory: BrokerFact
                 transmitter.sign(RISC + "account-disabled", sub_id=bob_id, aud="https://elsewhere.example.com")
             )
             note = transmitter.enqueue(transmitter.sign(RISC + "identifier-changed", sub_id=bob_id))
-            await refused_within(verifier, alice["access_token"])
+            await refused_within(verifier, alice["access_token"], BOUND)
             deadline = time.monotonic() + BOUND
             while not (good in transmitter.acked and note in transmitter.acked and bad in transmitter.set_errs):
                 assert time.monotonic() < deadline, (transmitter.acked, transmitter.set_errs)
