@@ -3,6 +3,7 @@ folder first on ``sys.path``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,49 @@ def run_with_services(work: Path, main: Callable[[RedisServer, Slapd], Coroutine
     finally:
         slapd.stop()
         redis.stop()
+
+
+def http_scope(
+    method: str, path: str, headers: list[tuple[bytes, bytes]], *, query: bytes = b"", port: int = 80
+) -> dict[str, Any]:
+    """The ASGI scope of one HTTP/1.1 request from loopback to 127.0.0.1:``port``."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", port),
+    }
+
+
+async def asgi_request(
+    app: Callable[..., Any], scope: dict[str, Any], body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """``app`` answering one request in this process, with no server or socket: the status, the
+    response's headers and its body."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status, headers, chunks = 0, [], []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # no disconnect while the app answers
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = message.get("headers", [])
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, headers, b"".join(chunks)

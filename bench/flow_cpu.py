@@ -39,7 +39,7 @@ from broker.metrics_env import prepare
 atexit.register(shutil.rmtree, prepare(), ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).parent))
 import refresh as served  # noqa: E402  (bench/refresh.py: its config and sign_in)
-from _common import run_with_services  # noqa: E402
+from _common import asgi_request, http_scope, run_with_services  # noqa: E402
 
 from broker.devstack import RedisServer, Slapd, free_port  # noqa: E402
 
@@ -64,47 +64,19 @@ class AsgiConnection:
         raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
         if body or method == "POST":
             raw.append((b"content-length", str(len(body)).encode()))
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode("latin-1"),
-            "root_path": "",
-            "headers": raw,
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", self.port),
-        }
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        status, fields, cookies, chunks = 0, {}, {}, []
-
-        async def receive() -> dict[str, Any]:
-            if messages:
-                return messages.pop()
-            await asyncio.Event().wait()  # no disconnect while the app answers
-            raise AssertionError
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                for name, value in message.get("headers", []):
-                    name, value = name.decode("latin-1").lower(), value.decode("latin-1")
-                    if name == "set-cookie":
-                        cookie_name, _, rest = value.partition("=")
-                        cookies[cookie_name] = rest.partition(";")[0]
-                    fields[name] = value
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await self.app(scope, receive, send)
+        scope = http_scope(method, path, raw, query=query.encode("latin-1"), port=self.port)
+        status, answered, content = await asgi_request(self.app, scope, body)
+        fields, cookies = {}, {}
+        for name, value in answered:
+            name, value = name.decode("latin-1").lower(), value.decode("latin-1")
+            if name == "set-cookie":
+                cookie_name, _, rest = value.partition("=")
+                cookies[cookie_name] = rest.partition(";")[0]
+            fields[name] = value
         if self.steps is not None:
             step = f"{method} {path}" if path != "/token" else "POST /token (code)"
             self.steps[step].append(time.process_time() - began)
-        return served.Reply(status, fields, cookies, b"".join(chunks))
+        return served.Reply(status, fields, cookies, content)
 
 
 class CannedConnection:

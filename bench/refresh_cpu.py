@@ -40,7 +40,7 @@ from broker.metrics_env import prepare
 atexit.register(shutil.rmtree, prepare(), ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).parent))
 import refresh as served  # noqa: E402  (bench/refresh.py: its config, sign-in and HTTP client)
-from _common import run_with_services  # noqa: E402
+from _common import asgi_request, http_scope, run_with_services  # noqa: E402
 
 from broker.devstack import RedisServer, Slapd, free_port  # noqa: E402
 
@@ -140,42 +140,13 @@ def parts(count: int) -> None:
 async def asgi_post(
     app: ASGIApp, path: str, body: bytes, content_type: bytes = b"application/x-www-form-urlencoded"
 ) -> tuple[int, bytes]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    status, chunks = 0, []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.Event().wait()  # no disconnect while the app answers
-        raise AssertionError
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return status, b"".join(chunks)
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    status, _, answer = await asgi_request(app, http_scope("POST", path, headers), body)
+    return status, answer
 
 
 async def whole(args: argparse.Namespace, work: Path, redis: RedisServer, slapd: Slapd) -> None:
