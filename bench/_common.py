@@ -4,7 +4,10 @@ folder first on ``sys.path``."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,24 @@ def demo_ldap_config(slapd: Slapd) -> LdapProviderConfig:
         user_base_dn=f"ou=people,{BASE}",
         group_base_dn=f"ou=groups,{BASE}",
     )
+
+
+@contextmanager
+def work_dir_logging_to_file(prefix: str) -> Iterator[Path]:
+    """A temporary work directory; inside, stdout (the broker's JSON log lines, as when served) goes
+    to broker.log there."""
+    from broker.log import configure_logging
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        log = (work / "broker.log").open("w")
+        sys.stdout = log
+        configure_logging("info", "json")
+        try:
+            yield work
+        finally:
+            sys.stdout = sys.__stdout__
+            log.close()
 
 
 def run_with_services(work: Path, main: Callable[[RedisServer, Slapd], Coroutine[Any, Any, None]]) -> None:

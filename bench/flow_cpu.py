@@ -25,7 +25,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,7 +38,7 @@ from broker.metrics_env import prepare
 atexit.register(shutil.rmtree, prepare(), ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).parent))
 import refresh as served  # noqa: E402  (bench/refresh.py: its config and sign_in)
-from _common import asgi_request, http_scope, run_with_services  # noqa: E402
+from _common import asgi_request, http_scope, run_with_services, work_dir_logging_to_file  # noqa: E402
 
 from broker.devstack import RedisServer, Slapd, free_port  # noqa: E402
 
@@ -183,18 +182,8 @@ async def run(args: argparse.Namespace, work: Path, redis: RedisServer, slapd: S
 
 
 def main(args: argparse.Namespace) -> int:
-    from broker.log import configure_logging
-
-    with tempfile.TemporaryDirectory(prefix="mcpb-flow-cpu-") as tmp:
-        work = Path(tmp)
-        log = (work / "broker.log").open("w")
-        sys.stdout = log  # the broker's JSON lines go to a file, as when served
-        configure_logging("info", "json")
-        try:
-            run_with_services(work, lambda redis, slapd: run(args, work, redis, slapd))
-        finally:
-            sys.stdout = sys.__stdout__
-            log.close()
+    with work_dir_logging_to_file("mcpb-flow-cpu-") as work:
+        run_with_services(work, lambda redis, slapd: run(args, work, redis, slapd))
     print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}")
     return 0
 

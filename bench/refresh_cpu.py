@@ -40,7 +40,7 @@ from broker.metrics_env import prepare
 atexit.register(shutil.rmtree, prepare(), ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).parent))
 import refresh as served  # noqa: E402  (bench/refresh.py: its config, sign-in and HTTP client)
-from _common import asgi_request, http_scope, run_with_services  # noqa: E402
+from _common import asgi_request, http_scope, run_with_services, work_dir_logging_to_file  # noqa: E402
 
 from broker.devstack import RedisServer, Slapd, free_port  # noqa: E402
 
@@ -208,22 +208,12 @@ async def whole(args: argparse.Namespace, work: Path, redis: RedisServer, slapd:
 
 
 def main(args: argparse.Namespace) -> int:
-    from broker.log import configure_logging
-
-    with tempfile.TemporaryDirectory(prefix="mcpb-cpu-") as tmp:
-        work = Path(tmp)
-        log = (work / "broker.log").open("w")
-        sys.stdout = log  # the broker's JSON lines go to a file, as when served
-        configure_logging("info", "json")
-        try:
-            if not args.whole_only:
-                parts(args.rounds)
-            if args.parts_only:
-                return 0
-            run_with_services(work, lambda redis, slapd: whole(args, work, redis, slapd))
-        finally:
-            sys.stdout = sys.__stdout__
-            log.close()
+    with work_dir_logging_to_file("mcpb-cpu-") as work:
+        if not args.whole_only:
+            parts(args.rounds)
+        if args.parts_only:
+            return 0
+        run_with_services(work, lambda redis, slapd: whole(args, work, redis, slapd))
     command = " ".join([os.path.relpath(sys.executable), *sys.argv])
     print(f"command: {command}")
     return 0
