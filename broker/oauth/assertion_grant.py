@@ -48,7 +48,7 @@ from broker.oauth.grants import identity_record
 from broker.oauth.id_jag import JWT_BEARER, IdJag, IdJagVerifier, Refused
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
-from broker.oauth.tokens import mint_access_token, new_grant_id
+from broker.oauth.tokens import mint_for_grant, new_grant_id
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
 from broker.scim.groups import GroupSource
@@ -250,18 +250,7 @@ class AssertionGrant:
             policy_version=policy_version,
         )
         await self.store.create_grant(grant, "none", ttl, ttl)
-        access = mint_access_token(
-            self.keyring,
-            issuer=self.config.issuer,
-            subject=grant.subject,
-            client_id=client.client_id,
-            resource=resource.uri,
-            scopes=scopes,
-            grant_id=grant.grant_id,
-            ttl=ttl,
-            auth_time=grant.auth_time,
-            now=now,
-        )
+        access = mint_for_grant(self.keyring, issuer=self.config.issuer, grant=grant, scopes=scopes, ttl=ttl, now=now)
         TOKENS_ISSUED.inc()
         audit(
             "assertion_redeemed",

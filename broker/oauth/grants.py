@@ -37,7 +37,7 @@ from broker.oauth.id_token import mint_id_token
 from broker.oauth.recheck import Rechecks
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
-from broker.oauth.tokens import mint_access_token, new_grant_id, new_handle, open_for, parse_handle, seal_for
+from broker.oauth.tokens import mint_for_grant, new_grant_id, new_handle, open_for, parse_handle, seal_for
 from broker.oauth.vault import Vault
 from broker.policy import Policy
 from broker.policy.holder import PolicyHolder
@@ -171,17 +171,7 @@ class GrantService:
 
     def _token_response(self, grant: Grant, scopes: list[str], refresh: str | None) -> dict[str, Any]:
         ttl = self.config.tokens.access_token_ttl
-        access = mint_access_token(
-            self.keyring,
-            issuer=self.config.issuer,
-            subject=grant.subject,
-            client_id=grant.client_id,
-            resource=grant.resource,
-            scopes=scopes,
-            grant_id=grant.grant_id,
-            ttl=ttl,
-            auth_time=grant.auth_time,
-        )
+        access = mint_for_grant(self.keyring, issuer=self.config.issuer, grant=grant, scopes=scopes, ttl=ttl)
         body: dict[str, Any] = {
             "access_token": access.token,
             "token_type": "Bearer",

@@ -19,6 +19,7 @@ from jose import jwt
 
 from broker.oauth.sealing import Envelope
 from broker.oauth.signing import KeyRing
+from broker.store.records import Grant
 from mcp_broker_verifier.jws import unverified_header
 
 Kind = Literal["ac", "rt"]
@@ -97,6 +98,30 @@ def mint_access_token(
     if auth_time is not None:
         claims["auth_time"] = auth_time
     return AccessToken(token=key.sign_jwt(claims, typ="at+jwt"), expires_at=issued + ttl, jti=jti)
+
+
+def mint_for_grant(
+    keyring: KeyRing,
+    *,
+    issuer: str,
+    grant: Grant,
+    scopes: list[str] | tuple[str, ...] | frozenset[str],
+    ttl: int,
+    now: float | None = None,
+) -> AccessToken:
+    """An access token of ``grant``: its subject, client, resource (the audience) and sign-in time."""
+    return mint_access_token(
+        keyring,
+        issuer=issuer,
+        subject=grant.subject,
+        client_id=grant.client_id,
+        resource=grant.resource,
+        scopes=scopes,
+        grant_id=grant.grant_id,
+        ttl=ttl,
+        auth_time=grant.auth_time,
+        now=now,
+    )
 
 
 def verify_access_token(keyring: KeyRing, token: str, *, issuer: str) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from broker.audit import audit
 from broker.config.delegation import EntraTargetConfig, OidcTargetConfig
 from broker.config.models import BrokerConfig
 from broker.metrics import LOGINS
-from broker.oauth.browser_flow import DELEGATION_PURPOSE, Unavailable
+from broker.oauth.browser_flow import DELEGATION_PURPOSE, BrowserFlow, Unavailable
 from broker.routes.deps import (
     ClientsDep,
     ConfigDep,
@@ -106,6 +106,19 @@ async def start_session(store: Store, pages: Pages, config: BrokerConfig, identi
     )
     response = pages.redirect(f"{config.issuer}/account")
     pages.set_session(response, token)
+    return response
+
+
+async def _to_provider(
+    request: Request, pages: Pages, flows: BrowserFlow, provider: RedirectProvider, purpose: str = "account"
+) -> Response:
+    """Start an account-page sign-in at ``provider`` (bound to this browser), or say it is unavailable."""
+    started = await flows.account_sign_in(provider, purpose=purpose)
+    if isinstance(started, Unavailable):
+        return pages.error(request, "Sign-in unavailable", started.public, status=503)
+    assert started.binding is not None
+    response = pages.redirect(started.url)
+    pages.set_flow(response, started.binding)
     return response
 
 
@@ -205,13 +218,7 @@ def router(base: str) -> APIRouter:
             LOGINS.labels(provider.id, "success").inc()
             return await start_session(store, pages, config, identity)
         if isinstance(provider, RedirectProvider):
-            started = await flows.account_sign_in(provider)
-            if isinstance(started, Unavailable):
-                return pages.error(request, "Sign-in unavailable", started.public, status=503)
-            assert started.binding is not None
-            response = pages.redirect(started.url)
-            pages.set_flow(response, started.binding)
-            return response
+            return await _to_provider(request, pages, flows, provider)
         return _login_page(pages, providers, error="Choose one of the sign-in options offered.", status=400)
 
     @api.get("/delegation/{target_id}")
@@ -224,13 +231,7 @@ def router(base: str) -> APIRouter:
         provider = providers.get(target.provider) if isinstance(target, EntraTargetConfig | OidcTargetConfig) else None
         if target is None or not isinstance(provider, RedirectProvider):
             return pages.error(request, "Not found", "There is no such connection to renew.", status=404)
-        started = await flows.account_sign_in(provider, purpose=DELEGATION_PURPOSE + target.id)
-        if isinstance(started, Unavailable):
-            return pages.error(request, "Sign-in unavailable", started.public, status=503)
-        assert started.binding is not None
-        response = pages.redirect(started.url)
-        pages.set_flow(response, started.binding)
-        return response
+        return await _to_provider(request, pages, flows, provider, purpose=DELEGATION_PURPOSE + target.id)
 
     @api.post("/revoke")
     async def revoke(

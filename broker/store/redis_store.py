@@ -78,11 +78,23 @@ end
 return {'missing', ''}
 """
 
+# A SCIM resource's old index entries (KEYS[3][ARGV[1]]) dropped from the index (KEYS[2]) where it
+# still holds them; shared by the save and delete scripts.
+_SCIM_UNINDEX = """
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if old then
+  for _, entry in ipairs(cjson.decode(old)) do
+    if redis.call('HGET', KEYS[2], entry) == ARGV[1] then redis.call('HDEL', KEYS[2], entry) end
+  end
+end
+"""
+
 # SCIM resources of one tenant and kind. KEYS: the resources, the index, each resource's entries
 # (one slot). ARGV: id, record, '1' to create, the entries as a JSON array, the record the change
 # was made from ('' for none). Uniqueness, existence, staleness and the swap of the old entries for
 # the new are one step.
-_SCIM_SAVE = """
+_SCIM_SAVE = (
+    """
 local exists = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
 if ARGV[3] == '1' and exists then return 'conflict' end
 if ARGV[3] ~= '1' and not exists then return 'missing' end
@@ -92,29 +104,24 @@ for _, entry in ipairs(entries) do
   local holder = redis.call('HGET', KEYS[2], entry)
   if holder and holder ~= ARGV[1] then return 'conflict' end
 end
-local old = redis.call('HGET', KEYS[3], ARGV[1])
-if old then
-  for _, entry in ipairs(cjson.decode(old)) do
-    if redis.call('HGET', KEYS[2], entry) == ARGV[1] then redis.call('HDEL', KEYS[2], entry) end
-  end
-end
-for _, entry in ipairs(entries) do redis.call('HSET', KEYS[2], entry, ARGV[1]) end
+"""
+    + _SCIM_UNINDEX
+    + """for _, entry in ipairs(entries) do redis.call('HSET', KEYS[2], entry, ARGV[1]) end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 'ok'
 """
+)
 
-_SCIM_DELETE = """
+_SCIM_DELETE = (
+    """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-local old = redis.call('HGET', KEYS[3], ARGV[1])
-if old then
-  for _, entry in ipairs(cjson.decode(old)) do
-    if redis.call('HGET', KEYS[2], entry) == ARGV[1] then redis.call('HDEL', KEYS[2], entry) end
-  end
-end
-redis.call('HDEL', KEYS[3], ARGV[1])
+"""
+    + _SCIM_UNINDEX
+    + """redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
+)
 
 _ROTATE = """
 local grant = redis.call('GET', KEYS[1])
