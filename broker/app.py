@@ -129,10 +129,8 @@ def create_app(
         documents = MetadataDocuments(config.registration)
         policies = PolicyHolder(config)
         clients = ClientRegistry(config.registration, store, documents, issuer=config.issuer)
-        grants = GrantService(
-            config, store, keyring, policies, upstreams, Sealer(kek.get_secret_value() if kek else None)
-        )
-        sealer = Sealer(kek.get_secret_value() if kek else None)
+        sealer = Sealer(kek.get_secret_value() if kek else None)  # one envelope for every sealed identity and token
+        grants = GrantService(config, store, keyring, policies, upstreams, sealer)
         assertions = AssertionGrant(
             config,
             store,
@@ -150,6 +148,8 @@ def create_app(
             window=config.login_protection.window,
             failure_floor=config.login_protection.failure_floor,
         )
+        signals = SignalEffects(store, lambda: policies.current, grants.current_identity)
+        ssf = SsfReceiver(config.shared_signals, config.issuer, store, signals)
         app.state.broker = Services(
             config=config,
             redis=client,
@@ -172,10 +172,10 @@ def create_app(
             flows=BrowserFlow(config, store, clients, policies, upstreams, grants, throttle),
             assertions=assertions,
             exchanges=_exchanges(config, store, keyring, policies, grants, sealer, upstreams),
-            signals=SignalEffects(store, lambda: policies.current, grants.current_identity),
+            signals=signals,
+            ssf=ssf,
         )
-        app.state.ssf = SsfReceiver(config.shared_signals, config.issuer, store, app.state.broker.signals)
-        await app.state.ssf.start()  # the poll streams' pollers
+        await ssf.start()  # the poll streams' pollers
         try:
             await keyring.refresh()
         except Exception as exc:  # readiness reports it; the process stays up to say so
@@ -191,7 +191,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await app.state.ssf.aclose()
+            await ssf.aclose()
             await documents.aclose()
             await assertions.aclose()
             for provider in upstreams.values():

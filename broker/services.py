@@ -19,6 +19,7 @@ from broker.policy.holder import PolicyHolder
 from broker.security.rate_limit import RateLimit
 from broker.security.throttle import LoginThrottle
 from broker.signals.effects import SignalEffects
+from broker.signals.ssf import SsfReceiver
 from broker.store.base import Store
 from broker.store.client import RedisClient
 from broker.web.pages import Pages
@@ -44,6 +45,7 @@ class Services:
     assertions: AssertionGrant  # the jwt-bearer grant for ID-JAGs from trusted IdPs
     exchanges: TokenExchange  # RFC 8693 token exchange (ID token -> ID-JAG)
     signals: SignalEffects  # what upstream signals (SCIM, back-channel logout, SSF) do to grants
+    ssf: SsfReceiver  # Shared Signals push receiver and poll streams (started and stopped in the lifespan)
 
     @property
     def policy(self) -> Policy:

@@ -66,12 +66,6 @@ def get_services(request: Request) -> Services:
     return services
 
 
-async def get_ssf(request: Request) -> SsfReceiver:
-    """The Shared Signals receiver; started (poll streams) and stopped in the app's lifespan."""
-    receiver: SsfReceiver = request.app.state.ssf
-    return receiver
-
-
 def _service(read: Callable[[Services], T]) -> Callable[[Request], Coroutine[Any, Any, T]]:
     """A dependency answering one of the ``Services``: ``read`` picks it."""
 
@@ -99,6 +93,7 @@ get_flows = _service(lambda s: s.flows)
 get_assertions = _service(lambda s: s.assertions)
 get_exchanges = _service(lambda s: s.exchanges)
 get_signals = _service(lambda s: s.signals)
+get_ssf = _service(lambda s: s.ssf)
 get_token_endpoint = _service(lambda s: TokenEndpoint(s.clients, s.grants, s.exchanges, s.assertions))
 get_sign_in_steps = _service(lambda s: SignInSteps(s.pages, s.flows, s.policies.current, s.config, s.clients))
 
