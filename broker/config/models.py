@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from broker.config.delegation import DelegationConfig
 from broker.config.scim import ScimConfig
 from broker.config.shared_signals import SharedSignalsConfig
-from broker.config.types import Duration, check_public_url
+from broker.config.types import Duration, ForeignIssuer, check_public_url
 from broker.display import hidden_character
 from providers.registry import ProviderConfigUnion
 
@@ -281,7 +281,9 @@ class ExternalAuthorizationServerConfig(_Section):
     """An MCP server's authorization server elsewhere that trusts this broker as its enterprise
     IdP: the broker issues ID-JAGs (draft-ietf-oauth-identity-assertion-authz-grant) for it."""
 
-    issuer: str = Field(description="Its issuer identifier: the `audience` of the token exchange, the ID-JAG's `aud`.")
+    issuer: ForeignIssuer = Field(
+        description="Its issuer identifier: the `audience` of the token exchange, the ID-JAG's `aud`."
+    )
     clients: dict[str, str] = Field(
         min_length=1,
         description="Our client id -> the client id that client has at this server (the ID-JAG's `client_id`). "
@@ -291,14 +293,6 @@ class ExternalAuthorizationServerConfig(_Section):
         min_length=1,
         description="Its MCP servers, named and scoped as `resources` are: mappings grant their scopes.",
     )
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, issuer: str) -> str:
-        # Kept exactly as written (a trailing '/' too, as some issuers have one): the ID-JAG's
-        # `aud` must be the issuer identifier exactly.
-        check_public_url(issuer.removesuffix("/"), what="issuer")
-        return issuer
 
 
 class PolicyFileModel(_Section):
@@ -318,7 +312,7 @@ class TrustedIssuerConfig(_Section):
     """An enterprise IdP whose ID-JAGs (draft-ietf-oauth-identity-assertion-authz-grant) the broker
     redeems at its token endpoint (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``)."""
 
-    issuer: str = Field(description="The IdP's issuer identifier, exactly as its ID-JAGs' `iss` carries it.")
+    issuer: ForeignIssuer = Field(description="The IdP's issuer identifier, exactly as its ID-JAGs' `iss` carries it.")
     jwks_uri: str | None = Field(
         default=None,
         description="Where its signing keys are published. Unset: read from its discovery document "
@@ -349,13 +343,6 @@ class TrustedIssuerConfig(_Section):
     clock_skew: int = Field(
         default=30, ge=0, le=300, description="Seconds of clock difference allowed on `iat` and `exp`."
     )
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, issuer: str) -> str:
-        # Kept as written (some issuers end with '/'): `iss` must equal it exactly.
-        check_public_url(issuer.removesuffix("/"), what="issuer")
-        return issuer
 
     @field_validator("jwks_uri")
     @classmethod

@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from broker.config.types import Duration, check_public_url
+from broker.config.types import Duration, ForeignIssuer, check_public_url
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -75,7 +75,7 @@ class SsfPollConfig(_Section):
 class SsfStreamConfig(_Section):
     id: str = Field(description="The stream's id; push streams receive at {issuer}/ssf/push/<id>.")
     provider: str = Field(description="Id of the provider whose users the events' subjects name.")
-    issuer: str = Field(description="The transmitter's issuer: each SET's iss must equal it.")
+    issuer: ForeignIssuer = Field(description="The transmitter's issuer: each SET's iss must equal it.")
     jwks_uri: str | None = Field(
         default=None,
         description="The transmitter's JWKS; unset: jwks_uri of {issuer}/.well-known/ssf-configuration.",
@@ -95,12 +95,6 @@ class SsfStreamConfig(_Section):
         if not _ID.match(value):
             raise ValueError("a stream id is 1-64 letters, digits, '.', '_' or '-'")
         return value
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, issuer: str) -> str:
-        check_public_url(issuer.removesuffix("/"), what="issuer")
-        return issuer
 
     @field_validator("jwks_uri")
     @classmethod

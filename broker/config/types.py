@@ -6,7 +6,7 @@ import re
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from providers.net import is_loopback_host
 
@@ -47,3 +47,14 @@ def check_public_url(url: str, *, what: str) -> str:
     if parts.netloc != parts.netloc.lower():
         raise ValueError(f"{what} must be written with a lower-case host")
     return url
+
+
+def check_foreign_issuer(issuer: str) -> str:
+    """Another party's issuer identifier (an IdP, a transmitter, an external authorization server):
+    an https URL kept exactly as written, a trailing '/' too, since tokens carry it that way."""
+    check_public_url(issuer.removesuffix("/"), what="issuer")
+    return issuer
+
+
+ForeignIssuer = Annotated[str, AfterValidator(check_foreign_issuer)]
+"""An issuer identifier of another party, compared with `iss`/`aud` as an exact string."""
