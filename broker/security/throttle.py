@@ -82,33 +82,24 @@ class LoginThrottle:
         """Start one attempt in the username's counts (its pair with this address and the
         account) and the IP's, or say how long the lock lasts. Every allowed reservation must
         be settled."""
-        verdict = await self._begin(
+        return await self._begin(
             lambda: self.store.start_login_attempt(
                 provider_id,
                 username,
                 ip,
                 pair_limit=self.per_user,
                 account_limit=self.per_account,
+                address_limit=self.per_ip,
                 in_flight_ttl=IN_FLIGHT_TTL,
             )
         )
-        if not verdict.allowed or not ip:
-            return verdict
-        by_ip = await self._begin(
-            lambda: self.store.start_address_attempt(
-                ip, limit=self.per_ip, window=self.window, in_flight_ttl=IN_FLIGHT_TTL
-            )
-        )
-        if not by_ip.allowed:
-            await self._settle_user(provider_id, username, ip, "void")
-        return by_ip
 
-    async def _settle_user(self, provider_id: str, username: str, ip: str | None, outcome: LoginOutcome) -> None:
+    async def settle(self, provider_id: str, username: str, ip: str | None, outcome: Outcome) -> None:
         reached = await self.store.finish_login_attempt(
             provider_id,
             username,
             ip,
-            outcome,
+            _USER_OUTCOME[outcome],
             window=self.window,
             pair_limit=self.per_user,
             account_limit=self.per_account,
@@ -123,11 +114,6 @@ class LoginThrottle:
                     client_ip=ip if scope == "pair" else None,
                     seconds=self.window,
                 )
-
-    async def settle(self, provider_id: str, username: str, ip: str | None, outcome: Outcome) -> None:
-        await self._settle_user(provider_id, username, ip, _USER_OUTCOME[outcome])
-        if ip:
-            await self.store.finish_address_attempt(ip, "failed" if outcome == "failed" else "void", window=self.window)
 
     async def unlock(self, provider_id: str, username: str) -> bool:
         """Clear a username's failures, for every address and for the account (attempts in

@@ -276,12 +276,16 @@ class Store(SigningKeyStore, Protocol):
         *,
         pair_limit: int,
         account_limit: int,
+        address_limit: int,
         in_flight_ttl: int,
     ) -> AttemptStart:
-        """Start one password attempt for a username from ``source`` (an address). MUST be
-        atomic: the attempt starts only while failures plus attempts in flight stay under both the
-        pair's and the account's limit, so parallel guesses cannot all pass one check. Usernames
-        are compared case-insensitively."""
+        """Start one password attempt for a username from ``source`` (an address), in three
+        counts: the pair (username and address), the account (the username from every address)
+        and, if ``source`` is given, the address (across usernames). MUST be atomic per count: the
+        attempt starts only while failures plus attempts in flight stay under each count's limit,
+        so parallel guesses cannot all pass one check; and it starts in all of them or in none.
+        ``locked`` names the username's lock before the address's, and a lock before ``busy``.
+        Usernames are compared case-insensitively."""
 
     async def finish_login_attempt(
         self,
@@ -294,15 +298,10 @@ class Store(SigningKeyStore, Protocol):
         pair_limit: int,
         account_limit: int,
     ) -> LocksReached:
-        """Settle an attempt, atomically: ``failed`` counts a failure for the pair and the account
-        (each for ``window`` seconds from its first), ``cleared`` clears the pair's, ``void``
-        neither. Reports the locks this failure has just reached."""
-
-    async def start_address_attempt(self, address: str, *, limit: int, window: int, in_flight_ttl: int) -> AttemptStart:
-        """As :meth:`start_login_attempt`, for one client address across usernames."""
-
-    async def finish_address_attempt(self, address: str, outcome: Literal["failed", "void"], *, window: int) -> None:
-        """As :meth:`finish_login_attempt`, for one client address."""
+        """Settle an attempt started by :meth:`start_login_attempt`, atomically per count:
+        ``failed`` counts a failure for the pair, the account and the address (each for
+        ``window`` seconds from its first), ``cleared`` clears the pair's, ``void`` neither.
+        Reports the locks on the username this failure has just reached."""
 
     async def clear_login_failures(self, provider_id: str, username: str) -> bool:
         """Clear a username's failures for every address and the account. True if any."""

@@ -329,6 +329,8 @@ class RedisStore:
         self._finish_address = redis.register_script(throttle_scripts.FINISH)
         self._start_user = redis.register_script(throttle_scripts.START_USER)
         self._finish_user = redis.register_script(throttle_scripts.FINISH_USER)
+        self._start_attempt = redis.register_script(throttle_scripts.START_ATTEMPT)
+        self._finish_attempt = redis.register_script(throttle_scripts.FINISH_ATTEMPT)
         self._clear_user = redis.register_script(throttle_scripts.UNLOCK)
         self._hit = redis.register_script(throttle_scripts.HIT)
         self._claim_recheck = redis.register_script(_CLAIM_RECHECK)
@@ -607,10 +609,27 @@ class RedisStore:
         *,
         pair_limit: int,
         account_limit: int,
+        address_limit: int,
         in_flight_ttl: int,
     ) -> AttemptStart:
         keys = self._user_keys(provider_id, username, source)[:4]
-        return _attempt(await self._start_user(keys=keys, args=[pair_limit, account_limit, in_flight_ttl]))
+        if not isinstance(self.redis, RedisCluster):  # one node: both counts in one script
+            address = self._address_keys(source) if source else []
+            args = [pair_limit, account_limit, in_flight_ttl, address_limit]
+            return _attempt(await self._start_attempt(keys=[*keys, *address], args=args))
+        # Cluster: the username's slot, then the address's; an attempt the address refuses is voided.
+        started = _attempt(await self._start_user(keys=keys, args=[pair_limit, account_limit, in_flight_ttl]))
+        if started.state != "started" or not source:
+            return started
+        by_address = _attempt(
+            await self._start_address(keys=self._address_keys(source), args=[address_limit, 0, in_flight_ttl])
+        )
+        if by_address.state != "started":
+            await self._finish_user(
+                keys=self._user_keys(provider_id, username, source),
+                args=["void", 1, self._source(source), pair_limit, account_limit],
+            )
+        return by_address
 
     async def finish_login_attempt(
         self,
@@ -623,21 +642,16 @@ class RedisStore:
         pair_limit: int,
         account_limit: int,
     ) -> LocksReached:
-        pair, account = _pair(
-            await self._finish_user(
-                keys=self._user_keys(provider_id, username, source),
-                args=[outcome, window, self._source(source), pair_limit, account_limit],
-            )
-        )
+        keys = self._user_keys(provider_id, username, source)
+        args = [outcome, window, self._source(source), pair_limit, account_limit]
+        address = self._address_keys(source) if source else []
+        if not isinstance(self.redis, RedisCluster):  # one node: both counts in one script
+            pair, account = _pair(await self._finish_attempt(keys=[*keys, *address], args=args))
+        else:
+            pair, account = _pair(await self._finish_user(keys=keys, args=args))
+            if address:
+                await self._finish_address(keys=address, args=["failed" if outcome == "failed" else "void", window])
         return LocksReached(pair=bool(pair), account=bool(account))
-
-    async def start_address_attempt(self, address: str, *, limit: int, window: int, in_flight_ttl: int) -> AttemptStart:
-        return _attempt(
-            await self._start_address(keys=self._address_keys(address), args=[limit, window, in_flight_ttl])
-        )
-
-    async def finish_address_attempt(self, address: str, outcome: Literal["failed", "void"], *, window: int) -> None:
-        await self._finish_address(keys=self._address_keys(address), args=[outcome, window])
 
     async def clear_login_failures(self, provider_id: str, username: str) -> bool:
         base = self._user_base(provider_id, username)

@@ -1,6 +1,7 @@
 """Lua for the sign-in throttle and request rate limits (see :mod:`broker.security.throttle`).
 
-Each script touches the keys of one hash tag only, so it runs unchanged on Cluster.
+Each script touches the keys of one hash tag only, so it runs unchanged on Cluster, except
+``START_ATTEMPT`` and ``FINISH_ATTEMPT``, which a single node runs in place of two each.
 """
 
 # KEYS: failures, in flight (one slot: both carry the same hash tag). ARGV: limit, window, in-flight TTL.
@@ -64,6 +65,47 @@ elseif ARGV[1] == 'failed' then
 end
 return {0, 0}
 """
+
+# One node (standalone, Sentinel): a password attempt's counts in one step each, the username's
+# and the address's together (their hash tags differ, so Cluster runs the scripts above in turn).
+# KEYS as in START_USER, then (if there is an address) address failures, address in flight.
+# ARGV: pair limit, account limit, in-flight TTL, address limit. Returns as START_USER: a lock on
+# the username is reported before one on the address, and either before busy.
+START_ATTEMPT = """
+local account = tonumber(redis.call('GET', KEYS[1]) or '0')
+local pair = tonumber(redis.call('GET', KEYS[3]) or '0')
+local ttl = -2
+if account >= tonumber(ARGV[2]) then ttl = redis.call('TTL', KEYS[1]) end
+if pair >= tonumber(ARGV[1]) then ttl = math.max(ttl, redis.call('TTL', KEYS[3])) end
+if ttl ~= -2 then return {0, ttl} end
+local busy = account + tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2])
+  or pair + tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[1])
+if KEYS[5] then
+  local failures = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if failures >= tonumber(ARGV[4]) then return {0, redis.call('TTL', KEYS[5])} end
+  busy = busy or failures + tonumber(redis.call('GET', KEYS[6]) or '0') >= tonumber(ARGV[4])
+end
+if busy then return {2, 0} end
+for i = 2, #KEYS, 2 do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+return {1, 0}
+"""
+
+# KEYS as in FINISH_USER, then (if there is an address) address failures, address in flight.
+# ARGV as in FINISH_USER: the address counts a failure only for 'failed'. Returns as FINISH_USER.
+FINISH_ATTEMPT = (
+    """
+if KEYS[6] then
+  if tonumber(redis.call('GET', KEYS[7]) or '0') > 0 then redis.call('DECR', KEYS[7]) end
+  if ARGV[1] == 'failed' then
+    if redis.call('INCR', KEYS[6]) == 1 then redis.call('EXPIRE', KEYS[6], ARGV[2]) end
+  end
+end
+"""
+    + FINISH_USER
+)
 
 # KEYS: account failures, the set of pair digests, then the pair counts named in ARGV (one
 # digest each, in order). Returns how many counts held failures.

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from broker.store import records
-from broker.store.base import RecheckClaim, Store
+from broker.store.base import AttemptStart, AttemptState, LocksReached, LoginOutcome, RecheckClaim, Store
 
 Check = Callable[[Store], Awaitable[None]]
 IDENTITY = records.StoredIdentity(provider_id="ldap", subject="alice-sub", username="alice", groups=("readers",))
@@ -354,7 +354,7 @@ async def login_attempts(store: Store) -> None:
 
     async def start(source: str) -> str:
         started = await store.start_login_attempt(
-            "ldap", user, source, pair_limit=3, account_limit=12, in_flight_ttl=60
+            "ldap", user, source, pair_limit=3, account_limit=12, address_limit=1000, in_flight_ttl=60
         )
         return started.state
 
@@ -366,7 +366,7 @@ async def login_attempts(store: Store) -> None:
     ]
     assert [(r.pair, r.account) for r in reached] == [(False, False), (False, False), (True, False)]
     locked = await store.start_login_attempt(
-        "ldap", user.upper(), "10.0.0.1", pair_limit=3, account_limit=12, in_flight_ttl=60
+        "ldap", user.upper(), "10.0.0.1", pair_limit=3, account_limit=12, address_limit=1000, in_flight_ttl=60
     )
     assert locked.state == "locked"  # usernames compare case-insensitively
     assert 1 <= locked.retry_after <= 60
@@ -378,16 +378,60 @@ async def login_attempts(store: Store) -> None:
 
 
 async def address_attempts(store: Store) -> None:
+    """The address counts attempts across usernames in the same step: two in flight at a limit
+    of two make a third busy, two failures lock the address for every username."""
     address = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}-{new_id()}"
-    first = await store.start_address_attempt(address, limit=2, window=60, in_flight_ttl=60)
-    second = await store.start_address_attempt(address, limit=2, window=60, in_flight_ttl=60)
+    users = [f"u{i}-{new_id()}" for i in range(4)]
+
+    async def start(user: str) -> AttemptStart:
+        return await store.start_login_attempt(
+            "ldap", user, address, pair_limit=100, account_limit=100, address_limit=2, in_flight_ttl=60
+        )
+
+    async def finish(user: str, outcome: LoginOutcome) -> None:
+        await store.finish_login_attempt("ldap", user, address, outcome, window=60, pair_limit=100, account_limit=100)
+
+    first, second = await start(users[0]), await start(users[1])
     assert (first.state, second.state) == ("started", "started")
-    assert (await store.start_address_attempt(address, limit=2, window=60, in_flight_ttl=60)).state == "busy"
-    await store.finish_address_attempt(address, "failed", window=60)
-    await store.finish_address_attempt(address, "failed", window=60)
-    locked = await store.start_address_attempt(address, limit=2, window=60, in_flight_ttl=60)
+    assert (await start(users[2])).state == "busy"
+    await finish(users[0], "void")  # a void attempt frees its place and counts nothing
+    assert (await start(users[2])).state == "started"
+    await finish(users[2], "cleared")  # nor does a success
+    await finish(users[1], "failed")
+    assert (await start(users[3])).state == "started"
+    await finish(users[3], "failed")
+    locked = await start(users[0])
     assert locked.state == "locked"
     assert 1 <= locked.retry_after <= 60
+    # Without an address only the username's counts apply.
+    free = await store.start_login_attempt(
+        "ldap", users[0], None, pair_limit=100, account_limit=100, address_limit=2, in_flight_ttl=60
+    )
+    assert free.state == "started"
+
+
+async def login_attempts_start_everywhere_or_nowhere(store: Store) -> None:
+    """A refused attempt takes no place in any count: not in the address's when the username is
+    locked, not in the username's when the address is locked."""
+    address, elsewhere = (f"10.{i}.{secrets.randbelow(250)}.{secrets.randbelow(250)}-{new_id()}" for i in (1, 2))
+    bob, carol, dave = (f"{name}-{new_id()}" for name in ("bob", "carol", "dave"))
+
+    async def start(user: str, source: str = address, account_limit: int = 4) -> AttemptState:
+        limits = {"pair_limit": 1, "account_limit": account_limit, "address_limit": 2}
+        return (await store.start_login_attempt("ldap", user, source, in_flight_ttl=60, **limits)).state
+
+    async def fail(user: str) -> LocksReached:
+        return await store.finish_login_attempt(
+            "ldap", user, address, "failed", window=60, pair_limit=1, account_limit=4
+        )
+
+    assert await start(bob) == "started"
+    assert (await fail(bob)).pair  # bob's pair is locked; the address has one failure of two
+    assert [await start(bob) for _ in range(3)] == ["locked"] * 3
+    assert await start(carol) == "started"  # bob's refused attempts hold no place at the address
+    await fail(carol)  # the address is locked now
+    assert [await start(dave) for _ in range(3)] == ["locked"] * 3
+    assert await start(dave, elsewhere, account_limit=1) == "started"  # and none in dave's account
 
 
 async def request_counts(store: Store) -> None:
@@ -641,6 +685,7 @@ CHECKS: dict[str, Check] = {
         signing_key_ring,
         login_attempts,
         address_attempts,
+        login_attempts_start_everywhere_or_nowhere,
         request_counts,
         rechecks,
         assertion_jtis,
