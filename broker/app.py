@@ -57,6 +57,9 @@ from providers.registry import open_provider
 
 _log = structlog.get_logger("mcp_broker")
 KEY_REFRESH_SECONDS = 300
+# Past an access token's lifetime that resource servers may still accept it (their exp leeway,
+# 10 s in mcp_broker_verifier, and clock skew): how long a narrowing's ended handle stays listed.
+TOKEN_LEEWAY_MARGIN = 60
 
 
 def _redis_for(config: BrokerConfig) -> RedisClient:
@@ -148,7 +151,12 @@ def create_app(
             window=config.login_protection.window,
             failure_floor=config.login_protection.failure_floor,
         )
-        signals = SignalEffects(store, lambda: policies.current, grants.current_identity)
+        signals = SignalEffects(
+            store,
+            lambda: policies.current,
+            grants.current_identity,
+            token_lifetime=config.tokens.access_token_ttl + TOKEN_LEEWAY_MARGIN,
+        )
         ssf = SsfReceiver(config.shared_signals, config.issuer, store, signals)
         app.state.broker = Services(
             config=config,

@@ -39,6 +39,7 @@ AuditEvent = Literal[
     "signal_received",  # an upstream signal (SCIM, back-channel logout, Shared Signals) arrived valid
     "signal_applied",  # ...and what it did (revoke_user, revoke_session, reapply_policy, record_only)
     "signal_refused",  # an upstream signal refused before any effect (bad signature, replay...)
+    "grant_narrowed",  # a signal took scopes from a live grant; its earlier access tokens ended
 ]
 
 _log = structlog.get_logger("mcp_broker.audit")

@@ -61,7 +61,7 @@ from broker.oauth.grants import identity_from
 from broker.oauth.sealing import Sealer
 from broker.oauth.signing import KeyRing
 from broker.oauth.token_exchange import ExchangeRequest
-from broker.oauth.tokens import verify_access_token
+from broker.oauth.tokens import grant_of_handle, verify_access_token
 from broker.policy.delegation import DelegationPolicy
 from broker.store.base import Store
 from broker.store.records import Grant
@@ -252,11 +252,13 @@ class DelegatedExchange:
         return next((r for r in self.config.resources if r.id == mcp_server_id), None)
 
     async def _active_grant(self, claims: Mapping[str, Any], resource: ResourceConfig) -> Grant:
-        grant_id = claims.get("sid")
-        grant = await self.store.get_grant(grant_id) if isinstance(grant_id, str) and grant_id else None
+        handle = claims.get("sid")
+        grant_id = grant_of_handle(handle) if isinstance(handle, str) else None
+        grant = await self.store.get_grant(grant_id) if grant_id else None
         if (
             grant is None
             or grant.status != "active"
+            or grant.token_handle != handle  # a token of an epoch a narrowing ended
             or grant.subject != claims.get("sub")
             or canonical_resource(grant.resource) != resource.uri
         ):

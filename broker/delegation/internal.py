@@ -46,7 +46,7 @@ class InternalTarget:
             "nbf": issued,
             "exp": issued + ttl,
             "jti": secrets.token_urlsafe(16),
-            "sid": request.grant.grant_id,
+            "sid": request.grant.token_handle,  # ended with the grant, or with its epoch when narrowed
             "act": {"sub": request.mcp_server.uri, "client_id": request.client_id},
         }
         if request.grant.auth_time is not None:

@@ -6,7 +6,9 @@
   retried callers within ``refresh_reuse_grace`` get the winner's response (sealed under the old
   token in the store), later reuse revokes the whole grant. At every refresh the user's groups
   are looked up again (where the provider can) and the policy re-applied: scopes may shrink,
-  never grow, and the resource never changes.
+  never grow, and the resource never changes. A signal may narrow the grant while a refresh runs
+  (``Store.narrow_grant``): the rotation minted from the grant as it was read is refused
+  (``stale``, nothing written) and the refresh mints again from the narrowed grant.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from providers.base import AccountDisabled, Identity, InvalidCredentials, Provid
 _log = structlog.get_logger("mcp_broker.grants")
 UPSTREAM_LOCK_SECONDS = 10.0
 SUCCESSOR_MARGIN = 30  # seconds a retried refresh's answer outlives the reuse grace window (clock skew)
+NARROWED_RETRIES = 3  # times a refresh mints again when signals narrow its grant while it runs
 _REFRESHES: dict[type, bool] = {}  # provider class -> implements RefreshProvider
 _ACTIVE = RefreshToken("active")
 
@@ -442,32 +445,45 @@ class GrantService:
     ) -> dict[str, Any]:
         grant_id = grant.grant_id
         allowed, fresh = await self._reevaluate(grant)
-        grant_scopes = [s for s in current if s in allowed]
-        scopes = [s for s in (narrowed if narrowed is not None else current) if s in allowed]
-        if not scopes:
-            raise InvalidScope(detail="none of the requested scopes is still granted")
-        new_token = new_handle("rt", grant_id)
-        now = time.time()
-        idle, remaining = self._refresh_ttls(grant, now)
-        if remaining <= 0:
-            raise InvalidGrant(detail=f"grant {grant_id} reached its absolute lifetime")
-        response = self._token_response(grant, scopes, new_token)
-        new_hash = digest(new_token)
         identity = identity_record(fresh, self.sealer) if fresh is not None else None
-        result = await self.store.rotate_refresh(
-            grant_id,
-            old_hash,
-            new_hash,
-            successor=seal_for(token, response),
-            new_ttl=idle,
-            rotated_ttl=remaining,
-            successor_ttl=int(self.config.tokens.refresh_reuse_grace) + SUCCESSOR_MARGIN,
-            scopes=" ".join(grant_scopes),
-            identity=identity,
-            now=now,
-        )
-        if remembered and result.outcome != "ok":
-            raise _Stale  # nothing was written: the answer minted from the memo is dropped unseen
+        for attempt in range(NARROWED_RETRIES + 1):
+            grant_scopes = [s for s in current if s in allowed]
+            scopes = [s for s in (narrowed if narrowed is not None else current) if s in allowed]
+            if not scopes:
+                raise InvalidScope(detail="none of the requested scopes is still granted")
+            new_token = new_handle("rt", grant_id)
+            now = time.time()
+            idle, remaining = self._refresh_ttls(grant, now)
+            if remaining <= 0:
+                raise InvalidGrant(detail=f"grant {grant_id} reached its absolute lifetime")
+            response = self._token_response(grant, scopes, new_token)
+            new_hash = digest(new_token)
+            result = await self.store.rotate_refresh(
+                grant_id,
+                old_hash,
+                new_hash,
+                successor=seal_for(token, response),
+                new_ttl=idle,
+                rotated_ttl=remaining,
+                successor_ttl=int(self.config.tokens.refresh_reuse_grace) + SUCCESSOR_MARGIN,
+                scopes=" ".join(grant_scopes),
+                identity=identity,
+                now=now,
+                epoch=grant.epoch,
+            )
+            if remembered and result.outcome != "ok":
+                raise _Stale  # nothing was written: the answer minted from the memo is dropped unseen
+            if result.outcome != "stale" or attempt == NARROWED_RETRIES:
+                break
+            # A signal narrowed the grant since it was read (Store.narrow_grant): mint again from
+            # the grant as it is now, its narrower scopes and new token handle, keeping the
+            # identity this refresh looked up (an upstream token it spent lives only there).
+            reread = await self.store.get_grant(grant_id)
+            if reread is None or not reread.active:
+                raise InvalidGrant(detail=f"grant {grant_id} ended during this refresh")
+            grant = reread
+            current = [s for s in current if s in grant.scope_list]
+            narrowed = [s for s in narrowed if s in grant.scope_list] if narrowed is not None else None
         if result.outcome == "ok" and not _spends_upstream_token(self._provider_of(grant)):
             # Kept for the next refresh of this family (never for a provider whose re-check spends
             # an upstream token: those re-read the grant under its lock).
@@ -477,6 +493,8 @@ class GrantService:
             self._memo.put(new_hash, written)
         if result.outcome == "rotated":  # another request won the race
             return await self._replayed(grant, token, result.rotated_at, result.successor, old_hash)
+        if result.outcome == "stale":
+            raise TemporarilyUnavailable(detail=f"grant {grant_id} kept being narrowed during this refresh")
         if result.outcome != "ok":
             raise InvalidGrant(detail=f"refresh of grant {grant_id} failed: {result.outcome}")
         TOKENS_REFRESHED.inc()

@@ -9,7 +9,7 @@ from typing import Any
 from broker.audit import audit
 from broker.oauth.clients import Client
 from broker.oauth.signing import KeyRing
-from broker.oauth.tokens import parse_handle, verify_access_token
+from broker.oauth.tokens import grant_of_handle, parse_handle, verify_access_token
 from broker.store.base import Store
 from broker.store.keys import digest
 
@@ -27,7 +27,7 @@ class RevocationService:
             return grant_id, None, "refresh_token"
         claims = verify_access_token(self.keyring, token, issuer=self.issuer)
         if claims is not None and isinstance(claims.get("sid"), str):
-            return claims["sid"], claims, "access_token"
+            return grant_of_handle(claims["sid"]), claims, "access_token"
         return None, None, "unknown"
 
     async def revoke(self, client: Client, token: str) -> None:
@@ -84,6 +84,8 @@ class RevocationService:
             }
         assert claims is not None
         if claims["exp"] <= time.time() or claims.get("aud") not in allowed_resources:
+            return inactive
+        if claims.get("sid") != grant.token_handle:  # of an epoch a narrowing ended
             return inactive
         return {
             "active": True,

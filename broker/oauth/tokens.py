@@ -44,6 +44,11 @@ def parse_handle(kind: Kind, token: str | None) -> str | None:
     return match.group(2)
 
 
+def grant_of_handle(handle: str) -> str:
+    """The grant id inside a token handle (an access token's ``sid``: ``Grant.token_handle``)."""
+    return handle.partition(".")[0]
+
+
 def _envelope(token: str) -> Envelope:
     return Envelope.derived(token.encode(), b"mcp-broker successor v1")
 
@@ -117,7 +122,7 @@ def mint_for_grant(
         client_id=grant.client_id,
         resource=grant.resource,
         scopes=scopes,
-        grant_id=grant.grant_id,
+        grant_id=grant.token_handle,  # the sid resource servers find in the revoked set once it ends
         ttl=ttl,
         auth_time=grant.auth_time,
         now=now,

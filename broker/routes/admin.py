@@ -54,6 +54,9 @@ class SignalView(BaseModel):
     effect: str = Field(description="`revoke_user`, `revoke_session`, `reapply_policy` or `record_only`")
     subject: str | None = Field(default=None, description="The user it named, when known")
     revoked: list[str] = Field(default_factory=list, description="Grants it revoked")
+    narrowed: list[str] = Field(
+        default_factory=list, description="Grants whose scopes it narrowed (their earlier access tokens ended)"
+    )
     unchanged: list[str] = Field(default_factory=list, description="Grants it looked at and left as they were")
     reason: str | None = None
     note: str | None = None

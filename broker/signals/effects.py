@@ -7,16 +7,18 @@
   ``sid``, recorded from the ID token at sign-in) are revoked alike.
 * :meth:`SignalEffects.reapply_policy` - the policy is evaluated again for each live grant of the
   user with the groups the signal carries (or the provider's answer now). A grant that keeps every
-  scope is left alone; a grant that would lose scopes is **revoked** (its access tokens carry the
-  wider scope until they expire, so shrinking the stored scopes alone would not end them; the
-  client signs in again and gets what the policy gives now).
+  scope is left alone; a grant that loses some is **narrowed** in place (``Store.narrow_grant``:
+  its stored scopes shrink, and its access tokens issued so far, which carry the wider scope, end
+  at once like a revoked grant's; the client's next refresh gets the narrower scopes without a new
+  sign-in); a grant left with no scope is **revoked**.
 * :meth:`SignalEffects.record_only` - nothing changes; the signal is kept and audited.
 
 Each returns an :class:`Outcome`. Every signal is audited on arrival (``signal_received``) and
-with its effect (``signal_applied``: kind, provider, subject, effect, grants affected), kept in a
+with its effect (``signal_applied``: kind, provider, subject, effect, grants revoked and narrowed;
+each narrowed grant also has its own ``grant_narrowed`` event), kept in a
 bounded per-provider list (``Store.record_signal``, read by ``GET /admin/signals``), and a
-signal that revoked something is measured from its arrival to the last revocation announced
-(``mcpb_signal_to_revocation_seconds``).
+signal that revoked or narrowed something is measured from its arrival to the last revocation
+announced (``mcpb_signal_to_revocation_seconds``).
 
 Subjects: ``subject`` is the broker's subject (``qualified_subject(provider_id, local)``); the
 provider's local id is qualified here when it lacks the ``{provider_id}:`` prefix.
@@ -40,6 +42,7 @@ Effect = Literal["revoke_user", "revoke_session", "reapply_policy", "record_only
 Source = Literal["backchannel_logout", "scim", "ssf", "admin"]
 
 RECENT_SIGNALS = 200  # kept per provider (Store.record_signal)
+NARROW_ATTEMPTS = 3  # narrowings of one grant tried before it is revoked instead
 
 
 @dataclass(frozen=True)
@@ -60,19 +63,22 @@ class Signal:
 @dataclass(frozen=True)
 class Outcome:
     """What a signal did: its effect, the user it named (broker subject, when known), the grants
-    revoked, and the grants looked at and left unchanged."""
+    revoked, the grants narrowed (scopes removed, earlier tokens ended), and the grants looked at
+    and left unchanged."""
 
     effect: Effect
     subject: str | None
     revoked: tuple[str, ...] = ()
     unchanged: tuple[str, ...] = ()
     note: str | None = None
+    narrowed: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "effect": self.effect,
             "subject": self.subject,
             "revoked": list(self.revoked),
+            "narrowed": list(self.narrowed),
             "unchanged": list(self.unchanged),
             "note": self.note,
         }
@@ -91,11 +97,15 @@ class SignalEffects:
         current_identity: CurrentIdentity | None = None,
         *,
         keep: int = RECENT_SIGNALS,
+        token_lifetime: float = 3600.0,
     ) -> None:
         self.store = store
         self.policy = policy
         self.current_identity = current_identity
         self.keep = keep
+        # How long an access token already issued may still be presented (its lifetime plus the
+        # verifiers' leeway): a narrowing's ended handle stays in the revoked set that long.
+        self.token_lifetime = token_lifetime
 
     # -- effects -------------------------------------------------------------------------------
     async def revoke_user(
@@ -147,13 +157,14 @@ class SignalEffects:
     ) -> Outcome:
         """Evaluate the policy again for each live grant of the user, with ``groups`` when the
         signal carries them (else the provider's answer now, or the groups kept at sign-in when
-        no lookup is wired). A grant the policy still gives every scope stays; one that would lose
-        any is revoked (see the module docstring)."""
+        no lookup is wired). A grant the policy still gives every scope stays; one that loses some
+        is narrowed, one left with none revoked (see the module docstring)."""
         self._received(signal, subject=subject)
         subject = self.qualify(provider_id, subject)
         await self.store.forget_recheck(provider_id, subject)
         policy = self.policy()
         revoked: list[str] = []
+        narrowed: list[str] = []
         unchanged: list[str] = []
         for grant_id in await self.store.user_grant_ids(subject):
             grant = await self.store.get_grant(grant_id)
@@ -166,13 +177,16 @@ class SignalEffects:
                 if resource is not None and identity is not None
                 else frozenset()
             )
-            if identity is not None and set(grant.scope_list) <= kept:
+            if set(grant.scope_list) <= kept:
                 unchanged.append(grant_id)
                 continue
-            if await self.store.revoke_grant(grant_id, reason):
+            effect = await self._narrow(grant, kept, reason)
+            if effect == "narrowed":
+                narrowed.append(grant_id)
+            elif effect == "revoked":
                 revoked.append(grant_id)
-        self._observe(signal, revoked)
-        outcome = Outcome("reapply_policy", subject, tuple(revoked), tuple(unchanged))
+        self._observe(signal, revoked + narrowed)
+        outcome = Outcome("reapply_policy", subject, tuple(revoked), tuple(unchanged), narrowed=tuple(narrowed))
         return await self._applied(signal, outcome, reason)
 
     async def record_only(
@@ -226,6 +240,40 @@ class SignalEffects:
             username_is_unique=stored.username_is_unique,
         )
 
+    async def _narrow(self, grant: Grant, kept: frozenset[str], reason: str) -> Literal["narrowed", "revoked", None]:
+        """Narrow ``grant`` to the scopes of it in ``kept``, or revoke it when none is left; reread
+        and try again when another narrowing moved it meanwhile. None when it ended meanwhile."""
+        for _ in range(NARROW_ATTEMPTS):
+            remaining = [s for s in grant.scope_list if s in kept]
+            if not remaining:
+                return "revoked" if await self.store.revoke_grant(grant.grant_id, reason) else None
+            done = await self.store.narrow_grant(
+                grant.grant_id,
+                " ".join(remaining),
+                epoch=grant.epoch,
+                tokens_expire_at=time.time() + self.token_lifetime,
+                reason=reason,
+            )
+            if done == "ok":
+                audit(
+                    "grant_narrowed",
+                    grant_id=grant.grant_id,
+                    client_id=grant.client_id,
+                    sub=grant.subject,
+                    scope=" ".join(remaining),
+                    scopes_removed=sorted(set(grant.scope_list) - set(remaining)),
+                    reason=reason,
+                )
+                return "narrowed"
+            if done == "inactive":
+                return None
+            reread = await self.store.get_grant(grant.grant_id)
+            if reread is None or not reread.active:
+                return None
+            grant = reread
+        # Narrowed by others every time: end it rather than leave it wider than the policy allows.
+        return "revoked" if await self.store.revoke_grant(grant.grant_id, reason) else None
+
     async def _revoke(self, grant_ids: list[str], provider_id: str, reason: str) -> tuple[list[str], set[str]]:
         revoked: list[str] = []
         subjects: set[str] = set()
@@ -266,6 +314,7 @@ class SignalEffects:
             sub=outcome.subject,
             effect=outcome.effect,
             grants=list(outcome.revoked),
+            grants_narrowed=list(outcome.narrowed) or None,
             grants_unchanged=len(outcome.unchanged),
             reason=reason,
         )

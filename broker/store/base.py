@@ -25,7 +25,8 @@ from broker.store.records import (
 )
 
 TakeOutcome = Literal["ok", "replayed", "missing", "wrong_client"]
-RotateOutcome = Literal["ok", "rotated", "revoked", "nogrant", "unknown"]
+RotateOutcome = Literal["ok", "rotated", "revoked", "nogrant", "unknown", "stale"]
+NarrowOutcome = Literal["ok", "stale", "inactive"]
 AttemptState = Literal["started", "locked", "busy"]
 LoginOutcome = Literal["failed", "cleared", "void"]
 
@@ -188,15 +189,32 @@ class Store(SigningKeyStore, Protocol):
         scopes: str,
         identity: StoredIdentity | None = None,
         now: float | None = None,
+        epoch: int = 0,
     ) -> RotateResult:
         """Swap an active refresh token for ``new_hash``. MUST be atomic: of concurrent rotations
         of one token exactly one gets ``ok``; every other gets ``rotated`` with the winner's
         ``successor``. A revoked grant never rotates (``revoked``), whatever the interleaving.
+        ``epoch`` is the grant's epoch the caller minted from (``Grant.epoch``): a grant narrowed
+        since (``narrow_grant``) does not rotate (``stale``, nothing written), so neither the wider
+        scopes nor a token of the ended handle are written back over the narrowing.
         In the same step the grant's scopes, last refresh and (when given) identity are written,
-        and nothing else writes them: so while a token is active its grant holds what the rotation
-        that issued it wrote, apart from its status (a caller may keep that grant and start the next
-        rotation from it, :mod:`broker.oauth.grant_memo`). The rotated marker lives
-        ``rotated_ttl`` seconds (a later reuse is theft), the successor only ``successor_ttl``."""
+        and nothing else writes them but ``narrow_grant`` (which moves the epoch): so while a token
+        is active and the epoch unchanged, its grant holds what the rotation that issued it wrote,
+        apart from its status (a caller may keep that grant and start the next rotation from it,
+        :mod:`broker.oauth.grant_memo`). The rotated marker lives ``rotated_ttl`` seconds (a later
+        reuse is theft), the successor only ``successor_ttl``."""
+
+    async def narrow_grant(
+        self, grant_id: str, scopes: str, *, epoch: int, tokens_expire_at: float, reason: str
+    ) -> NarrowOutcome:
+        """Narrow an active grant's scopes to ``scopes`` in place (the caller computed them from the
+        grant as read at ``epoch``) and end every access token it issued so far. MUST be atomic
+        with the grant's epoch: only a grant still at ``epoch`` is narrowed (``stale`` otherwise,
+        nothing written; ``inactive`` for a revoked or unknown grant). In the same step the grant
+        moves to ``epoch + 1`` (so its ``token_handle`` changes) and its cached downstream tokens are
+        dropped; its old handle is recorded in the revoked set until ``tokens_expire_at`` and
+        announced on the revocation channel like a revoked grant. No grant is narrowed before its
+        old handle is announced (fail closed if a step is cut short)."""
 
     async def lock_grant(self, grant_id: str, seconds: float) -> str | None:
         """Take a grant's lock for ``seconds``: the holder's token, or None if another holds it.
@@ -207,7 +225,8 @@ class Store(SigningKeyStore, Protocol):
         holder slower than its lock's expiry MUST NOT free a lock another has taken since."""
 
     async def revoke_grant(self, grant_id: str, reason: str) -> bool:
-        """Mark a grant revoked, record it in the revoked set and announce it to resource servers,
+        """Mark a grant revoked, record its current ``token_handle`` in the revoked set and announce
+        it to resource servers (the handles of earlier epochs were announced when they ended),
         and in the step that marks it drop its vault entry (``put_upstream_tokens``), its cached
         downstream tokens (``put_downstream_token``) and the provider-private part of its identity
         (upstream tokens). True if it was active. A revoked grant stays revoked. No grant is marked revoked before it
@@ -245,7 +264,8 @@ class Store(SigningKeyStore, Protocol):
         the identity's ``upstream_session``), as ``create_grant`` indexed them; some may be revoked."""
 
     async def revoked(self) -> list[str]:
-        """Ids of revoked grants whose tokens have not all expired yet."""
+        """Token handles (``Grant.token_handle``: grant ids, and ``{id}.{epoch}`` for the epochs a
+        narrowing ended) whose tokens have not all expired yet."""
 
     # -- browser sessions ------------------------------------------------------------------
     async def save_session(self, token: str, session: BrowserSession, ttl: int) -> None:

@@ -178,7 +178,9 @@ class AuthorizationCode:
 class Grant:
     """A refresh-token family: what one authorization granted, until it expires or is revoked.
 
-    ``scopes`` is kept space-separated (the refresh script writes it so)."""
+    ``scopes`` is kept space-separated (the refresh script writes it so). ``epoch`` counts the
+    times its scopes were narrowed in place (``Store.narrow_grant``); each narrowing ends the access
+    tokens issued before it, which carry the grant's :attr:`token_handle` of their epoch."""
 
     grant_id: str
     subject: str
@@ -196,10 +198,18 @@ class Grant:
     code_hash: str = ""
     policy_version: str | None = None
     revoked_at: float | None = None
+    epoch: int = 0
 
     @property
     def scope_list(self) -> list[str]:
         return self.scopes.split()
+
+    @property
+    def token_handle(self) -> str:
+        """What this grant's access tokens of the current epoch carry as ``sid``, and what a
+        resource server finds in the revoked set once they are ended: the grant id, then
+        ``{grant_id}.{epoch}`` after the scopes were narrowed (grant ids hold no dot)."""
+        return self.grant_id if self.epoch == 0 else f"{self.grant_id}.{self.epoch}"
 
     @property
     def active(self) -> bool:
@@ -225,12 +235,15 @@ class Grant:
         }
         if self.revoked_at is not None:
             record["revoked_at"] = self.revoked_at
+        if self.epoch:
+            record["epoch"] = self.epoch
         return record
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> Self:
         identity = record.get("identity")
         auth_time = record.get("auth_time")
+        epoch = record.get("epoch")
         return cls(
             grant_id=str(record["grant_id"]),
             subject=str(record["subject"]),
@@ -248,6 +261,7 @@ class Grant:
             code_hash=str(record.get("code_hash", "")),
             policy_version=_opt_str(record.get("policy_version")),
             revoked_at=_opt_float(record.get("revoked_at")),
+            epoch=int(epoch) if isinstance(epoch, int | float) else 0,
         )
 
 

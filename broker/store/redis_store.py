@@ -37,6 +37,7 @@ from broker.store.base import (
     Hit,
     LocksReached,
     LoginOutcome,
+    NarrowOutcome,
     RecheckClaim,
     RotateOutcome,
     RotateResult,
@@ -132,6 +133,7 @@ local rt = redis.call('GET', KEYS[2])
 if not rt then return {'unknown', '', ''} end
 local r = cjson.decode(rt)
 if r.state == 'rotated' then return {'rotated', rt, r.successor or redis.call('GET', KEYS[4]) or ''} end
+if (tonumber(g.epoch) or 0) ~= tonumber(ARGV[8]) then return {'stale', '', ''} end
 redis.call('SET', KEYS[2], cjson.encode({state='rotated', at=tonumber(ARGV[1])}), 'EX', ARGV[4])
 redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[7])
 redis.call('SET', KEYS[3], '{"state":"active"}', 'EX', ARGV[3])
@@ -171,17 +173,19 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 # Revocation. ARGV: now, reason (not stored: nothing read it), grant id, revocation channel[, expiry of
 # the grant's tokens].
 # KEYS[1] the grant: marks it revoked; ``changed`` is 1 if it was not yet, ``expires`` when its
-# tokens have all expired (an hour from now for a grant already gone).
+# tokens have all expired (an hour from now for a grant already gone), ``handle`` what its tokens
+# of the current epoch carry as sid (Grant.token_handle).
 # KEYS[2] the grant's vault: dropped, with the sealed provider-private part of its identity
 # (upstream tokens), so nothing of the user's upstream session outlives the grant.
 # KEYS[3] the grant's cached downstream tokens: dropped alike.
 _MARK_REVOKED = """
-local changed, expires = 0, tonumber(ARGV[1]) + 3600
+local changed, expires, handle = 0, tonumber(ARGV[1]) + 3600, ARGV[3]
 local grant = redis.call('GET', KEYS[1])
 redis.call('DEL', KEYS[2], KEYS[3])
 if grant then
   local g = cjson.decode(grant)
   expires = tonumber(g.expires_at) or expires
+  if (tonumber(g.epoch) or 0) > 0 then handle = ARGV[3] .. '.' .. g.epoch end
   if g.status ~= 'revoked' then
     g.status = 'revoked'
     g.revoked_at = tonumber(ARGV[1])
@@ -191,17 +195,43 @@ if grant then
   end
 end
 """
-# KEYS[#KEYS] the revoked set: records the grant until ``expires`` (pruning what is past) and
+# KEYS[#KEYS] the revoked set: records the handle until ``expires`` (pruning what is past) and
 # announces it, in the same step, so the record resource servers reload from and the message
 # they hear cannot part.
 _ANNOUNCE_REVOKED = """
 redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', ARGV[1])
-redis.call('ZADD', KEYS[#KEYS], expires, ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[#KEYS], expires, handle)
+redis.call('PUBLISH', ARGV[4], handle)
 """
 _REVOKE = _MARK_REVOKED + _ANNOUNCE_REVOKED + "return changed"  # one node: all in one script
 _REVOKE_MARK = _MARK_REVOKED + "return changed"  # Cluster: the grant's slot ...
-_REVOKE_ANNOUNCE = "local expires = tonumber(ARGV[5])" + _ANNOUNCE_REVOKED  # ... and the set's
+# ... and the set's, where ARGV[3] is the handle itself and ARGV[5] its tokens' expiry
+_REVOKE_ANNOUNCE = "local expires, handle = tonumber(ARGV[5]), ARGV[3]" + _ANNOUNCE_REVOKED
+
+# Narrowing a grant in place. KEYS: the grant, its cached downstream tokens[, the revoked set].
+# ARGV: now, the scopes, the epoch the caller read, the revocation channel, the expiry of the old
+# handle's tokens, the grant id. The epoch moves on (the grant's tokens get a new handle) and the
+# old handle is ended like a revoked grant's, in the same step on one node. 'ok', 'stale' (the
+# epoch moved meanwhile: nothing written) or 'inactive'.
+_NARROW_CHECK = """
+local grant = redis.call('GET', KEYS[1])
+if not grant then return 'inactive' end
+local g = cjson.decode(grant)
+if g.status ~= 'active' then return 'inactive' end
+local epoch = tonumber(g.epoch) or 0
+if epoch ~= tonumber(ARGV[3]) then return 'stale' end
+local expires, handle = tonumber(ARGV[5]), ARGV[6]
+if epoch > 0 then handle = ARGV[6] .. '.' .. epoch end
+"""
+_NARROW_MARK = """
+redis.call('DEL', KEYS[2])
+g.scopes = ARGV[2]
+g.epoch = epoch + 1
+redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
+return 'ok'
+"""
+_NARROW = _NARROW_CHECK + _ANNOUNCE_REVOKED + _NARROW_MARK  # one node: all in one script
+_NARROW_CLUSTER = _NARROW_CHECK + _NARROW_MARK  # Cluster: the grant's slot, after the announcement
 
 # KEYS: a grant, its vault. ARGV: the sealed entry, milliseconds. Kept only for an active grant,
 # never past the grant's own expiry. Returns 1 if kept.
@@ -316,6 +346,8 @@ class RedisStore:
         self._revoke = redis.register_script(_REVOKE)
         self._revoke_mark = redis.register_script(_REVOKE_MARK)
         self._revoke_announce = redis.register_script(_REVOKE_ANNOUNCE)
+        self._narrow = redis.register_script(_NARROW)
+        self._narrow_cluster = redis.register_script(_NARROW_CLUSTER)
         self._put_upstream = redis.register_script(_PUT_UPSTREAM)
         self._put_downstream = redis.register_script(_PUT_DOWNSTREAM)
         self._unlock = redis.register_script(_UNLOCK)
@@ -454,6 +486,7 @@ class RedisStore:
         scopes: str,
         identity: StoredIdentity | None = None,
         now: float | None = None,
+        epoch: int = 0,
     ) -> RotateResult:
         now = time.time() if now is None else now
         word, raw, kept = await self._rotate(
@@ -471,6 +504,7 @@ class RedisStore:
                 scopes,
                 dumps(identity.to_json()) if identity is not None else "",
                 max(1, min(successor_ttl, rotated_ttl)),
+                epoch,
             ],
         )
         outcome = _outcome(word, _ROTATE_OUTCOMES)
@@ -500,13 +534,19 @@ class RedisStore:
         if isinstance(self.redis, RedisCluster):
             grant = await self.get_grant(grant_id)
             expires_at = grant.expires_at if grant else now + 3600
-            await self._revoke_announce(keys=[self.keys.revoked()], args=[*args, expires_at])
+            announced = grant.token_handle if grant else grant_id
+            await self._revoke_announce(keys=[self.keys.revoked()], args=[now, reason, announced, args[3], expires_at])
             grant_keys = [
                 self.keys.grant(grant_id),
                 self.keys.upstream_tokens(grant_id),
                 self.keys.downstream_tokens(grant_id),
             ]
             changed = bool(await self._revoke_mark(keys=grant_keys, args=args))
+            after = await self.get_grant(grant_id)
+            if after is not None and after.token_handle != announced:  # narrowed in between
+                await self._revoke_announce(
+                    keys=[self.keys.revoked()], args=[now, reason, after.token_handle, args[3], expires_at]
+                )
         else:
             keys = [
                 self.keys.grant(grant_id),
@@ -518,6 +558,33 @@ class RedisStore:
         if changed:
             TOKENS_REVOKED.labels(reason).inc()
         return changed
+
+    async def narrow_grant(
+        self, grant_id: str, scopes: str, *, epoch: int, tokens_expire_at: float, reason: str
+    ) -> NarrowOutcome:
+        """One script on one node. On Cluster the old handle is recorded and announced first (in the
+        set's slot), then the grant narrowed if still at ``epoch``: a crash between them leaves
+        tokens refused that the grant would still issue (the caller saw an error and retries), never
+        a narrowed grant whose wider tokens are still accepted."""
+        now = time.time()
+        args: list[str | float] = [now, scopes, epoch, self.keys.revocation_channel(), tokens_expire_at, grant_id]
+        grant_keys = [self.keys.grant(grant_id), self.keys.downstream_tokens(grant_id)]
+        if isinstance(self.redis, RedisCluster):
+            grant = await self.get_grant(grant_id)
+            if grant is None or not grant.active:
+                return "inactive"
+            if grant.epoch != epoch:
+                return "stale"
+            await self._revoke_announce(
+                keys=[self.keys.revoked()], args=[now, reason, grant.token_handle, args[3], tokens_expire_at]
+            )
+            outcome = _text(await self._narrow_cluster(keys=grant_keys, args=args))
+        else:
+            outcome = _text(await self._narrow(keys=[*grant_keys, self.keys.revoked()], args=args))
+        if outcome == "ok":
+            TOKENS_REVOKED.labels(reason).inc()
+            return "ok"
+        return "stale" if outcome == "stale" else "inactive"
 
     async def put_upstream_tokens(self, grant_id: str, sealed: str, ttl: float) -> bool:
         keys = [self.keys.grant(grant_id), self.keys.upstream_tokens(grant_id)]

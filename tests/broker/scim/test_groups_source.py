@@ -67,11 +67,15 @@ async def test_scim_groups_replace_the_directory_groups(
                     json=patch({"op": "remove", "path": f'members[value eq "{ids["user"]}"]'}),
                 )
                 assert removed.status_code == 200, removed.text
-            # reapply_policy reads SCIM now: the grant would lose notes:write, so it is revoked.
+            # reapply_policy reads SCIM now: the grant loses notes:write, so it is narrowed in
+            # place: the access tokens carrying notes:write end at once, the grant lives on.
             await refused_within(verifier, tokens["access_token"], bound=5.0)
-        ended = await asyncio.to_thread(refresh, broker, client["client_id"], tokens["refresh_token"])
-        assert ended.status_code == 400
-        assert ended.json()["error"] == "invalid_grant"
+            narrowed = await asyncio.to_thread(refresh, broker, client["client_id"], tokens["refresh_token"])
+            assert narrowed.status_code == 200, narrowed.text
+            assert narrowed.json()["scope"].split() == ["notes:read"]
+            access = await verifier.verify_token(narrowed.json()["access_token"])
+            assert access is not None
+            assert access.scopes == ["notes:read"]
         _, fresh = await asyncio.to_thread(tokens_for, broker, uid, password=f"pw-{uid}")
         assert fresh["scope"].split() == ["notes:read"]  # SCIM's mcp-readers
 

@@ -114,7 +114,7 @@ async def test_revoke_user_by_subject_or_username_and_only_at_that_provider(stor
     assert await effects.recent("ldap") == []
 
 
-async def test_reapply_policy_keeps_what_still_holds_and_revokes_what_would_shrink(store: RedisStore) -> None:
+async def test_reapply_policy_keeps_what_holds_narrows_what_shrinks_revokes_what_is_empty(store: RedisStore) -> None:
     effects = effects_on(store)
     both = await a_grant(store)
     read_only = await a_grant(store, scopes="notes:read")
@@ -122,11 +122,44 @@ async def test_reapply_policy_keeps_what_still_holds_and_revokes_what_would_shri
         "okta", "okta:alice-id", groups=frozenset({"readers"}), signal=scim("group_membership_removed")
     )
     assert outcome.effect == "reapply_policy"
-    assert outcome.revoked == (both,)  # its access tokens carry notes:write: revoked, not narrowed
+    assert outcome.revoked == ()
+    assert outcome.narrowed == (both,)
     assert outcome.unchanged == (read_only,)
-    assert await active(store, read_only)
+    narrowed = await store.get_grant(both)
+    assert narrowed is not None
+    assert narrowed.active
+    assert narrowed.scope_list == ["notes:read"]
+    assert narrowed.epoch == 1
+    assert narrowed.token_handle == f"{both}.1"
+    ended = await store.revoked()
+    assert both in ended  # the tokens carrying notes:write (handle of epoch 0) are ended ...
+    assert f"{both}.1" not in ended  # ... and the narrowed grant's next ones are not
+    assert (await effects.recent("okta"))[0]["narrowed"] == [both]
     nothing = await effects.reapply_policy("okta", "alice-id", groups=frozenset(), signal=scim("group_removed"))
-    assert nothing.revoked == (read_only,)
+    assert sorted(nothing.revoked) == sorted([both, read_only])
+    assert f"{both}.1" in await store.revoked()  # revoking announces the grant's current handle
+
+
+async def test_reapply_policy_narrows_again_from_a_grant_narrowed_meanwhile(store: RedisStore) -> None:
+    grant_id = await a_grant(store)
+    grant = await store.get_grant(grant_id)
+    assert grant is not None
+    # Another replica narrowed it after this one read it: the stale narrowing writes nothing.
+    assert (
+        await store.narrow_grant(grant_id, "notes:read", epoch=0, tokens_expire_at=time.time() + 60, reason="x") == "ok"
+    )
+    assert (
+        await store.narrow_grant(grant_id, "notes:write", epoch=0, tokens_expire_at=time.time() + 60, reason="x")
+        == "stale"
+    )
+    kept = await store.get_grant(grant_id)
+    assert kept is not None
+    assert kept.scope_list == ["notes:read"]
+    assert kept.epoch == 1
+    outcome = await effects_on(store).reapply_policy(
+        "okta", "alice-id", groups=frozenset({"writers"}), signal=scim("group_membership_removed")
+    )
+    assert outcome.revoked == (grant_id,)  # notes:read was all it had left
 
 
 async def test_reapply_policy_without_groups_uses_the_kept_groups(store: RedisStore) -> None:

@@ -26,7 +26,7 @@ from broker.config.shared_signals import SharedSignalsConfig
 from broker.devstack import RedisServer, Slapd
 from broker.signals.ssf import Subject, subject_of
 from tests.broker.conftest import BrokerFactory
-from tests.broker.flows import Broker, broker_yaml, tokens_for
+from tests.broker.flows import Broker, broker_yaml, refresh, tokens_for
 from tests.broker.revocations import refused_within, verifier_for
 from tests.emulators.ssf import CAEP, POLL_TOKEN, RISC, SsfTransmitter, new_key
 
@@ -160,7 +160,7 @@ async def test_token_claims_change_reapplies_the_policy_with_the_new_groups(
     broker_factory: BrokerFactory, redis_server: RedisServer
 ) -> None:
     with ssf_broker(broker_factory) as setup:
-        _, alice = tokens_for(setup.broker, "alice")
+        client, alice = tokens_for(setup.broker, "alice")
         sub_id = {"format": "opaque", "id": local_subject(alice["access_token"])}
         async with verifier_for(setup.broker, redis_server) as verifier:
             # the same groups: the grant keeps every scope and stays
@@ -168,16 +168,28 @@ async def test_token_claims_change_reapplies_the_policy_with_the_new_groups(
             answer = setup.push(setup.transmitter.sign(CAEP + "token-claims-change", same, sub_id=sub_id))
             assert answer.status_code == 202, answer.text
             assert await verifier.verify_token(alice["access_token"]) is not None
-            # no groups left: the grant would lose its scopes, so it is revoked
+            # mcp-writers gone: the grant loses notes:write and is narrowed; its token ends now
+            readers = {"claims": {"groups": ["mcp-readers"]}}
+            answer = setup.push(setup.transmitter.sign(CAEP + "token-claims-change", readers, sub_id=sub_id))
+            assert answer.status_code == 202, answer.text
+            await refused_within(verifier, alice["access_token"], BOUND)
+            again = await asyncio.to_thread(refresh, setup.broker, client["client_id"], alice["refresh_token"])
+            assert again.status_code == 200, again.text
+            assert again.json()["scope"] == "notes:read"
+            narrowed = again.json()["access_token"]
+            assert await verifier.verify_token(narrowed) is not None
+            # no groups left: nothing to narrow to, so the grant is revoked
             answer = setup.push(
                 setup.transmitter.sign(CAEP + "token-claims-change", {"claims": {"groups": []}}, sub_id=sub_id)
             )
             assert answer.status_code == 202, answer.text
-            await refused_within(verifier, alice["access_token"], BOUND)
-        record, kept = signals(setup.broker)
-        assert record["effect"] == kept["effect"] == "reapply_policy"
+            await refused_within(verifier, narrowed, BOUND)
+        record, shrunk, kept = signals(setup.broker)
+        assert record["effect"] == shrunk["effect"] == kept["effect"] == "reapply_policy"
         assert len(record["revoked"]) == 1
-        assert kept["revoked"] == []
+        assert shrunk["revoked"] == []
+        assert shrunk["narrowed"] == record["revoked"]
+        assert kept["revoked"] == kept["narrowed"] == []
         assert len(kept["unchanged"]) == 1
 
 

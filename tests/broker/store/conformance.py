@@ -58,7 +58,7 @@ def a_code(code_hash: str, client_id: str = "client-1") -> records.Authorization
 
 
 async def rotate(
-    store: Store, grant_id: str, old: str, new: str, successor: str = "", *, successor_ttl: int = 60
+    store: Store, grant_id: str, old: str, new: str, successor: str = "", *, successor_ttl: int = 60, epoch: int = 0
 ) -> tuple[str, str]:
     result = await store.rotate_refresh(
         grant_id,
@@ -69,6 +69,7 @@ async def rotate(
         rotated_ttl=600,
         successor_ttl=successor_ttl,
         scopes="notes:read",
+        epoch=epoch,
     )
     return result.outcome, result.successor
 
@@ -241,6 +242,51 @@ async def revocation(store: Store) -> None:
     assert grant_id in await store.revoked()
     assert await rotate(store, grant_id, "r1", "r2") == ("revoked", "")  # stays revoked
     assert not await store.revoke_grant(new_id(), "test")  # unknown: nothing was active
+
+
+async def narrowing(store: Store) -> None:
+    """A grant narrowed in place: scopes written, epoch moved on, the old token handle ended and
+    announced, cached downstream tokens dropped; a rotation minted from the old epoch writes
+    nothing; revoking later ends the current handle."""
+    grant_id = new_id()
+    await store.create_grant(a_grant(grant_id), "r1", 600, 600)
+    assert await store.put_downstream_token(grant_id, "slot", "sealed", 60)
+    until = time.time() + 360
+    assert await store.narrow_grant(grant_id, "notes:read", epoch=0, tokens_expire_at=until, reason="test") == "ok"
+    grant = await store.get_grant(grant_id)
+    assert grant is not None
+    assert grant.active
+    assert (grant.scopes, grant.epoch, grant.token_handle) == ("notes:read", 1, f"{grant_id}.1")
+    assert grant_id in await store.revoked()
+    assert f"{grant_id}.1" not in await store.revoked()
+    assert await store.get_downstream_token(grant_id, "slot") is None
+    assert await store.narrow_grant(grant_id, "", epoch=0, tokens_expire_at=until, reason="test") == "stale"
+    assert await rotate(store, grant_id, "r1", "r2", epoch=0) == ("stale", "")
+    assert not (await store.get_refresh(grant_id, "r1") or records.RefreshToken("rotated")).rotated  # nothing written
+    assert await rotate(store, grant_id, "r1", "r2", epoch=1) == ("ok", "")
+    assert (await store.get_grant(grant_id) or a_grant("x")).epoch == 1  # a rotation keeps the epoch
+    assert await store.revoke_grant(grant_id, "test")
+    assert f"{grant_id}.1" in await store.revoked()
+    assert await store.narrow_grant(grant_id, "", epoch=1, tokens_expire_at=until, reason="test") == "inactive"
+    assert await store.narrow_grant(new_id(), "", epoch=0, tokens_expire_at=until, reason="test") == "inactive"
+
+
+async def narrow_during_rotate(store: Store) -> None:
+    """A narrowing racing a rotation of the old epoch: whichever lands first, the grant ends with
+    the narrowing's scopes at epoch 1, and the old handle ended."""
+    for _ in range(5):
+        grant_id = new_id()
+        await store.create_grant(a_grant(grant_id), "r1", 600, 600)
+        (outcome, _), narrowed = await asyncio.gather(
+            rotate(store, grant_id, "r1", "r2"),
+            store.narrow_grant(grant_id, "notes:write", epoch=0, tokens_expire_at=time.time() + 60, reason="test"),
+        )
+        assert outcome in ("ok", "stale")
+        assert narrowed == "ok"
+        grant = await store.get_grant(grant_id)
+        assert grant is not None
+        assert (grant.scopes, grant.epoch) == ("notes:write", 1)
+        assert grant_id in await store.revoked()
 
 
 async def revoke_during_rotate(store: Store) -> None:
@@ -677,6 +723,8 @@ CHECKS: dict[str, Check] = {
         rotation,
         concurrent_rotation,
         revocation,
+        narrowing,
+        narrow_during_rotate,
         revoke_during_rotate,
         absolute_lifetime_end,
         lock_ownership,
