@@ -12,7 +12,10 @@ measures from sending it to the verifier refusing the token. Kinds:
 * ``backchannel``: an OpenID Back-Channel Logout token (sub) POSTed to /backchannel-logout/<provider>;
   the demo directory's provider is given a logout-token verifier over a local key (the real
   ``LogoutTokenVerifier``; an OIDC provider would fetch its OP's JWKS, cached);
-* ``scim``: Entra's ``PATCH /Users/{id}`` ``active "False"`` (bench/scim_deprovision.py's rounds).
+* ``scim``: Entra's ``PATCH /Users/{id}`` ``active "False"`` (bench/scim_deprovision.py's rounds);
+* ``ssf_narrow``: a CAEP token-claims-change pushed for alice with ``mcp-readers`` alone: her grant
+  loses notes:write and is narrowed in place, so the token carrying notes:write must be refused
+  (each round re-evaluates every live grant of hers, so later rounds also pay for earlier grants).
 
 Issue 15 asks < 1 s p99 for each. Run: .venv/bin/python bench/signals.py [--signals 200] [--kinds ...]
 On the 2-core development machine under other load (load average 3-5, 3 Dec 2026), 200 each, ms:
@@ -23,6 +26,11 @@ On the 2-core development machine under other load (load average 3-5, 3 Dec 2026
 | ssf_poll    | 200 |    185.5 |    476.2 |    517.0 |
 | backchannel | 200 |    173.1 |    311.6 |    350.7 |
 | scim        | 200 |    261.1 |    557.3 |    558.0 |
+
+and, added with in-place narrowing (same machine, helpers' tests running alongside):
+
+| ssf_narrow  | 200 |     19.0 |     90.5 |    104.1 |
+| ssf_push    | 200 |     52.9 |    112.2 |    115.8 |
 """
 
 from __future__ import annotations
@@ -57,14 +65,14 @@ from providers.oidc.id_token import KeySet
 from providers.oidc.logout_token import EVENT, LogoutToken, LogoutTokenVerifier
 from providers.registry import open_provider
 from tests.broker.flows import RESOURCE, Broker, broker_yaml, exchange, login, register
-from tests.emulators.ssf import POLL_TOKEN, RISC, SsfTransmitter
+from tests.emulators.ssf import CAEP, POLL_TOKEN, RISC, SsfTransmitter
 from tests.http import running
 
 PUSH_TOKEN = "bench-push-token-" + "p" * 24
 SCIM_TOKEN = "bench-scim-token-" + "b" * 24
 OP = "https://op.bench.example.com"
 CLIENT = "bench-client"
-KINDS = ("ssf_push", "ssf_poll", "backchannel", "scim")
+KINDS = ("ssf_push", "ssf_poll", "backchannel", "scim", "ssf_narrow")
 
 
 class WithLogout:
@@ -105,8 +113,9 @@ async def rounds(
     redis_url: str,
     signals: int,
     send: Callable[[httpx.AsyncClient, str, str], Awaitable[float]],
+    user: str = "bob",
 ) -> list[float]:
-    """``send(http, access_token, local_subject)`` sends a signal about bob and returns when it was sent."""
+    """``send(http, access_token, local_subject)`` sends a signal about ``user`` and returns when it was sent."""
     redis = create_redis(redis_url)
     watcher = RevocationWatcher(redis, key_prefix=broker.config.redis.key_prefix)
     await watcher.start()
@@ -121,7 +130,7 @@ async def rounds(
             )
             client_id = (await asyncio.to_thread(register, broker))["client_id"]
             for _ in range(signals):
-                auth = await asyncio.to_thread(login, broker, client_id, "bob")
+                auth = await asyncio.to_thread(login, broker, client_id, user)
                 token = (await asyncio.to_thread(exchange, broker, client_id, auth)).json()["access_token"]
                 claims = await verifier.verify_token(token)
                 assert claims is not None
@@ -206,6 +215,21 @@ shared_signals:
                 assert answer.status_code == 202, answer.text
                 return started
 
+            async def ssf_narrow(http: httpx.AsyncClient, token: str, sub: str) -> float:
+                raw = transmitter.sign(
+                    CAEP + "token-claims-change",
+                    {"claims": {"groups": ["mcp-readers"]}},
+                    sub_id={"format": "opaque", "id": sub},
+                )
+                started = time.perf_counter()
+                answer = await http.post(
+                    f"{broker.base}/ssf/push/push",
+                    content=raw,
+                    headers={"content-type": "application/secevent+jwt", "authorization": f"Bearer {PUSH_TOKEN}"},
+                )
+                assert answer.status_code == 202, answer.text
+                return started
+
             async def ssf_poll(http: httpx.AsyncClient, token: str, sub: str) -> float:
                 raw = transmitter.sign(RISC + "account-disabled", sub_id={"format": "opaque", "id": sub})
                 started = time.perf_counter()
@@ -225,6 +249,8 @@ shared_signals:
                         from scim_deprovision import rounds as scim_rounds
 
                         took = asyncio.run(scim_rounds(broker, redis_server.url, args.signals))
+                    elif kind == "ssf_narrow":
+                        took = asyncio.run(rounds(broker, redis_server.url, args.signals, ssf_narrow, "alice"))
                     else:
                         send = {"ssf_push": ssf_push, "ssf_poll": ssf_poll, "backchannel": backchannel}[kind]
                         took = asyncio.run(rounds(broker, redis_server.url, args.signals, send))
