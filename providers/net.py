@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import certifi
+
 from providers.base import UpstreamUnavailable
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A verifying client context trusting certifi's bundle, the system's CAs and, when given,
+    ``ca_file`` on top (a private CA adds to what is trusted; it never replaces it). Every provider
+    builds its TLS trust here, so the configuration's ``ca_file`` means one thing everywhere."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.load_default_certs()
+    if ca_file:
+        context.load_verify_locations(ca_file)
+    return context
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -21,7 +21,8 @@ included. Waits for a thread or for a build under way are asyncio waits within t
   into a token cache of that user alone (``SerializableTokenCache``), which the caller keeps
   (sealed, with the grant) and hands back for each delegated acquisition, run on an application
   built for that one call around it (discovery comes from the shared HTTP cache).
-* The HTTP client trusts the configured CA file (or certifi), never the environment:
+* The HTTP client trusts certifi's and the system's CAs plus the configured CA file
+  (``providers.net.tls_context``), never the environment:
   ``trust_env`` is off so ``SSL_CERT_FILE`` and proxy variables cannot change where the
   broker sends its client secret or whom it trusts.
 * Instance discovery is off: it asks ``login.microsoftonline.com`` whether the authority host

@@ -44,13 +44,11 @@ sign-in time are kept until the next sign-in, bounded by the refresh token's abs
 from __future__ import annotations
 
 import hmac
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-import certifi
 import httpx
 
 from providers.base import (
@@ -73,6 +71,7 @@ from providers.entra.config import EntraProviderConfig
 from providers.entra.graph import Graph
 from providers.entra.idtoken import IdTokenVerifier, JwksCache
 from providers.entra.msal_apps import MSAL_CACHE, MsalApps
+from providers.net import tls_context
 
 ROLE_PREFIX = "role:"
 # Answers of Entra's token endpoint that a new interactive sign-in (or a consent) resolves.
@@ -102,7 +101,7 @@ class EntraProvider(RedirectProvider, RefreshProvider, DelegatedAccess, Lifecycl
         # One HTTP client for MSAL (see ``MsalApps``), Graph and the JWKS; each call has its own
         # overall deadline, ``timeout``, on top of httpx's per-read one.
         self._http = httpx.AsyncClient(
-            verify=ssl.create_default_context(cafile=config.ca_file or certifi.where()),
+            verify=tls_context(config.ca_file),
             trust_env=False,
             timeout=config.timeout,
             proxy=str(config.proxy) if config.proxy else None,

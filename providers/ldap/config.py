@@ -17,7 +17,9 @@ class LdapProviderConfig(ProviderConfig):
         description="Directory servers tried in order (failover): ldap://, ldaps:// URLs.",
     )
     start_tls: bool = Field(default=False, description="Upgrade ldap:// connections with StartTLS.")
-    ca_file: str | None = Field(default=None, description="PEM bundle of CAs trusted for TLS.")
+    ca_file: str | None = Field(
+        default=None, description="Extra CA bundle (PEM) trusted for TLS, besides the system's."
+    )
     verify_tls: bool = Field(default=True, description="Verify the server certificate (keep on).")
     bind_dn: str | None = Field(default=None, description="Service account that searches for users.")
     bind_password: SecretStr | None = Field(default=None, description="Service account password.")

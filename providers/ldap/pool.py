@@ -25,6 +25,7 @@ from providers.ldap import wire
 from providers.ldap.config import LdapProviderConfig
 from providers.ldap.connection import Connection, LinkError, address, open_connection
 from providers.ldap.resolver import Resolver
+from providers.net import tls_context
 
 # Root DSE supportedCapabilities of Active Directory and of AD LDS (MS-ADTS 3.1.1.3.4.3).
 _AD_CAPABILITIES = {"1.2.840.113556.1.4.800", "1.2.840.113556.1.4.1851"}
@@ -102,7 +103,7 @@ class Directory:
         self.config = config
         self._tls: ssl.SSLContext | None = None
         if any(u.startswith("ldaps://") for u in config.urls) or config.start_tls:
-            self._tls = ssl.create_default_context(cafile=config.ca_file)
+            self._tls = tls_context(config.ca_file)
             if not config.verify_tls:
                 self._tls.check_hostname = False
                 self._tls.verify_mode = ssl.CERT_NONE

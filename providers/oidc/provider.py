@@ -33,13 +33,11 @@ import asyncio
 import contextlib
 import hmac
 import secrets
-import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-import certifi
 import httpx2
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -60,7 +58,7 @@ from providers.base import (
     UpstreamUnavailable,
     qualified_subject,
 )
-from providers.net import deadline, describe
+from providers.net import deadline, describe, tls_context
 from providers.oidc.config import OidcProviderConfig
 from providers.oidc.discovery import ProviderMetadata, discovery_url, origin, parse_metadata
 from providers.oidc.id_token import IdTokenVerifier, KeySet
@@ -234,10 +232,7 @@ class OidcProvider(RedirectProvider, Lifecycle, FormOrigins, EmailDomainHints):
     def _client(self) -> AsyncOAuth2Client:
         # Created on first use, inside the event loop that serves requests.
         if self._oauth is None:
-            context = ssl.create_default_context(cafile=certifi.where())
-            context.load_default_certs()
-            if self.config.ca_file:
-                context.load_verify_locations(self.config.ca_file)
+            context = tls_context(self.config.ca_file)
             secret = self.config.client_secret
             self._oauth = AsyncOAuth2Client(
                 client_id=self.config.client_id,
