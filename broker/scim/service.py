@@ -294,6 +294,30 @@ class ScimTenant:
             await self._members_removed(original, _members(original), "group_deleted")
         else:
             await self._deactivated(original, "user_deleted")
+            await self._drop_memberships(resource_id)
+
+    async def _drop_memberships(self, user_id: str) -> None:
+        """A deleted user is no member of any group any more (RFC 7643 §4.2: ``members`` refers to
+        resources that exist): each group that lists them is written without them, read again and
+        retried when changed concurrently. Their grants are revoked already, so nothing else follows."""
+        for group_id, record in await self.store.list_scim_resources(self.provider, "Groups"):
+            listed = record["resource"].get("members") or []
+            if not any(isinstance(m, dict) and m.get("value") == user_id for m in listed):
+                continue
+            for attempt in range(ATTEMPTS):
+                await _backoff(attempt)
+                try:
+                    group, stored = await self._read("Groups", group_id)
+                except NotFoundException:
+                    break  # deleted meanwhile
+                assert isinstance(group, Group)
+                if user_id not in _members(group):
+                    break
+                changed = group.model_copy(deep=True)
+                changed.members = [m for m in group.members or [] if m.value != user_id]
+                self._stamp("Groups", changed, group.meta.created if group.meta else None)
+                if await self._save("Groups", changed, create=False, expected=stored):
+                    break
 
     # -- effects ------------------------------------------------------------------------------
     async def _effects(self, endpoint: Endpoint, before: AnyResource, after: AnyResource) -> None:

@@ -147,6 +147,8 @@ def test_entra_group_requests(scim_broker: Broker) -> None:
         )
         assert renamed.status_code == 200
         assert renamed.json()["displayName"] == "1879db59"
+        assert scim.delete(f"/Users/{users[1]}").status_code == 204  # a deleted user leaves their groups
+        assert scim.get(f"/Groups/{group}").json().get("members", []) == []
         assert scim.delete(f"/Groups/{group}").status_code == 204
 
 
