@@ -11,6 +11,7 @@ every grant of that user at the provider. A refused token changes nothing (§2.8
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -65,10 +66,18 @@ async def receive(provider: object, provider_id: str, raw: str | None, store: St
         received_clock=signal.received_clock,
         detail={k: v for k, v in (("sid", token.sid), ("sub", token.sub)) if v is not None},
     )
-    if not await store.claim_assertion_jti("backchannel-logout\n" + provider.issuer, token.jti, token.expires_at):
+    spent = ("backchannel-logout\n" + provider.issuer, token.jti)
+    if not await store.claim_assertion_jti(*spent, token.expires_at):
         effects.refused(signal, "invalid_request", "logout token jti replayed")
         raise LogoutRefused("the logout token was already used")
-    if token.sid is not None:
-        return await effects.revoke_session(provider_id, token.sid, reason="backchannel_logout", signal=signal)
-    assert token.sub is not None
-    return await effects.revoke_user(provider_id, subject=token.sub, reason="backchannel_logout", signal=signal)
+    try:
+        if token.sid is not None:
+            return await effects.revoke_session(provider_id, token.sid, reason="backchannel_logout", signal=signal)
+        assert token.sub is not None
+        return await effects.revoke_user(provider_id, subject=token.sub, reason="backchannel_logout", signal=signal)
+    except Exception:
+        # Not applied (Redis failed): the OP's retry must be handled, not refused as a replay
+        # (revoking again is harmless).
+        with contextlib.suppress(Exception):
+            await store.release_assertion_jti(*spent)
+        raise

@@ -317,10 +317,20 @@ class SsfReceiver:
             received_clock=arrived.received_clock,
             detail={"stream": stream.id, **({"sub_id": dict(event.sub_id)} if event.sub_id else {})},
         )
-        if not await self.store.claim_assertion_jti("ssf\n" + stream.config.issuer, event.jti, event.expires_at):
+        spent = ("ssf\n" + stream.config.issuer, event.jti)
+        if not await self.store.claim_assertion_jti(*spent, event.expires_at):
             self.effects.refused(signal, "invalid_request", "SET jti replayed")
             raise SetRefused("invalid_request", "the SET was already received (jti)", duplicate=True)
-        return await self.apply(stream, event, signal)
+        try:
+            return await self.apply(stream, event, signal)
+        except SetRefused:
+            raise  # refused for what it says: a retry would be refused alike
+        except Exception:
+            # Not applied (Redis or the provider failed): the transmitter's retry must be handled,
+            # not taken for a replay and acknowledged (the effects are safe to run again).
+            with contextlib.suppress(Exception):
+                await self.store.release_assertion_jti(*spent)
+            raise
 
     async def apply(self, stream: Stream, event: SecurityEvent, signal: Signal) -> Outcome:
         provider = stream.provider_id

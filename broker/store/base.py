@@ -367,6 +367,11 @@ class Store(SigningKeyStore, Protocol):
         of ``jti`` from ``issuer``, False ever after until ``expires_at`` (epoch seconds), when the
         record ends by itself. Single use across replicas: of concurrent claims exactly one is True."""
 
+    async def release_assertion_jti(self, issuer: str, jti: str) -> None:
+        """Forget a claim of ``claim_assertion_jti`` whose handling failed before it took effect,
+        so the sender's retry is handled rather than refused as a replay. Only for handling that
+        may safely run twice (an upstream signal's effect); never for a grant that issues tokens."""
+
     # -- upstream signals (broker.signals) ---------------------------------------------------
     async def record_signal(self, provider_id: str, record: Mapping[str, Any], *, keep: int) -> None:
         """Add one signal's record (JSON-serialisable) to the provider's recent signals, keeping the

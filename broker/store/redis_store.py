@@ -796,6 +796,9 @@ class RedisStore:
         seconds = max(1, math.ceil(expires_at - time.time()))
         return bool(await self.redis.set(self.keys.assertion_jti(issuer, jti), "1", nx=True, ex=seconds))
 
+    async def release_assertion_jti(self, issuer: str, jti: str) -> None:
+        await self.redis.delete(self.keys.assertion_jti(issuer, jti))
+
     # -- upstream signals ----------------------------------------------------------------------
     async def record_signal(self, provider_id: str, record: Mapping[str, Any], *, keep: int) -> None:
         key = self.keys.recent_signals(provider_id)

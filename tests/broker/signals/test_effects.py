@@ -231,3 +231,27 @@ async def test_a_logout_token_is_spent_once_and_a_refused_one_changes_nothing(st
     fresh = FakeOidc(replace(token, jti=secrets.token_hex(4)))
     outcome = await receive(fresh, "okta", "t", store, effects)
     assert outcome.revoked == (grant_id,)
+
+
+async def test_a_logout_token_whose_effect_failed_is_handled_when_the_op_retries(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis fails after the jti was spent: the OP's retry of the same token must revoke, not be
+    refused as a replay (nothing lost)."""
+    effects = effects_on(store)
+    grant_id = await a_grant(store, sid="op-sid-7")
+    provider = FakeOidc(Token(jti=secrets.token_hex(4), sub=None, sid="op-sid-7", expires_at=time.time() + 60))
+    real = store.session_grant_ids
+
+    async def unreachable(provider_id: str, session: str) -> list[str]:
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(store, "session_grant_ids", unreachable)
+    with pytest.raises(ConnectionError):
+        await receive(provider, "okta", "t", store, effects)
+    assert await active(store, grant_id)
+    monkeypatch.setattr(store, "session_grant_ids", real)
+    outcome = await receive(provider, "okta", "t", store, effects)  # the same token again
+    assert outcome.revoked == (grant_id,)
+    with pytest.raises(LogoutRefused, match="already used"):
+        await receive(provider, "okta", "t", store, effects)  # handled: now it is spent

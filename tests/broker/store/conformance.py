@@ -546,6 +546,9 @@ async def assertion_jtis(store: Store) -> None:
     assert sorted(claims) == [False] * 9 + [True]
     assert not await store.claim_assertion_jti("https://idp.example", jti, time.time() + 600)
     assert await store.claim_assertion_jti("https://other-idp.example", jti, time.time() + 600)  # per issuer
+    await store.release_assertion_jti("https://idp.example", jti)  # its handling failed: a retry is handled
+    assert await store.claim_assertion_jti("https://idp.example", jti, time.time() + 600)
+    assert not await store.claim_assertion_jti("https://other-idp.example", jti, time.time() + 600)
     short = f"jti-{new_id()}"
     assert await store.claim_assertion_jti("https://idp.example", short, time.time() + 1)
     assert not await store.claim_assertion_jti("https://idp.example", short, time.time() + 1)
