@@ -25,10 +25,15 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, get_args
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.metrics import TOKENS_REVOKED
 from broker.store import throttle_scripts
@@ -335,6 +340,45 @@ def _attempt(reply: object) -> AttemptStart:
     return AttemptStart(_ATTEMPT_STATES[state], max(ttl, 1) if state == 0 else 0)
 
 
+class _OneNodeScript(AsyncScript):
+    """A Lua script on one node (standalone, or Sentinel's master), called as redis-py's
+    ``AsyncScript`` is (``await script(keys=..., args=...)``) by a shorter path: ``EVALSHA`` on a
+    pooled connection, its reply read, the connection released. Left out of the way
+    ``Redis.execute_command`` goes, and doing nothing here: its retry wrapper (the client retries
+    nothing; a connection that would retry takes the usual path), its OpenTelemetry recorders (none
+    is configured) and the deprecation wrapper's argument filtering. Kept: the connection's health
+    check, the write and read deadlines (``socket_timeout``), a failed connection dropped (nothing
+    retried), and a script Redis does not know (restarted, failed over) loaded and run again."""
+
+    def __init__(self, script: AsyncScript, redis: Redis) -> None:
+        super().__init__(redis, script.script)
+        self._pool = redis.connection_pool
+
+    async def __call__(
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Iterable[Any] | None = None,
+        client: Any = None,
+    ) -> Any:
+        if client is not None:
+            return await super().__call__(keys, args, client)
+        keys, args = keys or (), args or ()
+        pool = self._pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            if not conn.retry.get_retries():  # else redis-py's own path, below
+                await conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                return await conn.read_response()
+        except NoScriptError:
+            pass  # loaded and run again below
+        except (RedisConnectionError, RedisTimeoutError):
+            await conn.disconnect()  # as execute_command does; the next command connects again
+            raise
+        finally:
+            await pool.release(conn)
+        return await super().__call__(keys, args)
+
+
 class RedisStore:
     """:class:`broker.store.base.Store` on Redis: standalone, Sentinel or Cluster."""
 
@@ -367,6 +411,12 @@ class RedisStore:
         self._hit = redis.register_script(throttle_scripts.HIT)
         self._claim_recheck = redis.register_script(_CLAIM_RECHECK)
         self._finish_recheck = redis.register_script(_FINISH_RECHECK)
+        if isinstance(redis, Redis) and not redis.single_connection_client:
+            # A refresh grant's scripts by the shorter path (one node; Cluster routes by slot).
+            self._rotate = _OneNodeScript(self._rotate, redis)
+            self._claim_recheck = _OneNodeScript(self._claim_recheck, redis)
+            self._finish_recheck = _OneNodeScript(self._finish_recheck, redis)
+            self._unlock = _OneNodeScript(self._unlock, redis)
 
     # -- clients ---------------------------------------------------------------------------
     async def save_client(self, client: ClientRegistration, ttl: int) -> None:
