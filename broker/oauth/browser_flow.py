@@ -30,7 +30,7 @@ from broker.security.password_login import LoginOutcome, password_login
 from broker.security.throttle import LoginThrottle
 from broker.store.base import Store
 from broker.store.keys import digest
-from broker.store.records import PendingFlow, UpstreamLeg
+from broker.store.records import Consent, PendingFlow, UpstreamLeg
 from broker.upstream_log import log_upstream_failure
 from providers.base import (
     AccountDisabled,
@@ -487,24 +487,17 @@ class BrowserFlow:
     async def finish(self, loaded: Loaded, identity: Identity) -> Finished:
         """Signed in as ``identity``: spend the flow, apply the policy, issue a code or refuse."""
         auth, client = loaded.auth, loaded.client
-        if await self._store.take_flow(loaded.flow_id) is None:  # single use, even if two tabs race
-            return Expired()
         policy = self._policies.current
         resource = policy.resource_for(auth.resource)
         if resource is None:
+            await self._store.take_flow(loaded.flow_id)
             return Expired()
-        LOGINS.labels(identity.provider_id, "success").inc()
-        audit(
-            "login_succeeded",
-            provider=identity.provider_id,
-            sub=identity.subject,
-            username=identity.username,
-            client_id=client.client_id,
-            groups=len(identity.groups),
-        )
         decision = policy.evaluate(resource, identity)
-        scopes = policy.narrow(resource, decision, auth.scopes)
-        if not scopes:
+        scopes = sorted(policy.narrow(resource, decision, auth.scopes))
+        if not scopes:  # nothing to issue: the flow is spent alone
+            if await self._store.take_flow(loaded.flow_id) is None:  # single use, even if two tabs race
+                return Expired()
+            self._signed_in(identity, client)
             audit(
                 "access_denied",
                 sub=identity.subject,
@@ -520,29 +513,53 @@ class BrowserFlow:
                 groups=policy.hint_groups(resource, identity.provider_id),
                 return_url=error_redirect(self._issuer, auth.redirect_uri, _access_denied(), auth.state),
             )
-        grant_id, code = await self._grants.issue_code(
+        grant_id, code, record = self._grants.new_code(
             client_id=client.client_id,
             redirect_uri=auth.redirect_uri,
             redirect_uri_given=auth.redirect_uri_given,
             code_challenge=auth.code_challenge,
             resource=resource.uri,
-            scopes=sorted(scopes),
+            scopes=scopes,
             identity=identity,
             openid=auth.openid,
             nonce=auth.nonce,
         )
-        await self._store.remember_consent(identity.subject, client.client_id, resource.uri, sorted(scopes))
+        # One store call spends the flow (single use, even if two tabs race) and, only then, keeps
+        # the code and remembers the consent.
+        spent = await self._store.spend_flow(
+            loaded.flow_id,
+            grant_id=grant_id,
+            code=record,
+            code_ttl=self._grants.code_ttl,
+            subject=identity.subject,
+            consent=Consent(client.client_id, resource.uri, tuple(scopes), time.time()),
+        )
+        if not spent:
+            return Expired()
+        self._signed_in(identity, client)
         audit(
             "code_issued",
             grant_id=grant_id,
             client_id=client.client_id,
             sub=identity.subject,
             resource=resource.uri,
-            scopes=sorted(scopes),
-            granted_by={s: decision.granted_by.get(s, []) for s in sorted(scopes)},
+            scopes=scopes,
+            granted_by={s: decision.granted_by.get(s, []) for s in scopes},
             policy_version=policy.version,
         )
         return Redirect(redirect_with(auth.redirect_uri, {"code": code, "state": auth.state, "iss": self._issuer}))
+
+    @staticmethod
+    def _signed_in(identity: Identity, client: Client) -> None:
+        LOGINS.labels(identity.provider_id, "success").inc()
+        audit(
+            "login_succeeded",
+            provider=identity.provider_id,
+            sub=identity.subject,
+            username=identity.username,
+            client_id=client.client_id,
+            groups=len(identity.groups),
+        )
 
 
 def _access_denied(description: str = "the user is not allowed to use this resource") -> OAuthError:

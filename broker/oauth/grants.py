@@ -198,7 +198,7 @@ class GrantService:
     def open_flow_data(self, flow_id: str, data: dict[str, Any] | str | None) -> dict[str, Any]:
         return data if isinstance(data, dict) else self.sealer.open(data, context=f"flow:{flow_id}")
 
-    async def issue_code(
+    def new_code(
         self,
         *,
         client_id: str,
@@ -210,8 +210,9 @@ class GrantService:
         identity: Identity,
         openid: bool = False,
         nonce: str | None = None,
-    ) -> tuple[str, str]:
-        """Store a new authorization code for a signed-in user: (its grant id, the code)."""
+    ) -> tuple[str, str, AuthorizationCode]:
+        """A new authorization code for a signed-in user: its grant id, the code and the record the
+        store keeps for it (``Store.spend_flow`` stores it, for ``code_ttl`` seconds)."""
         grant_id = new_grant_id()
         code = new_handle("ac", grant_id)
         record = AuthorizationCode(
@@ -228,8 +229,11 @@ class GrantService:
             openid=openid,
             nonce=nonce,
         )
-        await self.store.save_code(grant_id, record, self.config.tokens.authorization_code_ttl)
-        return grant_id, code
+        return grant_id, code, record
+
+    @property
+    def code_ttl(self) -> int:
+        return self.config.tokens.authorization_code_ttl
 
     # -- authorization_code ----------------------------------------------------------------
     async def exchange_code(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:

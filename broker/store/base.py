@@ -133,6 +133,14 @@ class Store(SigningKeyStore, Protocol):
         """Remove and return a flow. Single use across replicas: of concurrent takes, exactly one
         gets the flow, the others None."""
 
+    async def spend_flow(
+        self, flow_id: str, *, grant_id: str, code: AuthorizationCode, code_ttl: int, subject: str, consent: Consent
+    ) -> bool:
+        """The end of a sign-in in one call: spend the flow (as :meth:`take_flow`) and, only if
+        this call spent it, store its authorization code (as :meth:`save_code`) and remember the
+        user's consent (as :meth:`remember_consent`). False, with nothing stored, if the flow was
+        gone: of concurrent calls for one flow exactly one returns True, and only its code is stored."""
+
     async def count_flow_attempt(self, flow_id: str) -> int:
         """Count one more failed sign-in on a flow and return the new count, atomically however
         many arrive at once (no two callers see the same number); 0 if the flow has expired.

@@ -169,6 +169,18 @@ for i = 3, #KEYS do
 end
 """
 
+# The end of a sign-in, on one node (three slots): the flow spent and, only if this call spent it,
+# its code stored and the consent remembered. KEYS: the flow, the code, the user's consents. ARGV:
+# the code's record, its ttl, the consent's field, the consent, the hash's ttl. 1 if spent here.
+_SPEND_FLOW = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+return 1
+"""
+CONSENT_TTL = 400 * 86400  # a user's remembered consents, from the last one given
+
 # KEYS: a user's consents. ARGV: the field, the consent, the hash's ttl. One round trip.
 _REMEMBER_CONSENT = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -398,6 +410,7 @@ class RedisStore:
         self._index_grant = redis.register_script(_INDEX_GRANT)
         self._create_grant = redis.register_script(_CREATE_GRANT)
         self._remember_consent = redis.register_script(_REMEMBER_CONSENT)
+        self._spend_flow = redis.register_script(_SPEND_FLOW)
         self._count_attempt = redis.register_script(_COUNT_ATTEMPT)
         self._scim_save = redis.register_script(_SCIM_SAVE)
         self._scim_delete = redis.register_script(_SCIM_DELETE)
@@ -442,6 +455,23 @@ class RedisStore:
     async def take_flow(self, flow_id: str) -> PendingFlow | None:
         record = loads(await self.redis.getdel(self.keys.flow(flow_id)))
         return PendingFlow.from_json(record) if record is not None else None
+
+    async def spend_flow(
+        self, flow_id: str, *, grant_id: str, code: AuthorizationCode, code_ttl: int, subject: str, consent: Consent
+    ) -> bool:
+        flow_key, code_key = self.keys.flow(flow_id), self.keys.code(grant_id)
+        consents, code_record = self.keys.user_consents(subject), dumps(code.to_json())
+        consent_args: list[str | int] = [consent.hash_field, dumps(consent.to_json()), CONSENT_TTL]
+        if not isinstance(self.redis, RedisCluster):  # one node: all of it in one script
+            return bool(
+                await self._spend_flow(keys=[flow_key, code_key, consents], args=[code_record, code_ttl, *consent_args])
+            )
+        # Cluster: three slots, one step each; the flow is spent first, so only its spender stores a code.
+        if not await self.redis.delete(flow_key):
+            return False
+        await self.redis.set(code_key, code_record, ex=code_ttl)
+        await self._remember_consent(keys=[consents], args=consent_args)
+        return True
 
     async def count_flow_attempt(self, flow_id: str) -> int:
         flow = self.keys.flow(flow_id)
@@ -690,7 +720,7 @@ class RedisStore:
     async def remember_consent(self, subject: str, client_id: str, resource: str, scopes: list[str]) -> None:
         key = self.keys.user_consents(subject)
         consent = Consent(client_id, resource, tuple(scopes), time.time())
-        await self._remember_consent(keys=[key], args=[consent.hash_field, dumps(consent.to_json()), 400 * 86400])
+        await self._remember_consent(keys=[key], args=[consent.hash_field, dumps(consent.to_json()), CONSENT_TTL])
 
     async def consents(self, subject: str) -> list[Consent]:
         raw = await self.redis.hgetall(self.keys.user_consents(subject))

@@ -113,6 +113,31 @@ async def flows_are_taken_once(store: Store) -> None:
     assert [t for t in taken if t is not None] == [records.PendingFlow(approved=True, provider="ldap")]
 
 
+async def flows_end_with_a_code(store: Store) -> None:
+    """Spending a flow stores its code and remembers the consent in the same call, and only for
+    the one caller that spent it: of ten racing, one wins and only its code is kept."""
+    await store.save_flow("f", records.PendingFlow(approved=True, provider="ldap"), 600)
+    grant_ids = [new_id() for _ in range(10)]
+    consent = records.Consent("client-1", "https://mcp.example/", ("read",), 1000.0)
+    spent = await asyncio.gather(
+        *(
+            store.spend_flow("f", grant_id=g, code=a_code(f"h-{g}"), code_ttl=60, subject="alice-sub", consent=consent)
+            for g in grant_ids
+        )
+    )
+    assert sorted(spent) == [False] * 9 + [True]
+    assert await store.get_flow("f") is None
+    winner = grant_ids[spent.index(True)]
+    for g in grant_ids:
+        taken = await store.take_code(g, f"h-{g}", "client-1")
+        assert taken.outcome == ("ok" if g == winner else "missing")
+    assert await store.consents("alice-sub") == [consent]
+    assert not await store.spend_flow(
+        "never-was", grant_id=new_id(), code=a_code("x"), code_ttl=60, subject="bob-sub", consent=consent
+    )
+    assert await store.consents("bob-sub") == []  # nothing stored for a flow that was gone
+
+
 async def flow_attempts(store: Store) -> None:
     await store.save_flow("f", records.PendingFlow(), 600)
     counts = await asyncio.gather(*(store.count_flow_attempt("f") for _ in range(12)))
@@ -717,6 +742,7 @@ CHECKS: dict[str, Check] = {
         clients,
         flows,
         flows_are_taken_once,
+        flows_end_with_a_code,
         flow_attempts,
         upstream_pointers,
         codes,
