@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.log import REDACTED, configure_logging, redact
 
@@ -123,3 +125,47 @@ def test_plain_values_and_ordinary_text_pass_unchanged() -> None:
         "nothing": None,
         "scope": "notes:read notes:write",
     }
+
+
+def _scrubbed_by_every_pattern(text: str) -> str:
+    """What a text becomes through all three patterns, with no quick check before them."""
+    from broker.log import _BEARER, _JWT, _QUERY_SECRET
+
+    text = _JWT.sub(REDACTED, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+_PIECES = [
+    "eyJ",
+    "eyJhbGciOi.eyJzdWIi.c2ln",
+    "=",
+    "&",
+    " ",
+    "\t",
+    "bearer ",
+    "BaSiC ",
+    "ba\u017fic ",
+    "Bearer",
+    "token=",
+    "code=",
+    "refresh_token=",
+    "access_token=",
+    "\u017f",  # long s: (?i) matches it as s
+    "\u212a",  # Kelvin sign
+    "\u0130",
+    "abcdefgh",
+    "dXNlcjpwYXNz",
+    ".",
+    "-",
+    "_",
+    "uid=",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=6), max_size=8).map("".join))
+def test_the_quick_checks_scrub_exactly_as_every_pattern_would(text: str) -> None:
+    from broker.log import _scrub_text
+
+    assert _scrub_text(text) == _scrubbed_by_every_pattern(text)
