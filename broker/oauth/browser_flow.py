@@ -83,10 +83,12 @@ class Expired:
 
 @dataclass(frozen=True)
 class Redirect:
-    """Send the browser to ``url``; ``binding`` (if any) becomes the flow cookie."""
+    """Send the browser to ``url``; ``binding`` (if any) becomes the flow cookie, ``csrf`` (if
+    any) the CSRF cookie."""
 
     url: str
     binding: str | None = None
+    csrf: str | None = None
 
 
 @dataclass(frozen=True)
@@ -283,9 +285,12 @@ class BrowserFlow:
             stage="before_login",
         )
         if self.password_provider(provider) is not None or not isinstance(provider, RedirectProvider):
-            if not await self._store.update_flow(flow_id, flow):
+            # The password form's CSRF token, minted now and kept with the approval (one write):
+            # the browser brings it back as its cookie to the form (``login_form_csrf``).
+            csrf = secrets.token_urlsafe(24)
+            if not await self._store.update_flow(flow_id, flow.with_csrf(digest(csrf))):
                 return Expired()
-            return Redirect(f"{self._issuer}/login?flow={flow_id}", binding)
+            return Redirect(f"{self._issuer}/login?flow={flow_id}", binding, csrf)
         upstream_state = secrets.token_urlsafe(32)
         try:
             url, flow_data = await provider.login_url(self.callback_url(provider), upstream_state)
@@ -328,12 +333,16 @@ class BrowserFlow:
         await self._store.save_upstream_pointer(upstream_state, flow_id, FLOW_TTL)
         return Redirect(url, binding)
 
-    async def login_form_csrf(self, approved: Approved) -> str | None:
-        """A fresh CSRF token for the password form, or None if the flow expired meanwhile."""
+    async def login_form_csrf(self, approved: Approved, cookie: str | None) -> tuple[str, bool] | None:
+        """The password form's CSRF token and whether it is new (to be set as the cookie), or None
+        if the flow expired meanwhile. The token minted on approval when the browser's CSRF cookie
+        holds it (nothing written); else a fresh one, kept with the flow."""
+        if cookie is not None and same_secret(cookie, approved.flow.csrf_hash):
+            return cookie, False
         csrf = secrets.token_urlsafe(24)
         if not await self._store.update_flow(approved.flow_id, approved.flow.with_csrf(digest(csrf))):
             return None
-        return csrf
+        return csrf, True
 
     async def password(
         self, approved: Approved, provider: PasswordProvider, username: str, password: str, client_ip: str | None

@@ -26,11 +26,11 @@ def router(base: str) -> APIRouter:
         loaded = await flows.load(form.get("flow"))
         if loaded is None:
             return pages.error(request, *EXPIRED)
+        if loaded.flow.approved:  # decided already (and its CSRF token is the password form's now)
+            return pages.error(request, *EXPIRED)
         if not pages.csrf_ok(request, form.get("csrf"), loaded.flow.csrf_hash):
             _log.warning("csrf_check_failed", client_id=loaded.client.client_id)
             return pages.csrf_refused(request)
-        if loaded.flow.approved:
-            return pages.error(request, *EXPIRED)
         response: Response
         if form.get("decision") != "approve":
             denied: Denied = await flows.deny(loaded)
@@ -58,6 +58,8 @@ def router(base: str) -> APIRouter:
         assert outcome.binding is not None
         response = pages.redirect(outcome.url)
         pages.set_flow(response, outcome.binding)
+        if outcome.csrf is not None:
+            pages.set_csrf(response, outcome.csrf)
         return response
 
     return api

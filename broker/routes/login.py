@@ -23,11 +23,13 @@ def router(base: str) -> APIRouter:
         approved = await flows.approved(request.query_params.get("flow"), request.cookies.get(pages.flow_cookie))
         if approved is None:
             return pages.error(request, *EXPIRED)
-        csrf = await flows.login_form_csrf(approved)
-        if csrf is None:
+        token = await flows.login_form_csrf(approved, request.cookies.get(pages.csrf_cookie))
+        if token is None:
             return pages.error(request, *EXPIRED)
+        csrf, new = token
         response = _login_page(pages, policy, approved, csrf)
-        pages.set_csrf(response, csrf)
+        if new:
+            pages.set_csrf(response, csrf)
         return response
 
     @api.post(f"{base}/login", summary="Password sign-in", include_in_schema=False)
