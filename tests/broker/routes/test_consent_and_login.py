@@ -138,6 +138,37 @@ def test_parallel_failures_on_one_flow_are_each_counted(broker_factory: BrokerFa
     assert after.status_code == 400  # the flow is gone
 
 
+def test_the_password_form_has_its_own_csrf_token_from_the_approval(broker: Broker) -> None:
+    """Approving sets the password form's CSRF cookie (not the consent form's token); the form
+    carries it without setting another. Without that cookie the form mints a fresh one, and a
+    post must carry the token of the cookie it is sent with."""
+    with broker.client() as browser:
+        page = start(broker, browser)
+        consent_token = hidden_inputs(page.text)["csrf"]
+        approved = browser.post("/consent", data={**hidden_inputs(page.text), "decision": "approve"})
+        set_csrf = [c for c in approved.headers.get_list("set-cookie") if c.startswith("mcpb_csrf=")]
+        assert len(set_csrf) == 1
+        assert "SameSite=strict" in set_csrf[0]
+        token = browser.cookies["mcpb_csrf"]
+        assert token != consent_token
+        form_page = browser.get(approved.headers["location"])
+        assert form_page.status_code == 200
+        assert hidden_inputs(form_page.text)["csrf"] == token
+        assert not any(c.startswith("mcpb_csrf=") for c in form_page.headers.get_list("set-cookie"))
+
+        browser.cookies.delete("mcpb_csrf")
+        fresh_page = browser.get(approved.headers["location"])
+        fresh = hidden_inputs(fresh_page.text)["csrf"]
+        assert fresh != token
+        assert browser.cookies["mcpb_csrf"] == fresh
+        stale = browser.post("/login", data={**hidden_inputs(form_page.text), "username": "alice", "password": "x"})
+        assert stale.status_code == 403  # the older token is no longer the flow's
+        done = browser.post(
+            "/login", data={**hidden_inputs(fresh_page.text), "username": "alice", "password": "demo-alice"}
+        )
+        assert done.status_code == 303
+
+
 def test_flows_are_single_use(broker: Broker) -> None:
     with broker.client() as browser:
         page = start(broker, browser)
