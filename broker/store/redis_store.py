@@ -31,9 +31,7 @@ from typing import Any, Literal, TypeVar, get_args
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.metrics import TOKENS_REVOKED
 from broker.store import throttle_scripts
@@ -50,6 +48,7 @@ from broker.store.base import (
     TakeOutcome,
     TakeResult,
 )
+from broker.store.batches import CommandBatches
 from broker.store.client import RedisClient
 from broker.store.keys import Keys, digest
 from broker.store.records import (
@@ -354,17 +353,19 @@ def _attempt(reply: object) -> AttemptStart:
 
 class _OneNodeScript(AsyncScript):
     """A Lua script on one node (standalone, or Sentinel's master), called as redis-py's
-    ``AsyncScript`` is (``await script(keys=..., args=...)``) by a shorter path: ``EVALSHA`` on a
-    pooled connection, its reply read, the connection released. Left out of the way
-    ``Redis.execute_command`` goes, and doing nothing here: its retry wrapper (the client retries
-    nothing; a connection that would retry takes the usual path), its OpenTelemetry recorders (none
-    is configured) and the deprecation wrapper's argument filtering. Kept: the connection's health
-    check, the write and read deadlines (``socket_timeout``), a failed connection dropped (nothing
-    retried), and a script Redis does not know (restarted, failed over) loaded and run again."""
+    ``AsyncScript`` is (``await script(keys=..., args=...)``) by a shorter path: ``EVALSHA`` through
+    :class:`broker.store.batches.CommandBatches`, which writes the scripts of the requests of one
+    event-loop turn together on one pooled connection and reads their replies back (what a loaded
+    worker spends most on per refresh grant is one write, wake-up and read per request). Left out
+    of the way ``Redis.execute_command`` goes, and doing nothing here: its retry wrapper (only a
+    client that retries nothing takes this path), its OpenTelemetry recorders (none is configured)
+    and the deprecation wrapper's argument filtering. Kept: the connection's health check, the
+    deadline (``socket_timeout``), a failed connection dropped (nothing retried), and a script
+    Redis does not know (restarted, failed over) loaded and run again."""
 
-    def __init__(self, script: AsyncScript, redis: Redis) -> None:
+    def __init__(self, script: AsyncScript, redis: Redis, batches: CommandBatches) -> None:
         super().__init__(redis, script.script)
-        self._pool = redis.connection_pool
+        self._batches = batches
 
     async def __call__(
         self,
@@ -375,20 +376,21 @@ class _OneNodeScript(AsyncScript):
         if client is not None:
             return await super().__call__(keys, args, client)
         keys, args = keys or (), args or ()
-        pool = self._pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            if not conn.retry.get_retries():  # else redis-py's own path, below
-                await conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
-                return await conn.read_response()
+            return await self._batches.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            pass  # loaded and run again below
-        except (RedisConnectionError, RedisTimeoutError):
-            await conn.disconnect()  # as execute_command does; the next command connects again
-            raise
-        finally:
-            await pool.release(conn)
-        return await super().__call__(keys, args)
+            return await super().__call__(keys, args)  # loaded and run again
+
+
+def _retries_nothing(redis: Redis) -> bool:
+    """Whether ``redis``'s connections retry nothing (redis-py's default; ``create_redis``'s)."""
+    options = redis.connection_pool.connection_kwargs
+    retry = options.get("retry")
+    return (
+        (retry is None or not retry.get_retries())
+        and not options.get("retry_on_timeout")
+        and not options.get("retry_on_error")
+    )
 
 
 class RedisStore:
@@ -424,12 +426,13 @@ class RedisStore:
         self._hit = redis.register_script(throttle_scripts.HIT)
         self._claim_recheck = redis.register_script(_CLAIM_RECHECK)
         self._finish_recheck = redis.register_script(_FINISH_RECHECK)
-        if isinstance(redis, Redis) and not redis.single_connection_client:
+        if isinstance(redis, Redis) and not redis.single_connection_client and _retries_nothing(redis):
             # A refresh grant's scripts by the shorter path (one node; Cluster routes by slot).
-            self._rotate = _OneNodeScript(self._rotate, redis)
-            self._claim_recheck = _OneNodeScript(self._claim_recheck, redis)
-            self._finish_recheck = _OneNodeScript(self._finish_recheck, redis)
-            self._unlock = _OneNodeScript(self._unlock, redis)
+            batches = CommandBatches(redis.connection_pool)
+            self._rotate = _OneNodeScript(self._rotate, redis, batches)
+            self._claim_recheck = _OneNodeScript(self._claim_recheck, redis, batches)
+            self._finish_recheck = _OneNodeScript(self._finish_recheck, redis, batches)
+            self._unlock = _OneNodeScript(self._unlock, redis, batches)
 
     # -- clients ---------------------------------------------------------------------------
     async def save_client(self, client: ClientRegistration, ttl: int) -> None:
