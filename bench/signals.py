@@ -204,8 +204,7 @@ shared_signals:
             providers["demo-ldap"] = WithLogout(providers["demo-ldap"], key)
             broker = Broker(config.issuer, config)
 
-            async def ssf_push(http: httpx.AsyncClient, token: str, sub: str) -> float:
-                raw = transmitter.sign(RISC + "account-disabled", sub_id={"format": "opaque", "id": sub})
+            async def push(http: httpx.AsyncClient, raw: str) -> float:
                 started = time.perf_counter()
                 answer = await http.post(
                     f"{broker.base}/ssf/push/push",
@@ -215,20 +214,15 @@ shared_signals:
                 assert answer.status_code == 202, answer.text
                 return started
 
+            async def ssf_push(http: httpx.AsyncClient, token: str, sub: str) -> float:
+                return await push(
+                    http, transmitter.sign(RISC + "account-disabled", sub_id={"format": "opaque", "id": sub})
+                )
+
             async def ssf_narrow(http: httpx.AsyncClient, token: str, sub: str) -> float:
-                raw = transmitter.sign(
-                    CAEP + "token-claims-change",
-                    {"claims": {"groups": ["mcp-readers"]}},
-                    sub_id={"format": "opaque", "id": sub},
-                )
-                started = time.perf_counter()
-                answer = await http.post(
-                    f"{broker.base}/ssf/push/push",
-                    content=raw,
-                    headers={"content-type": "application/secevent+jwt", "authorization": f"Bearer {PUSH_TOKEN}"},
-                )
-                assert answer.status_code == 202, answer.text
-                return started
+                readers = {"claims": {"groups": ["mcp-readers"]}}
+                raw = transmitter.sign(CAEP + "token-claims-change", readers, sub_id={"format": "opaque", "id": sub})
+                return await push(http, raw)
 
             async def ssf_poll(http: httpx.AsyncClient, token: str, sub: str) -> float:
                 raw = transmitter.sign(RISC + "account-disabled", sub_id={"format": "opaque", "id": sub})
