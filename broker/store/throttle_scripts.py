@@ -26,23 +26,30 @@ end
 # KEYS: account failures, account in flight, pair failures, pair in flight (one slot: the
 # username's hash tag). ARGV: pair limit, account limit, in-flight TTL.
 # Returns {1, 0} started, {0, ttl} locked, {2, 0} busy (wait for attempts in flight).
-START_USER = """
+# The username's counts (KEYS and ARGV as in START_USER): returns a lock at once, and leaves
+# ``busy`` true when attempts in flight fill either count. Shared by START_USER and START_ATTEMPT.
+_USER_COUNTS = """
 local account = tonumber(redis.call('GET', KEYS[1]) or '0')
 local pair = tonumber(redis.call('GET', KEYS[3]) or '0')
 local ttl = -2
 if account >= tonumber(ARGV[2]) then ttl = redis.call('TTL', KEYS[1]) end
 if pair >= tonumber(ARGV[1]) then ttl = math.max(ttl, redis.call('TTL', KEYS[3])) end
 if ttl ~= -2 then return {0, ttl} end
-if account + tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2])
-  or pair + tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[1]) then
-  return {2, 0}
-end
-for _, key in ipairs({KEYS[2], KEYS[4]}) do
-  redis.call('INCR', key)
-  redis.call('EXPIRE', key, ARGV[3])
+local busy = account + tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2])
+  or pair + tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[1])
+"""
+
+# Starts the attempt in every in-flight count of KEYS (the even ones), or returns busy.
+_START_IN_FLIGHT = """
+if busy then return {2, 0} end
+for i = 2, #KEYS, 2 do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
 end
 return {1, 0}
 """
+
+START_USER = _USER_COUNTS + _START_IN_FLIGHT
 
 # KEYS as in START_USER, then the set of the username's pair digests. ARGV: 'failed' |
 # 'cleared' | 'void', window, pair digest, pair limit, account limit.
@@ -71,27 +78,17 @@ return {0, 0}
 # KEYS as in START_USER, then (if there is an address) address failures, address in flight.
 # ARGV: pair limit, account limit, in-flight TTL, address limit. Returns as START_USER: a lock on
 # the username is reported before one on the address, and either before busy.
-START_ATTEMPT = """
-local account = tonumber(redis.call('GET', KEYS[1]) or '0')
-local pair = tonumber(redis.call('GET', KEYS[3]) or '0')
-local ttl = -2
-if account >= tonumber(ARGV[2]) then ttl = redis.call('TTL', KEYS[1]) end
-if pair >= tonumber(ARGV[1]) then ttl = math.max(ttl, redis.call('TTL', KEYS[3])) end
-if ttl ~= -2 then return {0, ttl} end
-local busy = account + tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2])
-  or pair + tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[1])
+START_ATTEMPT = (
+    _USER_COUNTS
+    + """
 if KEYS[5] then
   local failures = tonumber(redis.call('GET', KEYS[5]) or '0')
   if failures >= tonumber(ARGV[4]) then return {0, redis.call('TTL', KEYS[5])} end
   busy = busy or failures + tonumber(redis.call('GET', KEYS[6]) or '0') >= tonumber(ARGV[4])
 end
-if busy then return {2, 0} end
-for i = 2, #KEYS, 2 do
-  redis.call('INCR', KEYS[i])
-  redis.call('EXPIRE', KEYS[i], ARGV[3])
-end
-return {1, 0}
 """
+    + _START_IN_FLIGHT
+)
 
 # KEYS as in FINISH_USER, then (if there is an address) address failures, address in flight.
 # ARGV as in FINISH_USER: the address counts a failure only for 'failed'. Returns as FINISH_USER.

@@ -655,9 +655,10 @@ async def grant_indexes(store: Store) -> None:
     await store.create_grant(
         replace(a_grant(in_session), username=user, identity=replace(identity, upstream_session=session)), "r2", 60, 60
     )
-    await store.create_grant(
-        replace(a_grant(short, lifetime=1), identity=replace(IDENTITY, upstream_session=session)), "r3", 1, 1
-    )
+    # Three seconds, not one: on a loaded machine (a Cluster, four test workers on two cores) the
+    # reads below could come after a one-second grant had already expired.
+    short_grant = replace(a_grant(short, lifetime=3), identity=replace(IDENTITY, upstream_session=session))
+    await store.create_grant(short_grant, "r3", 3, 3)
     assert sorted(await store.username_grant_ids("ldap", user.upper())) == sorted([plain, in_session])
     assert await store.username_grant_ids("other-provider", user) == []
     assert sorted(await store.session_grant_ids("ldap", session)) == sorted([in_session, short])
@@ -666,7 +667,8 @@ async def grant_indexes(store: Store) -> None:
     assert grant is not None
     assert grant.identity is not None
     assert grant.identity.upstream_session == session
-    await asyncio.sleep(1.2)  # the short grant has expired: no index names it any more
+    await asyncio.sleep(max(0.0, short_grant.expires_at - time.time()) + 0.2)  # the short grant has expired ...
+    # ... and no index names it any more
     assert await store.session_grant_ids("ldap", session) == [in_session]
 
 
