@@ -53,19 +53,24 @@ def _is_secret_key(key: str) -> bool:
     return snake not in _NOT_SECRET and bool(_SECRET_KEYS.search(snake))
 
 
-# Each pattern runs only on a text holding what every match of it holds ("eyJ"; "bearer" or
-# "basic" in any case; "="): most log values (paths, ids, scopes) hold none, a substring test costs
-# a tenth of a search, and a DN (``uid=alice,...``) is searched by the one pattern it can match.
-_BEARER_HINT = re.compile(r"(?i:bearer|basic)")
+# Each pattern runs only on a text holding what every match of it holds: "eyJ"; "b" or "B" and then
+# "be" or "ba" once lower-cased (under ``(?i)`` only b and B match b, only e/E and a/A match e and
+# a, and ``str.lower`` maps each of those to its small letter); an "=" just after code, token,
+# secret, password or verifier in any case (the ends of every key _QUERY_SECRET names), found by a
+# search for "=" that looks back only where one stands. Most log values (paths, ids, scopes, DNs)
+# hold none, and a substring test or that search costs a fifth of the pattern's own search.
+_QUERY_HINT = re.compile(
+    r"=(?:(?<=(?i:code)=)|(?<=(?i:token)=)|(?<=(?i:secret)=)|(?<=(?i:password)=)|(?<=(?i:verifier)=))"
+)
 _PLAIN = frozenset({int, float, bool, type(None)})  # carry no text: nothing to scrub
 
 
 def _scrub_text(text: str) -> str:
     if "eyJ" in text:
         text = _JWT.sub(REDACTED, text)
-    if _BEARER_HINT.search(text) is not None:
+    if ("b" in text or "B" in text) and ("be" in (low := text.lower()) or "ba" in low):
         text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    if "=" in text:
+    if "=" in text and _QUERY_HINT.search(text) is not None:
         text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
     return text
 

@@ -160,6 +160,23 @@ _PIECES = [
     "-",
     "_",
     "uid=",
+    "bE",
+    "BA",
+    "bb",
+    "ab",
+    "Basic",
+    "beARER ",
+    "\u0131",  # dotless i
+    "CODE=",
+    "Token=",
+    "client_Secret=",
+    "PASSWORD=",
+    "code_verifier=",
+    "\u212aen=",  # Kelvin sign: (?i) matches it as k in token
+    "pa\u017f\u017fword=",
+    "id_token",
+    "secret",
+    "=code=",
 ]
 
 
@@ -169,3 +186,16 @@ def test_the_quick_checks_scrub_exactly_as_every_pattern_would(text: str) -> Non
     from broker.log import _scrub_text
 
     assert _scrub_text(text) == _scrubbed_by_every_pattern(text)
+
+
+def test_the_bearer_quick_check_sees_every_case_of_its_letters() -> None:
+    # The check looks for "b"/"B", then "be"/"ba" lower-cased: sound only while (?i) matches no
+    # other character for b, e and a, and str.lower maps each one it matches to the small letter.
+    import re
+    import sys
+
+    for letter in "bea":
+        pattern = re.compile(f"(?i){letter}")
+        matched = [chr(c) for c in range(sys.maxunicode + 1) if pattern.match(chr(c))]
+        assert sorted(matched) == sorted({letter, letter.upper()})
+        assert {m.lower() for m in matched} == {letter}
