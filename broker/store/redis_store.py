@@ -128,6 +128,12 @@ return 1
 """
 )
 
+# KEYS: the grant, the old token, the new token, the old token's successor, the grant's last
+# refresh (_last_refresh_key). ARGV: now, the successor, the new token's ttl, the rotated marker's
+# (the grant's remaining lifetime), scopes, identity JSON ('' to keep), the successor's ttl, epoch.
+# The grant record is re-encoded and written only when its scopes or identity change (a re-check
+# that looked up, a narrowed refresh): most refreshes change only the last refresh, which is kept
+# in a key of its own (a number) that readers fold into the record (_with_last_refresh).
 _ROTATE = """
 local grant = redis.call('GET', KEYS[1])
 if not grant then return {'nogrant', '', ''} end
@@ -141,10 +147,13 @@ if (tonumber(g.epoch) or 0) ~= tonumber(ARGV[8]) then return {'stale', '', ''} e
 redis.call('SET', KEYS[2], cjson.encode({state='rotated', at=tonumber(ARGV[1])}), 'EX', ARGV[4])
 redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[7])
 redis.call('SET', KEYS[3], '{"state":"active"}', 'EX', ARGV[3])
-g.scopes = ARGV[5]
-if ARGV[6] ~= '' then g.identity = cjson.decode(ARGV[6]) end
-g.last_refresh = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
+if g.scopes ~= ARGV[5] or ARGV[6] ~= '' then
+  g.scopes = ARGV[5]
+  if ARGV[6] ~= '' then g.identity = cjson.decode(ARGV[6]) end
+  g.last_refresh = tonumber(ARGV[1])
+  redis.call('SET', KEYS[1], cjson.encode(g), 'KEEPTTL')
+end
+redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[4])
 return {'ok', '', ''}
 """
 
@@ -339,6 +348,22 @@ def _pair(reply: object) -> tuple[int, int]:
     if not isinstance(reply, list | tuple) or len(reply) != 2:
         raise ValueError(f"unexpected store script reply {reply!r}")
     return int(reply[0]), int(reply[1])
+
+
+def _last_refresh_key(grant_key: str) -> str:
+    """Where a grant's last refresh is kept (the grant's slot), apart from its record."""
+    return f"{grant_key}:last"
+
+
+def _with_last_refresh(record: dict[str, Any] | None, last: object) -> dict[str, Any] | None:
+    """A grant record with its last refresh from its own key, when that one is later (a record
+    the rotation left as it was, or written by a broker before the key)."""
+    if record is None or last is None:
+        return record
+    when = float(_text(last))
+    if when > float(record.get("last_refresh") or 0.0):
+        record["last_refresh"] = when
+    return record
 
 
 _TAKE_OUTCOMES: tuple[TakeOutcome, ...] = get_args(TakeOutcome)
@@ -536,13 +561,18 @@ class RedisStore:
             await self._index_grant(keys=[key], args=[int(grant.expires_at), grant.grant_id])
 
     async def get_grant(self, grant_id: str) -> Grant | None:
-        record = loads(await self.redis.get(self.keys.grant(grant_id)))
+        grant_key = self.keys.grant(grant_id)
+        grant, last = await self.redis.mget([grant_key, _last_refresh_key(grant_key)])  # one slot
+        record = _with_last_refresh(loads(grant), last)
         return Grant.from_json(record) if record is not None else None
 
     async def get_grant_and_refresh(self, grant_id: str, refresh_hash: str) -> tuple[Grant | None, RefreshToken | None]:
         # One slot, so MGET works on Cluster too.
-        grant, refresh = await self.redis.mget([self.keys.grant(grant_id), self.keys.refresh(grant_id, refresh_hash)])
-        grant_record, refresh_record = loads(grant), loads(refresh)
+        grant_key = self.keys.grant(grant_id)
+        grant, last, refresh = await self.redis.mget(
+            [grant_key, _last_refresh_key(grant_key), self.keys.refresh(grant_id, refresh_hash)]
+        )
+        grant_record, refresh_record = _with_last_refresh(loads(grant), last), loads(refresh)
         return (
             Grant.from_json(grant_record) if grant_record is not None else None,
             RefreshToken.from_json(refresh_record) if refresh_record is not None else None,
@@ -572,12 +602,14 @@ class RedisStore:
         epoch: int = 0,
     ) -> RotateResult:
         now = time.time() if now is None else now
+        grant_key = self.keys.grant(grant_id)
         word, raw, kept = await self._rotate(
             keys=[
-                self.keys.grant(grant_id),
+                grant_key,
                 self.keys.refresh(grant_id, old_hash),
                 self.keys.refresh(grant_id, new_hash),
                 self.keys.successor(grant_id, old_hash),
+                _last_refresh_key(grant_key),
             ],
             args=[
                 now,

@@ -214,11 +214,13 @@ async def grants(store: Store) -> None:
 async def rotation(store: Store) -> None:
     grant_id = new_id()
     await store.create_grant(a_grant(grant_id), "r1", 600, 600)
+    before = time.time()
     assert await rotate(store, grant_id, "r1", "r2", "sealed-2") == ("ok", "")
     grant = await store.get_grant(grant_id)
     assert grant is not None
     assert grant.scopes == "notes:read"  # written in the same step
     assert grant.identity == IDENTITY  # kept when no fresh identity is given
+    assert grant.last_refresh >= before - 0.01  # written in the same step (Lua keeps 14 digits)
     marker = await store.get_refresh(grant_id, "r1")
     assert marker is not None
     assert marker.rotated
@@ -234,6 +236,17 @@ async def rotation(store: Store) -> None:
     )
     assert result.outcome == "ok"
     assert (await store.get_grant(grant_id) or a_grant("x")).identity == fresh
+    for old, new, later in (("r5", "r6", 2), ("r6", "r7", 5)):  # narrower scopes, then the same again
+        result = await store.rotate_refresh(
+            grant_id, old, new, successor="s", new_ttl=600, rotated_ttl=600, scopes="", now=before + later
+        )
+        assert result.outcome == "ok"
+        read, token = await store.get_grant_and_refresh(grant_id, new)
+        assert read is not None
+        assert token == records.RefreshToken("active")
+        assert (read.scopes, read.identity) == ("", fresh)  # scopes written, identity kept
+        assert read.last_refresh == (await store.get_grant(grant_id) or a_grant("x")).last_refresh
+        assert abs(read.last_refresh - (before + later)) < 0.01  # Redis's Lua keeps 14 digits
 
 
 async def concurrent_rotation(store: Store) -> None:
