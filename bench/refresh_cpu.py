@@ -173,6 +173,10 @@ async def whole(args: argparse.Namespace, work: Path, redis: RedisServer, slapd:
 
     per_chain = max(1, args.refreshes // args.chains)
     await asyncio.gather(*(chain(n, 50) for n in range(args.chains)))  # warm up
+    if args.redis_stats:
+        await redis_stats(
+            redis, lambda: asyncio.gather(*(chain(n, per_chain) for n in range(args.chains))), per_chain * args.chains
+        )
     figures = []
     for _ in range(args.rounds):
         began = time.process_time()
@@ -207,6 +211,35 @@ async def whole(args: argparse.Namespace, work: Path, redis: RedisServer, slapd:
         )
 
 
+async def redis_stats(redis: RedisServer, run: Callable[[], Any], count: int) -> None:
+    """What redis-server executes per refresh: its commands (INFO commandstats) and its CPU."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis.url)
+
+    async def sample() -> tuple[dict[str, tuple[int, int]], float]:
+        stats = await client.info("commandstats")
+        cpu = await client.info("cpu")
+        calls = {k: (int(v["calls"]), int(v["usec"])) for k, v in stats.items()}
+        return calls, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+    before, cpu_before = await sample()
+    await run()
+    after, cpu_after = await sample()
+    grants = [key async for key in client.scan_iter(match="*:grant", count=1000)]
+    sizes = [await client.strlen(key) for key in grants[:20]]
+    print(f"grant records: {len(grants)}, {min(sizes, default=0)}-{max(sizes, default=0)} bytes", file=sys.__stdout__)
+    await client.aclose()
+    print(f"redis-server per refresh: {(cpu_after - cpu_before) / count * 1e6:.1f} µs CPU", file=sys.__stdout__)
+    for name, (calls, usec) in sorted(after.items()):
+        was = before.get(name, (0, 0))
+        if calls - was[0] - (name in ("cmdstat_info",)) * 2 > 0:
+            print(
+                f"  {name[8:]:<12} {(calls - was[0]) / count:6.2f} calls  {(usec - was[1]) / count:7.1f} µs",
+                file=sys.__stdout__,
+            )
+
+
 def main(args: argparse.Namespace) -> int:
     with work_dir_logging_to_file("mcpb-cpu-") as work:
         if not args.whole_only:
@@ -226,6 +259,7 @@ if __name__ == "__main__":
     parser.add_argument("--chains", type=int, default=8, help="concurrent refresh chains (default 8)")
     parser.add_argument("--whole-only", action="store_true", help="skip the parts")
     parser.add_argument("--parts-only", action="store_true", help="skip the whole refresh")
+    parser.add_argument("--redis-stats", action="store_true", help="print Redis commands and CPU per refresh")
     parser.add_argument("--profile", help="write a cProfile of one more round to this file")
     parser.add_argument(
         "--refused", action=argparse.BooleanOptionalAction, default=True, help="also time refused POSTs to /token"
