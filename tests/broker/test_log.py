@@ -199,3 +199,38 @@ def test_the_bearer_quick_check_sees_every_case_of_its_letters() -> None:
         matched = [chr(c) for c in range(sys.maxunicode + 1) if pattern.match(chr(c))]
         assert sorted(matched) == sorted({letter, letter.upper()})
         assert {m.lower() for m in matched} == {letter}
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_every_line_is_ascii_json_whatever_its_values(capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime
+    import enum
+    import uuid
+
+    class Colour(enum.Enum):
+        RED = 1
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return f"Opaque({JWT})"
+
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    configure_logging("info", "json", cache=False)
+    log = structlog.get_logger("t")
+    log.info("x", name="Zoë \u2603", ident=ident, colour=Colour.RED, when=when, nested={"at": [when]})
+    log.info("y", big=2**70, odd="\udc80", raw=b"Bearer abcdefghijkl", thing=Opaque(), keys={1: "one"})
+    out = capsys.readouterr().out
+    assert out.isascii()
+    first, second = (json.loads(line) for line in out.splitlines())
+    # What the standard library's encoder wrote before: the text, a UUID's or an Enum's repr.
+    assert first["name"] == "Zoë \u2603"
+    assert first["ident"] == repr(ident)
+    assert first["colour"] == repr(Colour.RED)
+    assert first["when"] == repr(when)
+    assert first["nested"] == {"at": [repr(when)]}
+    assert second["big"] == 2**70
+    assert second["odd"] == "\udc80"
+    assert second["raw"] == f"b'Bearer {REDACTED}'"
+    assert second["thing"] == f"Opaque({REDACTED})"
+    assert second["keys"] == {"1": "one"}
