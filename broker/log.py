@@ -108,6 +108,8 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     for key, value in event.items():  # values replaced in place: the keys stay as they are
         if key != "event" and _is_secret_key(key) and value not in (None, ""):
             event[key] = REDACTED
+        elif type(value) is str:  # most values: redact_value's first case, without its call
+            event[key] = _scrub_text(value)
         elif type(value) not in _PLAIN:
             event[key] = redact_value(value)
     return event
@@ -160,6 +162,19 @@ def _dumps(event: Any, **_: Any) -> str:
     return line.decode("ascii") if line.isascii() else _encode(event)
 
 
+_merge_contextvars = structlog.contextvars.merge_contextvars
+_format_exc_info = structlog.processors.format_exc_info
+
+
+def _json_line(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    """Our own events' processors in one step, the same ones in the same order: context variables
+    merged, a traceback formatted, everything redacted, stamped, rendered as one JSON object."""
+    event = _merge_contextvars(logger, method, event)
+    if "exc_info" in event:  # format_exc_info does nothing to an event without one
+        event = _format_exc_info(logger, method, event)
+    return _dumps(_stamp(logger, method, redact(logger, method, event)))
+
+
 class _NamedWriteLogger(structlog.WriteLogger):
     """structlog's line writer to stdout, with a ``name`` for ``add_logger_name``."""
 
@@ -185,13 +200,14 @@ def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = T
         if use_console
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
-    # Our own events: the three stamping processors as one (a refresh writes two lines).
+    # Our own events: the three stamping processors as one (a refresh writes two lines), and in
+    # JSON the whole chain as one call (_json_line).
     direct = [*shared[:3], _stamp]
     # Our own events take structlog's direct path (no stdlib logging on the hot path: a filtered
     # level costs nothing, a kept one is rendered once and written); other libraries' stdlib
     # records are rendered by the same processors through ProcessorFormatter below.
     structlog.configure(
-        processors=[*direct, renderer],
+        processors=[*direct, renderer] if use_console else [_json_line],
         logger_factory=_NamedWriteLogger,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=cache,
