@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -183,6 +184,35 @@ class _NamedWriteLogger(structlog.WriteLogger):
         self.name = name
 
 
+class _FdLineWriter(_NamedWriteLogger):
+    """Each JSON line written to stdout's file descriptor by one ``os.write``: no buffer to lose
+    on exit or when the process is killed, and none of the text layer's write and flush."""
+
+    def __init__(self, name: str, fd: int) -> None:
+        super().__init__(name)
+        self._fd = fd
+
+    def msg(self, message: str) -> None:
+        line = (message + "\n").encode("ascii")  # _dumps writes ASCII only
+        with self._lock:  # a write cut short by a signal goes on, not interleaved with another
+            while line:
+                line = line[os.write(self._fd, line) :]
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+def _json_line_writer(name: str = "mcp_broker", *_: Any) -> _NamedWriteLogger:
+    """The writer for JSON lines: by file descriptor where stdout has one (served, or a file or
+    pipe), else through the stream (pytest's capsys, a StringIO)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return _NamedWriteLogger(name)
+    sys.stdout.flush()  # what went through the stream before stays before
+    return _FdLineWriter(name, fd)
+
+
 def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = True) -> None:
     """Route structlog and the standard library (uvicorn, httpx, ...) through one pipeline."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
@@ -208,7 +238,7 @@ def configure_logging(level: str = "info", fmt: str = "json", *, cache: bool = T
     # records are rendered by the same processors through ProcessorFormatter below.
     structlog.configure(
         processors=[*direct, renderer] if use_console else [_json_line],
-        logger_factory=_NamedWriteLogger,
+        logger_factory=_NamedWriteLogger if use_console else _json_line_writer,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=cache,
     )

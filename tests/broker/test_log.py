@@ -234,3 +234,24 @@ def test_every_line_is_ascii_json_whatever_its_values(capsys: pytest.CaptureFixt
     assert second["raw"] == f"b'Bearer {REDACTED}'"
     assert second["thing"] == f"Opaque({REDACTED})"
     assert second["keys"] == {"1": "one"}
+
+
+def test_a_line_is_out_before_the_process_dies_without_flushing() -> None:
+    # Served, stdout is a pipe or a file: each line is one write to its descriptor, nothing kept
+    # in a buffer for an exit to flush; what was printed before still comes first.
+    import subprocess
+    import sys
+
+    program = (
+        "import os, structlog\n"
+        "from broker.log import configure_logging\n"
+        "configure_logging('info', 'json')\n"
+        "print('printed first')\n"
+        "structlog.get_logger('t').info('token_issued', refresh_token='rt-secret', note='caf\\u00e9')\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, check=True).stdout
+    first, line = out.decode("ascii").splitlines()
+    assert first == "printed first"
+    event = json.loads(line)
+    assert (event["event"], event["refresh_token"], event["note"]) == ("token_issued", REDACTED, "caf\u00e9")
