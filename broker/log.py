@@ -104,10 +104,19 @@ def redact_value(value: Any) -> Any:
     return _scrub_text(shown) if isinstance(shown, str) else redact_value(shown)
 
 
+_SECRET_TOP_KEYS: dict[str, bool] = {}  # redact's memo: is a top-level key secret ("event" never)
+
+
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: nothing secret leaves the process in a log line."""
+    known = _SECRET_TOP_KEYS
     for key, value in event.items():  # values replaced in place: the keys stay as they are
-        if key != "event" and _is_secret_key(key) and value not in (None, ""):
+        secret = known.get(key)  # a dict look-up: half the cost of the lru_cache call
+        if secret is None:
+            secret = key != "event" and _is_secret_key(key)
+            if len(known) < 4096:  # keys are few; a flood of new ones is only not memoised
+                known[key] = secret
+        if secret and value not in (None, ""):
             event[key] = REDACTED
         elif type(value) is str:  # most values: redact_value's first case, without its call
             event[key] = _scrub_text(value)
@@ -126,13 +135,11 @@ def _stamp(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mutable
     same text (``2026-01-02T03:04:05.123456Z``), the date and time of day formatted once a second."""
     event["level"] = _LEVELS.get(method, method)
     event["logger"] = logger.name
-    now = time.time()
-    second = int(now)
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)  # whole integers: no float rounding
     stamped, text = _stamped[0]  # one tuple: a thread never pairs one second with another's text
     if second != stamped:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _stamped[0] = (second, text)
-    micro = int((now - second) * 1_000_000)
     event["timestamp"] = f"{text}.{micro:06d}Z" if micro else f"{text}Z"
     return event
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -78,7 +79,7 @@ def test_json_lines_to_stdout_with_stdlib_loggers_too(capsys: pytest.CaptureFixt
     assert lines[0]["event"] == "token_issued"
     assert lines[0]["refresh_token"] == REDACTED
     assert lines[0]["level"] == "info"
-    assert "timestamp" in lines[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", str(lines[0]["timestamp"]))
     assert lines[1]["event"] == f"upstream said password={REDACTED}"
 
 
@@ -191,7 +192,6 @@ def test_the_quick_checks_scrub_exactly_as_every_pattern_would(text: str) -> Non
 def test_the_bearer_quick_check_sees_every_case_of_its_letters() -> None:
     # The check looks for "b"/"B", then "be"/"ba" lower-cased: sound only while (?i) matches no
     # other character for b, e and a, and str.lower maps each one it matches to the small letter.
-    import re
     import sys
 
     for letter in "bea":
