@@ -17,6 +17,7 @@ client is configured (``Retry`` with no retries), so are these commands.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from redis.asyncio.connection import ConnectionPool
@@ -77,7 +78,7 @@ class CommandBatches:
                     await writer.drain()
                 for _ in batch:
                     try:
-                        replies.append(await conn.read_response())
+                        replies.append(await conn.read_response(timeout=math.inf))  # under the deadline above
                     except ResponseError as error:  # this command's own error: the others go on
                         replies.append(error)
         except TimeoutError:
