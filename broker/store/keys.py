@@ -48,6 +48,11 @@ class Keys:
     def grant(self, grant_id: str) -> str:
         return f"{self.prefix}:{{g:{grant_id}}}:grant"
 
+    def grant_last_refresh(self, grant_id: str) -> str:
+        """The grant's last refresh (a number), apart from its record so a refresh need not
+        rewrite the record; readers fold it in (the later of the two)."""
+        return f"{self.prefix}:{{g:{grant_id}}}:grant:last"
+
     def grant_lock(self, grant_id: str) -> str:
         return f"{self.prefix}:{{g:{grant_id}}}:grant:lock"
 

@@ -129,7 +129,7 @@ return 1
 )
 
 # KEYS: the grant, the old token, the new token, the old token's successor, the grant's last
-# refresh (_last_refresh_key). ARGV: now, the successor, the new token's ttl, the rotated marker's
+# refresh (Keys.grant_last_refresh). ARGV: now, the successor, the new token's ttl, the rotated marker's
 # (the grant's remaining lifetime), scopes, identity JSON ('' to keep), the successor's ttl, epoch.
 # The grant record is re-encoded and written only when its scopes or identity change (a re-check
 # that looked up, a narrowed refresh): most refreshes change only the last refresh, which is kept
@@ -350,11 +350,6 @@ def _pair(reply: object) -> tuple[int, int]:
     return int(reply[0]), int(reply[1])
 
 
-def _last_refresh_key(grant_key: str) -> str:
-    """Where a grant's last refresh is kept (the grant's slot), apart from its record."""
-    return f"{grant_key}:last"
-
-
 def _with_last_refresh(record: dict[str, Any] | None, last: object) -> dict[str, Any] | None:
     """A grant record with its last refresh from its own key, when that one is later (a record
     the rotation left as it was, or written by a broker before the key)."""
@@ -561,16 +556,20 @@ class RedisStore:
             await self._index_grant(keys=[key], args=[int(grant.expires_at), grant.grant_id])
 
     async def get_grant(self, grant_id: str) -> Grant | None:
-        grant_key = self.keys.grant(grant_id)
-        grant, last = await self.redis.mget([grant_key, _last_refresh_key(grant_key)])  # one slot
+        grant, last = await self.redis.mget(
+            [self.keys.grant(grant_id), self.keys.grant_last_refresh(grant_id)]  # one slot
+        )
         record = _with_last_refresh(loads(grant), last)
         return Grant.from_json(record) if record is not None else None
 
     async def get_grant_and_refresh(self, grant_id: str, refresh_hash: str) -> tuple[Grant | None, RefreshToken | None]:
         # One slot, so MGET works on Cluster too.
-        grant_key = self.keys.grant(grant_id)
         grant, last, refresh = await self.redis.mget(
-            [grant_key, _last_refresh_key(grant_key), self.keys.refresh(grant_id, refresh_hash)]
+            [
+                self.keys.grant(grant_id),
+                self.keys.grant_last_refresh(grant_id),
+                self.keys.refresh(grant_id, refresh_hash),
+            ]
         )
         grant_record, refresh_record = _with_last_refresh(loads(grant), last), loads(refresh)
         return (
@@ -602,14 +601,13 @@ class RedisStore:
         epoch: int = 0,
     ) -> RotateResult:
         now = time.time() if now is None else now
-        grant_key = self.keys.grant(grant_id)
         word, raw, kept = await self._rotate(
             keys=[
-                grant_key,
+                self.keys.grant(grant_id),
                 self.keys.refresh(grant_id, old_hash),
                 self.keys.refresh(grant_id, new_hash),
                 self.keys.successor(grant_id, old_hash),
-                _last_refresh_key(grant_key),
+                self.keys.grant_last_refresh(grant_id),
             ],
             args=[
                 now,
