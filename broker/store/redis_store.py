@@ -446,34 +446,56 @@ class RedisStore:
         self._hit = redis.register_script(throttle_scripts.HIT)
         self._claim_recheck = redis.register_script(_CLAIM_RECHECK)
         self._finish_recheck = redis.register_script(_FINISH_RECHECK)
+        self._batches: CommandBatches | None = None
         if isinstance(redis, Redis) and not redis.single_connection_client and _retries_nothing(redis):
             # A refresh grant's scripts by the shorter path (one node; Cluster routes by slot).
-            batches = CommandBatches(redis.connection_pool)
+            self._batches = batches = CommandBatches(redis.connection_pool)
             self._rotate = _OneNodeScript(self._rotate, redis, batches)
             self._claim_recheck = _OneNodeScript(self._claim_recheck, redis, batches)
             self._finish_recheck = _OneNodeScript(self._finish_recheck, redis, batches)
             self._unlock = _OneNodeScript(self._unlock, redis, batches)
+            # A sign-in's scripts too: throttle start and finish, the flow spent, the code taken, the grant.
+            self._start_attempt = _OneNodeScript(self._start_attempt, redis, batches)
+            self._finish_attempt = _OneNodeScript(self._finish_attempt, redis, batches)
+            self._spend_flow = _OneNodeScript(self._spend_flow, redis, batches)
+            self._take_code = _OneNodeScript(self._take_code, redis, batches)
+            self._create_grant = _OneNodeScript(self._create_grant, redis, batches)
+
+    # The sign-in path's plain reads and writes (flows, codes, sessions, client records): by the
+    # same shorter path as the scripts above when there is one, else redis-py's.
+    async def _get(self, key: str) -> Any:
+        if self._batches is None:
+            return await self.redis.get(key)
+        return await self._batches.execute("GET", key)
+
+    async def _set_ex(self, key: str, value: str, ttl: int) -> None:
+        if self._batches is None:
+            await self.redis.set(key, value, ex=ttl)
+        else:
+            await self._batches.execute("SET", key, value, "EX", ttl)
 
     # -- clients ---------------------------------------------------------------------------
     async def save_client(self, client: ClientRegistration, ttl: int) -> None:
-        await self.redis.set(self.keys.client(client.client_id), dumps(client.to_json()), ex=ttl)
+        await self._set_ex(self.keys.client(client.client_id), dumps(client.to_json()), ttl)
 
     async def get_client(self, client_id: str, *, touch_ttl: int | None = None) -> ClientRegistration | None:
         key = self.keys.client(client_id)
-        record = loads(await (self.redis.getex(key, ex=touch_ttl) if touch_ttl else self.redis.get(key)))
+        record = loads(await (self.redis.getex(key, ex=touch_ttl) if touch_ttl else self._get(key)))
         return ClientRegistration.from_json(record) if record is not None else None
 
     # -- pending authorization flows -------------------------------------------------------
     async def save_flow(self, flow_id: str, flow: PendingFlow, ttl: int) -> None:
-        await self.redis.set(self.keys.flow(flow_id), dumps(flow.to_json()), ex=ttl)
+        await self._set_ex(self.keys.flow(flow_id), dumps(flow.to_json()), ttl)
 
     async def get_flow(self, flow_id: str) -> PendingFlow | None:
-        record = loads(await self.redis.get(self.keys.flow(flow_id)))
+        record = loads(await self._get(self.keys.flow(flow_id)))
         return PendingFlow.from_json(record) if record is not None else None
 
     async def update_flow(self, flow_id: str, flow: PendingFlow) -> bool:
         key = self.keys.flow(flow_id)
-        return bool(await self.redis.set(key, dumps(flow.to_json()), keepttl=True, xx=True))
+        if self._batches is None:
+            return bool(await self.redis.set(key, dumps(flow.to_json()), keepttl=True, xx=True))
+        return await self._batches.execute("SET", key, dumps(flow.to_json()), "KEEPTTL", "XX") is not None
 
     async def take_flow(self, flow_id: str) -> PendingFlow | None:
         record = loads(await self.redis.getdel(self.keys.flow(flow_id)))
@@ -517,7 +539,7 @@ class RedisStore:
 
     # -- codes and grants ------------------------------------------------------------------
     async def save_code(self, grant_id: str, code: AuthorizationCode, ttl: int) -> None:
-        await self.redis.set(self.keys.code(grant_id), dumps(code.to_json()), ex=ttl)
+        await self._set_ex(self.keys.code(grant_id), dumps(code.to_json()), ttl)
 
     async def take_code(self, grant_id: str, code_hash: str, client_id: str) -> TakeResult:
         word, raw = await self._take_code(
@@ -740,10 +762,10 @@ class RedisStore:
         return f"{self.keys.prefix}:{{s:{digest(token)[:40]}}}"
 
     async def save_session(self, token: str, session: BrowserSession, ttl: int) -> None:
-        await self.redis.set(self._session(token), dumps(session.to_json()), ex=ttl)
+        await self._set_ex(self._session(token), dumps(session.to_json()), ttl)
 
     async def get_session(self, token: str) -> BrowserSession | None:
-        record = loads(await self.redis.get(self._session(token)))
+        record = loads(await self._get(self._session(token)))
         return BrowserSession.from_json(record) if record is not None else None
 
     async def end_session(self, token: str) -> None:

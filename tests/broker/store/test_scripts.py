@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from broker.devstack import RedisServer
 from broker.store.client import create_redis
 from broker.store.keys import Keys
-from broker.store.records import Grant
+from broker.store.records import Grant, PendingFlow
 from broker.store.redis_store import RedisStore, _OneNodeScript
 
 
@@ -76,6 +76,38 @@ async def test_a_connection_redis_closed_fails_the_call_and_is_replaced(tmp_path
             await _rotate(store, "h1", "h2")
         assert (await _rotate(store, "h1", "h2")).outcome == "ok"
         await store.redis.aclose()
+    finally:
+        await admin.aclose()
+        server.stop()
+
+
+async def test_the_sign_in_path_plain_commands_take_the_short_path_with_the_same_deadline(tmp_path: Path) -> None:
+    """Flows, codes and sessions (GET, SET EX, SET KEEPTTL XX) go by the batches too: the TTL
+    set, a stalled Redis failing within socket_timeout, the next call on a new connection."""
+    server = RedisServer(tmp_path, persist=False).start()
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        store = RedisStore(create_redis(server.url, socket_timeout=0.3), Keys("plain"))
+        assert store._batches is not None
+        flow = PendingFlow(request={"client_id": "c1"}, csrf_hash="h", created_at=time.time())
+        await store.save_flow("f", flow, 600)
+        assert 590 < await admin.ttl(store.keys.flow("f")) <= 600
+        assert await store.update_flow("f", flow.approve(provider="ldap", binding_hash="b", client_id="c1"))
+        assert 590 < await admin.ttl(store.keys.flow("f")) <= 600  # KEEPTTL
+        assert not await store.update_flow("missing", flow)  # XX: never created
+        assert await admin.exists(store.keys.flow("missing")) == 0
+        await admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        began = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await store.get_flow("f")
+        assert time.monotonic() - began < 1.0
+        await asyncio.sleep(1.5)
+        assert (await store.get_flow("f") or flow).approved
+        await store.redis.aclose()
+        single = RedisStore(aioredis.Redis.from_url(server.url, single_connection_client=True), Keys("plain"))
+        assert single._batches is None  # keeps redis-py's path
+        assert (await single.get_flow("f") or flow).approved
+        await single.redis.aclose()
     finally:
         await admin.aclose()
         server.stop()
