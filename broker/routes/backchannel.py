@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from broker.oauth.errors import OAuthError
 from broker.routes import openapi
-from broker.routes.deps import ProvidersDep, SignalsDep, StoreDep
+from broker.routes.deps import ProvidersDep, SignalsDep
 from broker.routes.forms import read_form
 from broker.signals.backchannel import LogoutRefused, receive
 
@@ -46,11 +46,11 @@ def router(base: str) -> APIRouter:
         openapi_extra=_FORM,
     )
     async def backchannel_logout(
-        provider_id: str, request: Request, providers: ProvidersDep, store: StoreDep, effects: SignalsDep
+        provider_id: str, request: Request, providers: ProvidersDep, effects: SignalsDep
     ) -> Response:
         try:
             form = await read_form(request)
-            await receive(providers.get(provider_id), provider_id, form.get("logout_token"), store, effects)
+            await receive(providers.get(provider_id), provider_id, form.get("logout_token"), effects)
         except OAuthError as exc:
             return _refused(exc.description)
         except LogoutRefused as exc:

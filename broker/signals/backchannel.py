@@ -11,12 +11,10 @@ every grant of that user at the provider. A refused token changes nothing (§2.8
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from broker.signals.effects import Outcome, Signal, SignalEffects
-from broker.store.base import Store
 from providers.base import ProviderError
 
 
@@ -44,7 +42,7 @@ class LogoutRefused(Exception):
     description: str
 
 
-async def receive(provider: object, provider_id: str, raw: str | None, store: Store, effects: SignalEffects) -> Outcome:
+async def receive(provider: object, provider_id: str, raw: str | None, effects: SignalEffects) -> Outcome:
     signal = Signal(source="backchannel_logout", kind="logout", provider_id=provider_id)
     if not isinstance(provider, BackchannelLogoutProvider):  # none of that id, or not OpenID Connect
         effects.refused(signal, "invalid_request", "no OpenID Connect provider of that id")
@@ -66,18 +64,15 @@ async def receive(provider: object, provider_id: str, raw: str | None, store: St
         received_clock=signal.received_clock,
         detail={k: v for k, v in (("sid", token.sid), ("sub", token.sub)) if v is not None},
     )
-    spent = ("backchannel-logout\n" + provider.issuer, token.jti)
-    if not await store.claim_assertion_jti(*spent, token.expires_at):
-        effects.refused(signal, "invalid_request", "logout token jti replayed")
-        raise LogoutRefused("the logout token was already used")
-    try:
+
+    async def revoke() -> Outcome:
         if token.sid is not None:
             return await effects.revoke_session(provider_id, token.sid, reason="backchannel_logout", signal=signal)
         assert token.sub is not None
         return await effects.revoke_user(provider_id, subject=token.sub, reason="backchannel_logout", signal=signal)
-    except Exception:
-        # Not applied (Redis failed): the OP's retry must be handled, not refused as a replay
-        # (revoking again is harmless).
-        with contextlib.suppress(Exception):
-            await store.release_assertion_jti(*spent)
-        raise
+
+    issuer = "backchannel-logout\n" + provider.issuer
+    outcome = await effects.once(signal, issuer, token.jti, token.expires_at, revoke, what="logout token")
+    if outcome is None:
+        raise LogoutRefused("the logout token was already used")
+    return outcome

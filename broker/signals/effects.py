@@ -26,6 +26,7 @@ provider's local id is qualified here when it lacks the ``{provider_id}:`` prefi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -196,6 +197,35 @@ class SignalEffects:
         self._received(signal, subject=subject)
         qualified = self.qualify(provider_id, subject) if subject is not None else None
         return await self._applied(signal, Outcome("record_only", qualified, note=note), None)
+
+    async def once(
+        self,
+        signal: Signal,
+        issuer: str,
+        jti: str,
+        expires_at: float,
+        effect: Callable[[], Awaitable[Outcome]],
+        *,
+        what: str,
+        final: tuple[type[Exception], ...] = (),
+    ) -> Outcome | None:
+        """Run ``effect`` for a signal whose ``jti`` (per ``issuer``) is spent here, once across
+        replicas (``Store.claim_assertion_jti``, kept until ``expires_at``); None, the refusal
+        audited, when it was spent before. When the effect fails (Redis or the provider), the jti is
+        released so the sender's retry is handled rather than refused as a replay (every effect is
+        safe to run again); an exception in ``final`` (the signal refused for what it says) keeps
+        it spent, as a retry would be refused alike."""
+        if not await self.store.claim_assertion_jti(issuer, jti, expires_at):
+            self.refused(signal, "invalid_request", f"{what} jti replayed")
+            return None
+        try:
+            return await effect()
+        except final:
+            raise
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.store.release_assertion_jti(issuer, jti)
+            raise
 
     def refused(self, signal: Signal, error: str, description: str) -> None:
         """A signal refused before it had any effect (bad signature, replay...): audited, counted."""

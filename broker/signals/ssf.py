@@ -317,20 +317,18 @@ class SsfReceiver:
             received_clock=arrived.received_clock,
             detail={"stream": stream.id, **({"sub_id": dict(event.sub_id)} if event.sub_id else {})},
         )
-        spent = ("ssf\n" + stream.config.issuer, event.jti)
-        if not await self.store.claim_assertion_jti(*spent, event.expires_at):
-            self.effects.refused(signal, "invalid_request", "SET jti replayed")
+        outcome = await self.effects.once(
+            signal,
+            "ssf\n" + stream.config.issuer,
+            event.jti,
+            event.expires_at,
+            lambda: self.apply(stream, event, signal),
+            what="SET",
+            final=(SetRefused,),
+        )
+        if outcome is None:  # a poller then acknowledges it: it was handled before
             raise SetRefused("invalid_request", "the SET was already received (jti)", duplicate=True)
-        try:
-            return await self.apply(stream, event, signal)
-        except SetRefused:
-            raise  # refused for what it says: a retry would be refused alike
-        except Exception:
-            # Not applied (Redis or the provider failed): the transmitter's retry must be handled,
-            # not taken for a replay and acknowledged (the effects are safe to run again).
-            with contextlib.suppress(Exception):
-                await self.store.release_assertion_jti(*spent)
-            raise
+        return outcome
 
     async def apply(self, stream: Stream, event: SecurityEvent, signal: Signal) -> Outcome:
         provider = stream.provider_id

@@ -213,23 +213,23 @@ async def test_a_logout_token_is_spent_once_and_a_refused_one_changes_nothing(st
     effects = effects_on(store)
     grant_id = await a_grant(store, sid="op-sid-9")
     with pytest.raises(LogoutRefused):
-        await receive(FakeOidc(None), "okta", "forged", store, effects)
+        await receive(FakeOidc(None), "okta", "forged", effects)
     with pytest.raises(LogoutRefused):
-        await receive(FakeOidc(None), "okta", None, store, effects)
+        await receive(FakeOidc(None), "okta", None, effects)
     with pytest.raises(LogoutRefused):
-        await receive(None, "nobody", "x", store, effects)
+        await receive(None, "nobody", "x", effects)
     assert await active(store, grant_id)
     assert await effects.recent("okta") == []
     token = Token(jti=secrets.token_hex(4), sub=None, sid="op-sid-9", expires_at=time.time() + 60)
     provider = FakeOidc(replace(token, sid="another-session"))
     replayed = FakeOidc(token)
-    await receive(provider, "okta", "t", store, effects)  # a session we do not know: nothing revoked
+    await receive(provider, "okta", "t", effects)  # a session we do not know: nothing revoked
     assert await active(store, grant_id)
     with pytest.raises(LogoutRefused, match="already used"):
-        await receive(replayed, "okta", "t", store, effects)  # same jti
+        await receive(replayed, "okta", "t", effects)  # same jti
     assert await active(store, grant_id)
     fresh = FakeOidc(replace(token, jti=secrets.token_hex(4)))
-    outcome = await receive(fresh, "okta", "t", store, effects)
+    outcome = await receive(fresh, "okta", "t", effects)
     assert outcome.revoked == (grant_id,)
 
 
@@ -248,10 +248,10 @@ async def test_a_logout_token_whose_effect_failed_is_handled_when_the_op_retries
 
     monkeypatch.setattr(store, "session_grant_ids", unreachable)
     with pytest.raises(ConnectionError):
-        await receive(provider, "okta", "t", store, effects)
+        await receive(provider, "okta", "t", effects)
     assert await active(store, grant_id)
     monkeypatch.setattr(store, "session_grant_ids", real)
-    outcome = await receive(provider, "okta", "t", store, effects)  # the same token again
+    outcome = await receive(provider, "okta", "t", effects)  # the same token again
     assert outcome.revoked == (grant_id,)
     with pytest.raises(LogoutRefused, match="already used"):
-        await receive(provider, "okta", "t", store, effects)  # handled: now it is spent
+        await receive(provider, "okta", "t", effects)  # handled: now it is spent
