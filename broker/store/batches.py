@@ -20,29 +20,12 @@ import asyncio
 import math
 from typing import Any
 
-from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _Waiter = tuple[tuple[Any, ...], "asyncio.Future[Any] | None"]
-
-
-def _pack(encoder: Encoder, commands: list[tuple[Any, ...]]) -> list[bytes]:
-    """``commands`` in the Redis protocol, as ``Connection.pack_commands`` packs them, in one
-    buffer and without its per-argument encoder call for text: each command's name is one word
-    (``EVALSHA``, ``GET``, ``SET``), and an argument neither ``str`` nor ``bytes`` goes through
-    the client's encoder (numbers; ``DataError`` for what it refuses, as before)."""
-    encoding, errors = encoder.encoding, encoder.encoding_errors
-    parts: list[bytes] = []
-    for command in commands:
-        parts.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            kind = type(arg)
-            value = arg.encode(encoding, errors) if kind is str else arg if kind is bytes else encoder.encode(arg)  # type: ignore[no-untyped-call]
-            parts += (b"$%d\r\n" % len(value), value, b"\r\n")
-    return [b"".join(parts)]
 
 
 class CommandBatches:
@@ -86,7 +69,7 @@ class CommandBatches:
             replies: list[Any] = []
             async with asyncio.timeout(conn.socket_timeout):
                 await conn.check_health()
-                packed = _pack(conn.encoder, [command for command, _ in batch])
+                packed = conn.pack_commands([command for command, _ in batch])
                 writer = conn._writer
                 if writer is None:
                     await conn.send_packed_command(packed, check_health=False)

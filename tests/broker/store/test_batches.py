@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.devstack import RedisServer
-from broker.store.batches import CommandBatches, _pack
+from broker.store.batches import CommandBatches
 from broker.store.client import create_redis
 from broker.store.keys import Keys
 from broker.store.records import Grant
@@ -107,20 +107,3 @@ async def test_concurrent_rotations_each_get_their_own_outcome(server: RedisServ
         assert [(result.outcome, result.successor) for result in again] == [("rotated", f"s{n}") for n in range(20)]
     finally:
         await store.redis.aclose()
-
-
-def test_commands_are_packed_as_redis_py_packs_them() -> None:
-    """The batch's own packing: byte for byte redis-py's (text in the client's encoding, numbers,
-    bytes, a value past redis-py's buffer cutoff), and what its encoder refuses still refused."""
-    conn = aioredis.Redis().connection_pool.make_connection()
-    commands = [
-        ("EVALSHA", "f" * 40, 2, "k1", "k2", "é" * 10, 3.5, b"\x00\r\n"),
-        ("GET", "mcpb:{f:abc}"),
-        ("SET", "k", "v" * 20000, "EX", 60),
-        ("SET", "k", "", "KEEPTTL", "XX"),
-    ]
-    assert _pack(conn.encoder, commands) == [b"".join(conn.pack_commands(commands))]
-    with pytest.raises(DataError):
-        _pack(conn.encoder, [("SET", "k", None)])
-    with pytest.raises(DataError):
-        _pack(conn.encoder, [("SET", "k", True)])
