@@ -134,6 +134,17 @@ def _duplicates(values: Iterable[str]) -> set[str]:
     return dup
 
 
+def _implies_problems(where: str, resource: ResourceConfig) -> list[Problem]:
+    """A scope's ``implies`` names only scopes of its own resource (ours or an external one)."""
+    names = {s.name for s in resource.scopes}
+    return [
+        Problem(f"{where}.scopes[{s_index}].implies", f"{implied!r} is not a scope of resource {resource.id!r}")
+        for s_index, scope in enumerate(resource.scopes)
+        for implied in scope.implies
+        if implied not in names
+    ]
+
+
 def semantic_problems(config: BrokerConfig) -> list[Problem]:
     """Cross-references pydantic cannot see: ids unique, mappings pointing at what exists."""
     problems: list[Problem] = []
@@ -179,15 +190,7 @@ def semantic_problems(config: BrokerConfig) -> list[Problem]:
     for r_index, resource in enumerate(config.resources):
         names = [s.name for s in resource.scopes]
         unique(f"resources[{r_index}].scopes", names, "name")
-        for s_index, scope in enumerate(resource.scopes):
-            for implied in scope.implies:
-                if implied not in names:
-                    problems.append(
-                        Problem(
-                            f"resources[{r_index}].scopes[{s_index}].implies",
-                            f"{implied!r} is not a scope of resource {resource.id!r}",
-                        )
-                    )
+        problems += _implies_problems(f"resources[{r_index}]", resource)
     for m_index, rule in enumerate(config.mappings):
         where = f"mappings[{m_index}]"
         if rule.provider not in providers:
@@ -311,15 +314,7 @@ def _external_problems(config: BrokerConfig) -> list[Problem]:
             names = [s.name for s in resource.scopes]
             for name in _duplicates(names):
                 problems.append(Problem(f"{where}.resources[{r_index}].scopes", f"{name!r} is used more than once"))
-            for s_index, scope in enumerate(resource.scopes):
-                for implied in scope.implies:
-                    if implied not in names:
-                        problems.append(
-                            Problem(
-                                f"{where}.resources[{r_index}].scopes[{s_index}].implies",
-                                f"{implied!r} is not a scope of resource {resource.id!r}",
-                            )
-                        )
+            problems += _implies_problems(f"{where}.resources[{r_index}]", resource)
     return problems
 
 
